@@ -1,0 +1,224 @@
+"""Config schemas: the contract between conf/*.yaml, the command line and the code.
+
+Hydra composes YAML on top of these dataclasses (registered in the ConfigStore
+as ``base_*``), so a misspelt key or a wrong type fails at compose time.
+Ranges cannot be checked there (``__post_init__`` does not run on a
+DictConfig), so ``validate`` builds the real dataclasses with
+``OmegaConf.to_object`` and the checks below run before anything is loaded.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from ftsweep.errors import ConfigError
+
+
+class Scheduler(str, Enum):
+    linear = "linear"
+    cosine = "cosine"
+    constant = "constant"
+
+
+class Truncation(str, Enum):
+    head = "head"
+    tail = "tail"
+    head_tail = "head_tail"  # keep the start and the end of long texts (Sun et al. 2019)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+# --------------------------------------------------------------------------- model
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    # A hub id or a local Hugging Face folder. Takes priority over `package`.
+    name_or_path: Optional[str] = None
+    # A Python package that ships the weights and has get_model_path().
+    package: Optional[str] = None
+    # sha256 of the package's model.safetensors; checked before loading.
+    sha256: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        _check(
+            bool(self.name_or_path or self.package),
+            f"model '{self.name}': set model.name_or_path (hub id or local folder) or model.package",
+        )
+
+
+@dataclass
+class TinyModelConfig(ModelConfig):
+    """A randomly initialised BERT built from a config: fast tests, no weights.
+
+    The tokenizer still comes from `name_or_path` or `package`."""
+
+    hidden_size: int = 32
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 2
+    intermediate_size: int = 64
+    max_position_embeddings: int = 512
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.hidden_size % self.num_attention_heads == 0,
+               "model.hidden_size must be divisible by model.num_attention_heads")
+
+
+# --------------------------------------------------------------------------- method
+@dataclass
+class MethodConfig:
+    name: str = MISSING
+    lr: float = MISSING  # the method's default learning rate; top-level `lr` wins
+
+
+@dataclass
+class LoraMethodConfig(MethodConfig):
+    r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.1
+    target_modules: List[str] = field(default_factory=lambda: ["query", "value"])
+
+    def __post_init__(self) -> None:
+        _check(self.r >= 1, f"method.r must be >= 1, got {self.r}")
+        _check(self.lora_alpha > 0, f"method.lora_alpha must be > 0, got {self.lora_alpha}")
+        _check(0.0 <= self.lora_dropout < 1.0, f"method.lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        _check(len(self.target_modules) > 0, "method.target_modules must name at least one module")
+
+
+# --------------------------------------------------------------------------- optimizer
+@dataclass
+class OptimizerConfig:
+    name: str = MISSING
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.0  # fraction of optimizer steps spent warming up
+    scheduler: Scheduler = Scheduler.linear
+    max_grad_norm: Optional[float] = 1.0  # null disables clipping
+    # adamw
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    # sgd
+    momentum: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check(self.name in ("adamw", "sgd"), f"optimizer.name must be adamw or sgd, got '{self.name}'")
+        _check(self.weight_decay >= 0, f"optimizer.weight_decay must be >= 0, got {self.weight_decay}")
+        _check(0.0 <= self.warmup_ratio < 1.0, f"optimizer.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        _check(self.max_grad_norm is None or self.max_grad_norm > 0,
+               f"optimizer.max_grad_norm must be > 0 or null, got {self.max_grad_norm}")
+        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+               f"optimizer.betas must be two numbers in [0, 1), got {self.betas}")
+        _check(self.momentum >= 0, f"optimizer.momentum must be >= 0, got {self.momentum}")
+
+
+# --------------------------------------------------------------------------- data
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    text_column: str = "text"
+    label_column: str = "label"
+    max_length: int = 128  # tokens per example, special tokens included
+    truncation: Truncation = Truncation.head
+    max_train_samples: Optional[int] = None
+    max_eval_samples: Optional[int] = None
+    # When there is no eval split: fraction held out by a seeded stratified split.
+    eval_fraction: float = 0.2
+    split_seed: int = 1234  # fixed so that the held-out set never changes between runs
+    group_by_length: bool = False  # batches of similar length: less padding
+    eval_batch_size: Optional[int] = None  # null: 2 x batch_size
+
+    def __post_init__(self) -> None:
+        _check(self.max_length >= 8, f"data.max_length must be >= 8, got {self.max_length}")
+        for key in ("max_train_samples", "max_eval_samples", "eval_batch_size"):
+            value = getattr(self, key)
+            _check(value is None or value >= 1, f"data.{key} must be >= 1 or null, got {value}")
+        _check(0.0 < self.eval_fraction < 1.0, f"data.eval_fraction must be in (0, 1), got {self.eval_fraction}")
+
+
+@dataclass
+class LocalDataConfig(DataConfig):
+    train_file: str = MISSING
+    eval_file: Optional[str] = None
+    encoding: str = "utf-8"
+
+
+@dataclass
+class HubDataConfig(DataConfig):
+    # A datasets.load_dataset name, or a local folder (save_to_disk or data files).
+    path: str = MISSING
+    config_name: Optional[str] = None
+    train_split: str = "train"
+    eval_split: Optional[str] = "test"
+
+
+# --------------------------------------------------------------------------- top level
+@dataclass
+class TrainConfig:
+    model: ModelConfig = MISSING
+    method: MethodConfig = MISSING
+    optimizer: OptimizerConfig = MISSING
+    data: DataConfig = MISSING
+
+    lr: float = MISSING  # defaults to ${method.lr} in conf/config.yaml
+    batch_size: int = 16  # examples per forward pass
+    grad_accum_steps: int = 1  # optimizer step every N batches
+    epochs: int = 1
+    max_steps: Optional[int] = None  # cap on optimizer steps; null: epochs decide
+    eval_every_steps: Optional[int] = None  # null: evaluate at each epoch end only
+    log_every_steps: int = 10  # train/loss is averaged and logged every N optimizer steps
+    seed: int = 42
+    device: str = "auto"  # auto: cuda when available, else cpu
+    experiment_name: Optional[str] = None  # null: one experiment per dataset
+    run_name: Optional[str] = None  # null: built from method and hyper-parameters
+    objectives: List[str] = field(default_factory=lambda: ["eval/accuracy"])
+    progress_bar: bool = True
+
+    def __post_init__(self) -> None:
+        _check(math.isfinite(self.lr) and self.lr > 0, f"lr must be > 0, got {self.lr}")
+        _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        _check(self.grad_accum_steps >= 1, f"grad_accum_steps must be >= 1, got {self.grad_accum_steps}")
+        _check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
+        _check(self.max_steps is None or self.max_steps >= 1, f"max_steps must be >= 1 or null, got {self.max_steps}")
+        _check(self.eval_every_steps is None or self.eval_every_steps >= 1,
+               f"eval_every_steps must be >= 1 or null, got {self.eval_every_steps}")
+        _check(self.log_every_steps >= 1, f"log_every_steps must be >= 1, got {self.log_every_steps}")
+        _check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+               f"device must be auto, cpu or cuda[:N], got '{self.device}'")
+        _check(len(self.objectives) >= 1, "objectives must name at least one metric")
+
+
+def register_configs() -> None:
+    """Put the schemas in Hydra's ConfigStore; YAML files extend them by name."""
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=TrainConfig)
+    cs.store(group="model", name="base_model", node=ModelConfig)
+    cs.store(group="model", name="base_tiny", node=TinyModelConfig)
+    cs.store(group="method", name="base_method", node=MethodConfig)
+    cs.store(group="method", name="base_lora", node=LoraMethodConfig)
+    cs.store(group="optimizer", name="base_optimizer", node=OptimizerConfig)
+    cs.store(group="data", name="base_data", node=DataConfig)
+    cs.store(group="data", name="base_local", node=LocalDataConfig)
+    cs.store(group="data", name="base_hub", node=HubDataConfig)
+
+
+def validate(cfg: DictConfig | TrainConfig) -> TrainConfig:
+    """Resolve the composed config into typed dataclasses, running every range check."""
+    if isinstance(cfg, TrainConfig):
+        return cfg
+    try:
+        return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+    except ConfigError:
+        raise
+    except Exception as exc:  # omegaconf's own errors: missing values, bad types
+        raise ConfigError(str(exc).splitlines()[0]) from exc
+
+
+register_configs()

@@ -1,0 +1,180 @@
+"""The training loop ftsweep owns: forward, loss, backward, clip, step, schedule, log.
+
+Plain PyTorch so that step time and memory are what the method costs, not what a
+framework adds. It knows nothing of Hydra or MLflow: it reports through `log`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from ftsweep.config import OptimizerConfig
+from ftsweep.errors import TrainingError
+from ftsweep.metrics import classification_scores, confusion_matrix, step_time_stats
+
+LogFn = Callable[[dict[str, float], int], None]
+
+
+def build_optimizer(model: nn.Module, cfg: OptimizerConfig, lr: float) -> torch.optim.Optimizer:
+    # No weight decay on biases and LayerNorm weights, as in BERT's recipe.
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 else decay).append(param)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
+    if cfg.name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
+    # foreach: one fused kernel launch per group; the default on CUDA, a speed-up on CPU too.
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, foreach=True)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimizerConfig, total_steps: int):
+    from transformers import get_scheduler
+
+    warmup = int(cfg.warmup_ratio * total_steps)
+    name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[cfg.scheduler.value]
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+
+
+def total_optimizer_steps(batches_per_epoch: int, grad_accum_steps: int, epochs: int, max_steps: int | None) -> int:
+    per_epoch = math.ceil(batches_per_epoch / grad_accum_steps)
+    total = per_epoch * epochs
+    return min(total, max_steps) if max_steps else total
+
+
+def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, num_labels: int) -> dict:
+    """Accuracy, macro F1 and mean loss over the whole loader, plus the confusion matrix."""
+    was_training = model.training
+    model.eval()
+    preds, labels, loss_sum, n = [], [], torch.zeros((), device=device), 0
+    for batch in loader:
+        batch = _to(batch, device)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        loss_sum += nn.functional.cross_entropy(logits.float(), batch["labels"], reduction="sum")
+        preds.append(logits.argmax(-1).cpu())
+        labels.append(batch["labels"].cpu())
+        n += batch["labels"].numel()
+    model.train(was_training)
+    cm = confusion_matrix(torch.cat(labels).numpy(), torch.cat(preds).numpy(), num_labels)
+    scores = classification_scores(cm)
+    return {"accuracy": scores["accuracy"], "f1_macro": scores["f1_macro"],
+            "loss": float(loss_sum.item() / max(n, 1)), "confusion_matrix": cm}
+
+
+@dataclass
+class FitResult:
+    steps: int = 0
+    samples: int = 0
+    tokens: int = 0
+    train_time_s: float = 0.0
+    eval_time_s: float = 0.0
+    step_times_s: list[float] = field(default_factory=list)
+    final_eval: dict = field(default_factory=dict)
+
+    def perf(self) -> dict[str, float]:
+        out = step_time_stats(self.step_times_s)
+        out.update({
+            "perf/train_time_s": self.train_time_s,
+            "perf/eval_time_s": self.eval_time_s,
+            "perf/samples_per_s": self.samples / self.train_time_s if self.train_time_s else 0.0,
+            "perf/tokens_per_s": self.tokens / self.train_time_s if self.train_time_s else 0.0,
+        })
+        return out
+
+
+def fit(model: nn.Module, train_loader: DataLoader, eval_loader: DataLoader, optimizer: torch.optim.Optimizer,
+        scheduler, *, device: torch.device, num_labels: int, epochs: int, total_steps: int,
+        grad_accum_steps: int = 1, max_grad_norm: float | None = None, eval_every_steps: int | None = None,
+        log_every_steps: int = 10, log: LogFn = lambda metrics, step: None, progress: bool = True) -> FitResult:
+    result = FitResult()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    loss_sum = torch.zeros((), device=device)  # summed on device: no per-step host sync
+    loss_count = 0
+
+    last_eval_step = -1
+
+    def run_eval(step: int) -> None:
+        nonlocal last_eval_step
+        t0 = time.perf_counter()
+        ev = evaluate(model, eval_loader, device, num_labels)
+        result.eval_time_s += time.perf_counter() - t0
+        result.final_eval, last_eval_step = ev, step
+        log({f"eval/{k}": ev[k] for k in ("accuracy", "f1_macro", "loss")}, step)
+
+    model.train()
+    bar = tqdm(total=total_steps, desc="training", unit="step", disable=not progress, leave=False)
+    step = 0
+    for _epoch in range(epochs):
+        batches = iter(train_loader)
+        while step < total_steps:
+            micro = [b for _, b in zip(range(grad_accum_steps), batches)]
+            if not micro:
+                break  # epoch done
+            t0 = time.perf_counter()
+            for batch in micro:
+                result.samples += batch["labels"].numel()
+                result.tokens += int(batch["attention_mask"].sum())  # CPU tensor: no device sync
+                batch = _to(batch, device)
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                loss = nn.functional.cross_entropy(logits.float(), batch["labels"])
+                (loss / len(micro)).backward()
+                loss_sum += loss.detach()
+                loss_count += 1
+            if max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            _sync(device)
+            elapsed = time.perf_counter() - t0
+            result.step_times_s.append(elapsed)
+            result.train_time_s += elapsed
+            step += 1
+            bar.update(1)
+
+            if step % log_every_steps == 0 or step == total_steps:
+                mean_loss = (loss_sum / loss_count).item()
+                if not math.isfinite(mean_loss):
+                    raise TrainingError(f"training diverged: loss became {mean_loss} by step {step}; "
+                                        f"lower lr or keep optimizer.max_grad_norm set")
+                log({"train/loss": mean_loss, "train/lr": scheduler.get_last_lr()[0]}, step)
+                bar.set_postfix(loss=f"{mean_loss:.4f}", samples_s=f"{result.samples / result.train_time_s:.1f}")
+                loss_sum.zero_()
+                loss_count = 0
+            if eval_every_steps and step % eval_every_steps == 0:
+                run_eval(step)
+        if last_eval_step != step:
+            run_eval(step)  # end of epoch (or of the step budget)
+        if step >= total_steps:
+            break
+    bar.close()
+    result.steps = step
+    return result
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

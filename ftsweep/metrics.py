@@ -1,0 +1,142 @@
+"""Measurements: classification scores, step-time statistics and this run's peak memory."""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import statistics
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+# --------------------------------------------------------------------------- scores
+def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_labels: int) -> np.ndarray:
+    cm = np.zeros((num_labels, num_labels), dtype=np.int64)
+    np.add.at(cm, (labels, preds), 1)
+    return cm  # rows: true class, columns: predicted class
+
+
+def per_class(cm: np.ndarray) -> dict[str, np.ndarray]:
+    tp = np.diag(cm).astype(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.nan_to_num(tp / cm.sum(axis=0))
+        recall = np.nan_to_num(tp / cm.sum(axis=1))
+        f1 = np.nan_to_num(2 * precision * recall / (precision + recall))
+    return {"precision": precision, "recall": recall, "f1": f1, "support": cm.sum(axis=1)}
+
+
+def classification_scores(cm: np.ndarray) -> dict[str, float]:
+    total = cm.sum()
+    return {
+        "accuracy": float(np.trace(cm) / total) if total else 0.0,
+        "f1_macro": float(per_class(cm)["f1"].mean()),
+    }
+
+
+def classification_report(cm: np.ndarray, label_names: list[str]) -> dict:
+    stats = per_class(cm)
+    report = {
+        name: {key: float(stats[key][i]) if key != "support" else int(stats[key][i]) for key in stats}
+        for i, name in enumerate(label_names)
+    }
+    report.update(classification_scores(cm))
+    return report
+
+
+# --------------------------------------------------------------------------- time
+def step_time_stats(step_times_s: list[float]) -> dict[str, float]:
+    """Median and p90 of optimizer-step wall times, skipping warm-up steps (allocator, caches, autotuning)."""
+    if not step_times_s:
+        return {}
+    warmup = min(3, len(step_times_s) // 4)
+    times_ms = np.asarray(step_times_s[warmup:]) * 1000.0
+    return {
+        "perf/step_time_ms": float(statistics.median(times_ms)),
+        "perf/step_time_p90_ms": float(np.percentile(times_ms, 90)),
+    }
+
+
+# --------------------------------------------------------------------------- memory
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def _status_kb(field: str) -> int | None:
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def current_rss_mb() -> float:
+    kb = _status_kb("VmRSS")
+    if kb is not None:
+        return kb / 1024
+    import resource  # non-Linux: best effort
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class PeakMemory:
+    """This run's own peak memory, even when several runs share one process.
+
+    CPU: Linux lets a process reset its high-water mark (`echo 5 > /proc/self/clear_refs`),
+    after which VmHWM is the peak since the reset. Where that is not allowed, a
+    sampling thread tracks the peak instead. Freed heap is handed back to the OS
+    first (gc + malloc_trim), so an earlier, bigger run does not inflate this one.
+    CUDA: the allocator's peak statistics, reset at start.
+    """
+
+    def __init__(self, device: torch.device, sample_interval_s: float = 0.01):
+        self.device = device
+        self.interval = sample_interval_s
+        self._sampled_peak_mb = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.baseline_rss_mb = 0.0
+
+    def start(self) -> "PeakMemory":
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+        self.baseline_rss_mb = current_rss_mb()
+        try:
+            _CLEAR_REFS.write_text("5")
+            self._use_hwm = _status_kb("VmHWM") is not None
+        except OSError:
+            self._use_hwm = False
+        if not self._use_hwm:
+            self._sampled_peak_mb = self.baseline_rss_mb
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sampled_peak_mb = max(self._sampled_peak_mb, current_rss_mb())
+
+    def cpu_peak_rss_mb(self) -> float:
+        if self._use_hwm:
+            return _status_kb("VmHWM") / 1024
+        return max(self._sampled_peak_mb, current_rss_mb())
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        out = {"mem/cpu_peak_rss_mb": self.cpu_peak_rss_mb()}
+        if self.device.type == "cuda":
+            out["mem/cuda_peak_allocated_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+            out["mem/cuda_peak_reserved_mb"] = torch.cuda.max_memory_reserved(self.device) / 2**20
+        return out

@@ -1,0 +1,140 @@
+import json
+from collections import Counter
+
+import pandas as pd
+import pytest
+import torch
+
+from ftsweep.config import LocalDataConfig, Truncation
+from ftsweep.data import (LengthGroupedBatchSampler, PadCollator, _truncate, load_splits, make_loader,
+                          stratified_split, tokenize)
+from ftsweep.errors import DataError
+from tests.conftest import toy_rows, write_csv
+
+
+def local(path, **kw) -> LocalDataConfig:
+    return LocalDataConfig(name="local", train_file=str(path), **kw)
+
+
+@pytest.mark.parametrize("ext", ["csv", "tsv", "json", "jsonl", "parquet"])
+def test_every_local_format_loads(tmp_path, ext):
+    df = pd.DataFrame(toy_rows(40), columns=["text", "label"])
+    path = tmp_path / f"d.{ext}"
+    {"csv": lambda: df.to_csv(path, index=False), "tsv": lambda: df.to_csv(path, sep="\t", index=False),
+     "json": lambda: df.to_json(path, orient="records"), "jsonl": lambda: df.to_json(path, orient="records", lines=True),
+     "parquet": lambda: df.to_parquet(path)}[ext]()
+    s = load_splits(local(path))
+    assert s.label_names == ["neg", "pos"]
+    assert len(s.train_texts) + len(s.eval_texts) == 40
+    assert len(s.eval_texts) == 8  # eval_fraction 0.2, stratified
+    assert Counter(s.eval_labels) == {0: 4, 1: 4}
+
+
+def test_separate_eval_file_and_caps(tmp_path):
+    train = write_csv(tmp_path / "train.csv", toy_rows(50))
+    ev = write_csv(tmp_path / "eval.csv", toy_rows(30, seed=1))
+    s = load_splits(local(train, eval_file=str(ev), max_train_samples=20, max_eval_samples=10))
+    assert len(s.train_texts) == 20 and len(s.eval_texts) == 10
+
+
+def test_integer_labels_keep_numeric_order(tmp_path):
+    rows = [(t, {"pos": 10, "neg": 2}[l]) for t, l in toy_rows(20)]
+    s = load_splits(local(write_csv(tmp_path / "d.csv", rows)))
+    assert s.label_names == ["2", "10"]
+
+
+def put(path, data: bytes):
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p / "nope.csv", "data file not found"),
+    (lambda p: write_csv(p / "d.csv", toy_rows(10), header=("sentence", "label")), "no text column 'text'"),
+    (lambda p: write_csv(p / "d.csv", toy_rows(10), header=("text", "y")), "no label column 'label'"),
+    (lambda p: write_csv(p / "d.csv", [(t, "pos") for t, _ in toy_rows(10)]), "only one class"),
+    (lambda p: put(p / "d.csv", b""), "is empty"),
+    (lambda p: put(p / "d.csv", b"text,label\n"), "no rows"),
+    (lambda p: put(p / "d.csv", "text,label\ncaf\xe9 ok,pos\nbad,neg\n".encode("latin-1")), "data.encoding"),
+    (lambda p: put(p / "d.json", json.dumps({"a": 1}).encode()), "could not be read as json"),
+    (lambda p: put(p / "d.xlsx", b"x"), "unsupported extension"),
+])
+def test_bad_data_gives_one_clear_line(tmp_path, make, message):
+    with pytest.raises(DataError, match=message) as info:
+        load_splits(local(make(tmp_path)))
+    assert "\n" not in str(info.value)
+
+
+def test_wrong_schema_parquet_names_the_columns(tmp_path):
+    path = tmp_path / "d.parquet"
+    pd.DataFrame({"body": ["a", "b"], "y": [0, 1]}).to_parquet(path)
+    with pytest.raises(DataError, match=r"no text column 'text' \(columns: body, y\)"):
+        load_splits(local(path))
+
+
+def test_eval_labels_unseen_in_train_are_rejected(tmp_path):
+    train = write_csv(tmp_path / "train.csv", toy_rows(20))
+    ev = write_csv(tmp_path / "eval.csv", [("meh", "neutral"), ("good", "pos")])
+    with pytest.raises(DataError, match="never seen in training: neutral"):
+        load_splits(local(train, eval_file=str(ev)))
+
+
+def test_encoding_option_reads_latin1(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_bytes("text,label\ncaf\xe9 good,pos\nbad film,neg\nok,pos\nno,neg\n".encode("latin-1"))
+    s = load_splits(local(path, encoding="latin-1"))
+    assert any("café" in t for t in s.train_texts + s.eval_texts)
+
+
+def test_stratified_split_is_fixed_and_proportional():
+    labels = [0] * 80 + [1] * 20
+    a, b = stratified_split(labels, 0.25, seed=7), stratified_split(labels, 0.25, seed=7)
+    assert a == b
+    train, ev = a
+    assert sorted(train + ev) == list(range(100))
+    assert Counter(labels[i] for i in ev) == {0: 20, 1: 5}
+    assert stratified_split(labels, 0.25, seed=8) != a
+
+
+def test_truncation_sides():
+    ids = list(range(20))
+    assert _truncate(ids, 8, Truncation.head) == list(range(8))
+    assert _truncate(ids, 8, Truncation.tail) == list(range(12, 20))
+    assert _truncate(ids, 8, Truncation.head_tail) == [0, 1] + list(range(14, 20))
+    assert _truncate(ids[:5], 8, Truncation.head_tail) == ids[:5]
+
+
+def test_tokenize_adds_specials_respects_max_length_and_caches(tiny_tokenizer, session_cache):
+    texts = ["short one", "a much longer text " * 30]
+    ids = tokenize(texts, tiny_tokenizer, 16, Truncation.head_tail)
+    assert ids[0][0] == tiny_tokenizer.cls_token_id and ids[0][-1] == tiny_tokenizer.sep_token_id
+    assert len(ids[1]) == 16 and len(ids[0]) < 16
+    before = set((session_cache / "tokenized").iterdir())
+    assert tokenize(texts, tiny_tokenizer, 16, Truncation.head_tail) == ids
+    assert set((session_cache / "tokenized").iterdir()) == before  # served from the cache file
+
+
+def test_dynamic_padding_pads_to_the_longest_in_the_batch():
+    batch = PadCollator(pad_id=0)([([101, 5, 102], 1), ([101, 5, 6, 7, 102], 0)])
+    assert batch["input_ids"].shape == (2, 5)
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
+    assert batch["input_ids"][0].tolist() == [101, 5, 102, 0, 0]
+    assert batch["labels"].tolist() == [1, 0]
+
+
+def test_length_grouping_cuts_padding_and_covers_every_example():
+    lengths = [(i * 37) % 100 + 3 for i in range(400)]
+    ids = [[1] * n for n in lengths]
+    sampler = LengthGroupedBatchSampler(lengths, 8, seed=0)
+    seen = [i for b in sampler for i in b]
+    assert sorted(seen) == list(range(400))
+    grouped = make_loader(ids, [0] * 400, 8, 0, shuffle=True, seed=0, group_by_length=True)
+    plain = make_loader(ids, [0] * 400, 8, 0, shuffle=True, seed=0)
+    padded = lambda loader: sum(b["input_ids"].numel() for b in loader)  # noqa: E731
+    assert padded(grouped) < 0.7 * padded(plain)
+
+
+def test_loader_order_is_seeded():
+    ids = [[1, i] for i in range(50)]
+    order = lambda seed: torch.cat([b["input_ids"][:, 1] for b in make_loader(ids, [0] * 50, 8, 0, True, seed)]).tolist()  # noqa: E731
+    assert order(1) == order(1) and order(1) != order(2)

