@@ -26,6 +26,12 @@ class Scheduler(str, Enum):
     constant = "constant"
 
 
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"  # autocast, CPU and CUDA
+    fp16 = "fp16"  # autocast with a GradScaler, CUDA only
+
+
 class Truncation(str, Enum):
     head = "head"
     tail = "tail"
@@ -92,6 +98,65 @@ class LoraMethodConfig(MethodConfig):
         _check(self.lora_alpha > 0, f"method.lora_alpha must be > 0, got {self.lora_alpha}")
         _check(0.0 <= self.lora_dropout < 1.0, f"method.lora_dropout must be in [0, 1), got {self.lora_dropout}")
         _check(len(self.target_modules) > 0, "method.target_modules must name at least one module")
+
+
+@dataclass
+class AdaLoraMethodConfig(LoraMethodConfig):
+    """AdaLoRA: starts at init_r and prunes to an average of target_r. The schedule is in
+    fractions of the run's optimizer steps, so it fits whatever max_steps/epochs give."""
+
+    init_r: int = 12
+    target_r: int = 8
+    tinit_ratio: float = 0.1  # no pruning during the first 10 % of steps
+    tfinal_ratio: float = 0.2  # the final 20 % of steps keep the budget fixed
+    delta_t: int = 10  # steps between two budget re-allocations
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(1 <= self.target_r <= self.init_r, f"method.target_r must be in [1, init_r={self.init_r}], got {self.target_r}")
+        _check(self.tinit_ratio >= 0 and self.tfinal_ratio >= 0 and self.tinit_ratio + self.tfinal_ratio < 1,
+               "method.tinit_ratio + method.tfinal_ratio must be < 1")
+        _check(self.delta_t >= 1, f"method.delta_t must be >= 1, got {self.delta_t}")
+
+
+@dataclass
+class QLoraMethodConfig(LoraMethodConfig):
+    """LoRA on a 4-bit (bitsandbytes) base model: CUDA only."""
+
+    quant_type: str = "nf4"
+    double_quant: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.quant_type in ("nf4", "fp4"), f"method.quant_type must be nf4 or fp4, got '{self.quant_type}'")
+
+
+@dataclass
+class IA3MethodConfig(MethodConfig):
+    # BERT-family module names; "output.dense" matches both the attention and the feed-forward output.
+    target_modules: List[str] = field(default_factory=lambda: ["key", "value", "output.dense"])
+    feedforward_modules: List[str] = field(default_factory=lambda: ["output.dense"])
+
+    def __post_init__(self) -> None:
+        _check(len(self.target_modules) > 0, "method.target_modules must name at least one module")
+        _check(set(self.feedforward_modules) <= set(self.target_modules),
+               "method.feedforward_modules must be a subset of method.target_modules")
+
+
+@dataclass
+class FreezeMethodConfig(MethodConfig):
+    frozen_layers: int = 3  # the embeddings and the bottom N encoder layers stay frozen
+
+    def __post_init__(self) -> None:
+        _check(self.frozen_layers >= 0, f"method.frozen_layers must be >= 0, got {self.frozen_layers}")
+
+
+@dataclass
+class PromptTuningMethodConfig(MethodConfig):
+    num_virtual_tokens: int = 20  # soft-prompt vectors prepended to every input
+
+    def __post_init__(self) -> None:
+        _check(self.num_virtual_tokens >= 1, f"method.num_virtual_tokens must be >= 1, got {self.num_virtual_tokens}")
 
 
 # --------------------------------------------------------------------------- optimizer
@@ -176,6 +241,9 @@ class TrainConfig:
     log_every_steps: int = 10  # train/loss is averaged and logged every N optimizer steps
     seed: int = 42
     device: str = "auto"  # auto: cuda when available, else cpu
+    precision: Precision = Precision.fp32
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, more time
+    compile: bool = False  # torch.compile the model; compile time is logged apart from step time
     experiment_name: Optional[str] = None  # null: one experiment per dataset
     run_name: Optional[str] = None  # null: built from method and hyper-parameters
     objectives: List[str] = field(default_factory=lambda: ["eval/accuracy"])
@@ -203,6 +271,11 @@ def register_configs() -> None:
     cs.store(group="model", name="base_tiny", node=TinyModelConfig)
     cs.store(group="method", name="base_method", node=MethodConfig)
     cs.store(group="method", name="base_lora", node=LoraMethodConfig)
+    cs.store(group="method", name="base_adalora", node=AdaLoraMethodConfig)
+    cs.store(group="method", name="base_qlora", node=QLoraMethodConfig)
+    cs.store(group="method", name="base_ia3", node=IA3MethodConfig)
+    cs.store(group="method", name="base_freeze", node=FreezeMethodConfig)
+    cs.store(group="method", name="base_prompt_tuning", node=PromptTuningMethodConfig)
     cs.store(group="optimizer", name="base_optimizer", node=OptimizerConfig)
     cs.store(group="data", name="base_data", node=DataConfig)
     cs.store(group="data", name="base_local", node=LocalDataConfig)

@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ftsweep.config import OptimizerConfig
+from ftsweep.config import OptimizerConfig, Precision
 from ftsweep.errors import TrainingError
 from ftsweep.metrics import classification_scores, confusion_matrix, step_time_stats
 
@@ -61,15 +61,30 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def autocast(device: torch.device, precision: Precision):
+    dtype = {Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}.get(precision)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def tensor_mb(tensors) -> float:
+    return sum(t.numel() * t.element_size() for t in tensors) / 2**20
+
+
+def optimizer_state_mb(optimizer: torch.optim.Optimizer) -> float:
+    return tensor_mb(v for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v))
+
+
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, num_labels: int) -> dict:
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, num_labels: int,
+             precision: Precision = Precision.fp32) -> dict:
     """Accuracy, macro F1 and mean loss over the whole loader, plus the confusion matrix."""
     was_training = model.training
     model.eval()
     preds, labels, loss_sum, n = [], [], torch.zeros((), device=device), 0
     for batch in loader:
         batch = _to(batch, device)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        with autocast(device, precision):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         loss_sum += nn.functional.cross_entropy(logits.float(), batch["labels"], reduction="sum")
         preds.append(logits.argmax(-1).cpu())
         labels.append(batch["labels"].cpu())
@@ -90,9 +105,14 @@ class FitResult:
     eval_time_s: float = 0.0
     step_times_s: list[float] = field(default_factory=list)
     final_eval: dict = field(default_factory=dict)
+    grads_mb: float = 0.0  # gradient tensors at the first optimizer step
+    compiled: bool = False
 
     def perf(self) -> dict[str, float]:
         out = step_time_stats(self.step_times_s)
+        if self.compiled and self.step_times_s:
+            # The first step pays for tracing and code generation; the median does not.
+            out["perf/compile_time_s"] = max(self.step_times_s[0] - out["perf/step_time_ms"] / 1000, 0.0)
         out.update({
             "perf/train_time_s": self.train_time_s,
             "perf/eval_time_s": self.eval_time_s,
@@ -105,8 +125,14 @@ class FitResult:
 def fit(model: nn.Module, train_loader: DataLoader, eval_loader: DataLoader, optimizer: torch.optim.Optimizer,
         scheduler, *, device: torch.device, num_labels: int, epochs: int, total_steps: int,
         grad_accum_steps: int = 1, max_grad_norm: float | None = None, eval_every_steps: int | None = None,
-        log_every_steps: int = 10, log: LogFn = lambda metrics, step: None, progress: bool = True) -> FitResult:
-    result = FitResult()
+        log_every_steps: int = 10, log: LogFn = lambda metrics, step: None, progress: bool = True,
+        precision: Precision = Precision.fp32, step_hook: Callable[[int], None] | None = None,
+        compile: bool = False) -> FitResult:
+    """Train for total_steps optimizer steps; `model` is evaluated as is, a compiled copy does the training."""
+    result = FitResult(compiled=compile)
+    train_model = torch.compile(model, dynamic=True) if compile else model  # dynamic: padding varies per batch
+    # fp16 needs loss scaling to keep small gradients from flushing to zero; bf16 has fp32's range.
+    scaler = torch.amp.GradScaler(device.type) if precision == Precision.fp16 else None
     trainable = [p for p in model.parameters() if p.requires_grad]
     loss_sum = torch.zeros((), device=device)  # summed on device: no per-step host sync
     loss_count = 0
@@ -116,7 +142,7 @@ def fit(model: nn.Module, train_loader: DataLoader, eval_loader: DataLoader, opt
     def run_eval(step: int) -> None:
         nonlocal last_eval_step
         t0 = time.perf_counter()
-        ev = evaluate(model, eval_loader, device, num_labels)
+        ev = evaluate(model, eval_loader, device, num_labels, precision)
         result.eval_time_s += time.perf_counter() - t0
         result.final_eval, last_eval_step = ev, step
         log({f"eval/{k}": ev[k] for k in ("accuracy", "f1_macro", "loss")}, step)
@@ -135,15 +161,27 @@ def fit(model: nn.Module, train_loader: DataLoader, eval_loader: DataLoader, opt
                 result.samples += batch["labels"].numel()
                 result.tokens += int(batch["attention_mask"].sum())  # CPU tensor: no device sync
                 batch = _to(batch, device)
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                loss = nn.functional.cross_entropy(logits.float(), batch["labels"])
-                (loss / len(micro)).backward()
-                loss_sum += loss.detach()
+                with autocast(device, precision):
+                    # The model computes the loss: cross-entropy, plus a method's own term (AdaLoRA's orthogonality).
+                    loss = train_model(**batch).loss
+                scaled = loss / len(micro)
+                (scaler.scale(scaled) if scaler else scaled).backward()
+                loss_sum += loss.detach().float()
                 loss_count += 1
+            if scaler:
+                scaler.unscale_(optimizer)
             if max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
-            optimizer.step()
+            if step == 0:
+                result.grads_mb = tensor_mb(p.grad for p in trainable if p.grad is not None)
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
             scheduler.step()
+            if step_hook is not None:
+                step_hook(step)  # before zero_grad: AdaLoRA scores ranks from the gradients
             optimizer.zero_grad(set_to_none=True)
             _sync(device)
             elapsed = time.perf_counter() - t0

@@ -100,12 +100,14 @@ class PeakMemory:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.baseline_rss_mb = 0.0
+        self.baseline_cuda_mb = 0.0
 
     def start(self) -> "PeakMemory":
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(self.device)
+            self.baseline_cuda_mb = torch.cuda.memory_allocated(self.device) / 2**20
         try:
             ctypes.CDLL("libc.so.6").malloc_trim(0)
         except (OSError, AttributeError):

