@@ -29,11 +29,13 @@ SUMMARY = ("eval/accuracy", "eval/f1_macro", "perf/step_time_ms", "perf/train_ti
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | list[float]:
+    from ftsweep.sweep import record_run_id
     from ftsweep.train import objective, train
 
     hc = HydraConfig.get()
     try:
-        metrics = train(cfg, output_dir=hc.runtime.output_dir, overrides=list(hc.overrides.task))
+        metrics = train(cfg, output_dir=hc.runtime.output_dir, overrides=list(hc.overrides.task),
+                        on_start=lambda run_id: record_run_id(cfg.sweep, run_id))
     except FtsweepError as exc:
         if hc.mode == RunMode.MULTIRUN:
             raise  # the sweeper records this trial as failed and goes on

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import List, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -84,6 +85,11 @@ class TinyModelConfig(ModelConfig):
 class MethodConfig:
     name: str = MISSING
     lr: float = MISSING  # the method's default learning rate; top-level `lr` wins
+    lr_range: List[float] = field(default_factory=lambda: [1e-5, 1e-3])  # log-uniform bounds for lr searches
+
+    def __post_init__(self) -> None:
+        _check(len(self.lr_range) == 2 and 0 < self.lr_range[0] < self.lr_range[1],
+               f"method.lr_range must be [low, high] with 0 < low < high, got {self.lr_range}")
 
 
 @dataclass
@@ -94,6 +100,7 @@ class LoraMethodConfig(MethodConfig):
     target_modules: List[str] = field(default_factory=lambda: ["query", "value"])
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check(self.r >= 1, f"method.r must be >= 1, got {self.r}")
         _check(self.lora_alpha > 0, f"method.lora_alpha must be > 0, got {self.lora_alpha}")
         _check(0.0 <= self.lora_dropout < 1.0, f"method.lora_dropout must be in [0, 1), got {self.lora_dropout}")
@@ -138,6 +145,7 @@ class IA3MethodConfig(MethodConfig):
     feedforward_modules: List[str] = field(default_factory=lambda: ["output.dense"])
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check(len(self.target_modules) > 0, "method.target_modules must name at least one module")
         _check(set(self.feedforward_modules) <= set(self.target_modules),
                "method.feedforward_modules must be a subset of method.target_modules")
@@ -148,6 +156,7 @@ class FreezeMethodConfig(MethodConfig):
     frozen_layers: int = 3  # the embeddings and the bottom N encoder layers stay frozen
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check(self.frozen_layers >= 0, f"method.frozen_layers must be >= 0, got {self.frozen_layers}")
 
 
@@ -156,6 +165,7 @@ class PromptTuningMethodConfig(MethodConfig):
     num_virtual_tokens: int = 20  # soft-prompt vectors prepended to every input
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check(self.num_virtual_tokens >= 1, f"method.num_virtual_tokens must be >= 1, got {self.num_virtual_tokens}")
 
 
@@ -224,6 +234,18 @@ class HubDataConfig(DataConfig):
     eval_split: Optional[str] = "test"
 
 
+# --------------------------------------------------------------------------- sweep
+@dataclass
+class SweepInfo:
+    """Set by the sweeper on each trial's command line; null for a single run."""
+
+    study: Optional[str] = None
+    trial: Optional[int] = None  # Optuna trial number
+    trial_id: Optional[int] = None  # Optuna storage id, to record this run's MLflow id on the trial
+    storage: Optional[str] = None
+    parent_run_id: Optional[str] = None  # the sweep's MLflow parent run
+
+
 # --------------------------------------------------------------------------- top level
 @dataclass
 class TrainConfig:
@@ -248,6 +270,7 @@ class TrainConfig:
     run_name: Optional[str] = None  # null: built from method and hyper-parameters
     objectives: List[str] = field(default_factory=lambda: ["eval/accuracy"])
     progress_bar: bool = True
+    sweep: SweepInfo = field(default_factory=SweepInfo)
 
     def __post_init__(self) -> None:
         _check(math.isfinite(self.lr) and self.lr > 0, f"lr must be > 0, got {self.lr}")
@@ -280,6 +303,17 @@ def register_configs() -> None:
     cs.store(group="data", name="base_data", node=DataConfig)
     cs.store(group="data", name="base_local", node=LocalDataConfig)
     cs.store(group="data", name="base_hub", node=HubDataConfig)
+
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def compose_config(*overrides: str) -> DictConfig:
+    """conf/config.yaml with overrides, as `python -m ftsweep` would compose it (for scripts and tests)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
 
 
 def validate(cfg: DictConfig | TrainConfig) -> TrainConfig:

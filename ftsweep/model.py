@@ -81,7 +81,8 @@ def _quantization(method_cfg: MethodConfig) -> dict:
     return {
         "quantization_config": BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type=method_cfg.quant_type,
-            bnb_4bit_use_double_quant=method_cfg.double_quant, bnb_4bit_compute_dtype=torch.bfloat16),
+            bnb_4bit_use_double_quant=method_cfg.double_quant, bnb_4bit_compute_dtype=torch.bfloat16,
+            llm_int8_skip_modules=list(HEAD_MODULES)),  # the head trains, so it stays in full precision
         "device_map": {"": torch.cuda.current_device()},
     }
 
@@ -108,6 +109,7 @@ def load_model(cfg: ModelConfig, label_names: list[str], tokenizer, method_cfg: 
         return AutoModelForSequenceClassification.from_pretrained(
             path, num_labels=len(label_names), id2label=id2label, label2id=label2id,
             ignore_mismatched_sizes=True,  # a folder fine-tuned for other labels gets a new head
+            dtype=torch.float32,  # fp32 master weights whatever the checkpoint's dtype; `precision` sets compute
             **_quantization(method_cfg))
     except (OSError, ValueError) as exc:
         raise ModelError(_not_found(cfg, path, exc)) from exc

@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, TypeVar
 
 from ftsweep.errors import FtsweepError
 
+T = TypeVar("T")
 MAX_PARAM_LEN = 6000  # MLflow's limit on a param value (older servers: 500)
 
 
@@ -27,6 +29,18 @@ def _artifact_root(tracking_uri: str) -> str | None:
     if tracking_uri.startswith("sqlite:///"):
         return (Path(tracking_uri[len("sqlite:///"):]).resolve().parent / "mlartifacts").as_uri()
     return None
+
+
+def _retry(call: Callable[[], T], attempts: int = 8, first_wait_s: float = 0.25) -> T:
+    """Retry a tracking call while a sqlite store is locked by another writer (concurrent sweep workers)."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except Exception as exc:  # MlflowException wraps sqlalchemy's OperationalError
+            if "database is locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(first_wait_s * 2**attempt)
+    raise AssertionError("unreachable")
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -66,31 +80,39 @@ class Tracker:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise FtsweepError(f"MLflow tracking store {self.tracking_uri} is not usable: {first}") from exc
 
-    def start(self, experiment: str, run_name: str, tags: Mapping[str, str]) -> str:
+    def start(self, experiment: str, run_name: str, tags: Mapping[str, str], parent_run_id: str | None = None) -> str:
         exp_id = self.experiment_id(experiment)
-        run = self.client.create_run(exp_id, run_name=run_name, tags={k: str(v) for k, v in tags.items()})
+        tags = {k: str(v) for k, v in tags.items()}
+        if parent_run_id:
+            tags["mlflow.parentRunId"] = parent_run_id  # MLflow's own tag: the UI nests the run under its parent
+        run = _retry(lambda: self.client.create_run(exp_id, run_name=run_name, tags=tags))
         self.run_id = run.info.run_id
         return self.run_id
+
+    def resume(self, run_id: str) -> None:
+        """Reopen a run (a resumed sweep's parent)."""
+        self.run_id = run_id
+        _retry(lambda: self.client.update_run(run_id, status="RUNNING"))
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
         items = [Param(k, str(v)[:MAX_PARAM_LEN]) for k, v in params.items()]
         for i in range(0, len(items), 100):  # log_batch takes at most 100 params
-            self.client.log_batch(self.run_id, params=items[i:i + 100])
+            _retry(lambda: self.client.log_batch(self.run_id, params=items[i:i + 100]))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        import time
-
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        _retry(lambda: self.client.log_batch(self.run_id, metrics=batch))
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag
 
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+        batch = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
+        _retry(lambda: self.client.log_batch(self.run_id, tags=batch))
 
     def log_artifact(self, path: str | Path) -> None:
         self.client.log_artifact(self.run_id, str(path))
@@ -106,5 +128,6 @@ class Tracker:
 
     def end(self, status: str = "FINISHED") -> None:
         if self.run_id is not None:
-            self.client.set_terminated(self.run_id, status=status)
+            run_id = self.run_id
+            _retry(lambda: self.client.set_terminated(run_id, status=status))
             self.run_id = None

@@ -14,7 +14,7 @@ import subprocess
 import tempfile
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -126,7 +126,8 @@ def prepare(cfg: TrainConfig, device: torch.device) -> tuple[data_mod.TextSplits
 
 
 def train(cfg: DictConfig | TrainConfig, output_dir: str | Path | None = None,
-          overrides: list[str] | None = None, tracker: Tracker | None = None) -> dict[str, float]:
+          overrides: list[str] | None = None, tracker: Tracker | None = None,
+          on_start: Callable[[str], None] | None = None) -> dict[str, float]:
     """Fine-tune as configured; return the final metrics (all logged to MLflow)."""
     raw = cfg if isinstance(cfg, DictConfig) else OmegaConf.structured(cfg)
     tc = validate(cfg)
@@ -136,16 +137,18 @@ def train(cfg: DictConfig | TrainConfig, output_dir: str | Path | None = None,
     splits, tokenizer = prepare(tc, device)
 
     tracker = tracker or Tracker()
-    tracker.start(
-        experiment=tc.experiment_name or tc.data.name,
-        run_name=run_name(tc),
-        tags={"method": tc.method.name, "model": tc.model.name, "dataset": tc.data.name, "device": device.type,
-              "git_commit": _git_commit(), "ftsweep_version": ftsweep.__version__},
-    )
+    tags = {"method": tc.method.name, "model": tc.model.name, "dataset": tc.data.name, "device": device.type,
+            "git_commit": _git_commit(), "ftsweep_version": ftsweep.__version__}
+    if tc.sweep.study:
+        tags.update({"optuna.study_name": tc.sweep.study, "optuna.trial_number": tc.sweep.trial})
+    tracker.start(experiment=tc.experiment_name or tc.data.name, run_name=run_name(tc), tags=tags,
+                  parent_run_id=tc.sweep.parent_run_id)
     out_dir = Path(output_dir) if output_dir else Path(tempfile.mkdtemp(prefix="ftsweep-"))
     out_dir.mkdir(parents=True, exist_ok=True)
     model = None
     try:
+        if on_start is not None:
+            on_start(tracker.run_id)
         resolved = OmegaConf.to_container(raw, resolve=True, enum_to_str=True)
         tracker.log_params(flatten(resolved))
         tracker.log_text(OmegaConf.to_yaml(raw, resolve=True), "config.yaml")
@@ -188,6 +191,8 @@ def train(cfg: DictConfig | TrainConfig, output_dir: str | Path | None = None,
         metrics.update(result.perf())
         metrics["perf/effective_batch_size"] = tc.batch_size * tc.grad_accum_steps
         metrics.update(memory.stop())
+        # One name for "the peak that matters here", so a Pareto search can minimise it on any device.
+        metrics["mem/peak_mb"] = metrics.get("mem/cuda_peak_allocated_mb", metrics["mem/cpu_peak_rss_mb"])
         metrics.update(params)
         metrics.update(memory_breakdown(metrics, model, result.grads_mb, optimizer_state_mb(optimizer), memory, device))
         # The result is on disk before anything else can fail.

@@ -6,22 +6,15 @@ import random
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-import ftsweep.config  # noqa: F401  (registers the schemas)
+from ftsweep.config import CONF_DIR, compose_config as compose_cfg  # noqa: F401  (tests import both from here)
 
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 REPO = Path(__file__).resolve().parents[1]
 
 POSITIVE = "good great excellent wonderful superb lovely brilliant enjoyable".split()
 NEGATIVE = "bad awful terrible boring dreadful poor horrible dull".split()
 FILLER = "the a movie film plot actor scene story it was and this".split()
-
-
-def compose_cfg(*overrides: str) -> DictConfig:
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
 
 
 def toy_rows(n: int, seed: int = 0) -> list[tuple[str, str]]:
