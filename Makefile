@@ -4,8 +4,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ARGS   ?=
+PORT   ?= 5000
 
-.PHONY: help install run test test-fast clean
+.PHONY: help install run test test-fast ui report clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -29,6 +30,13 @@ test: $(STAMP) ## run the whole test suite, slow tests included
 
 test-fast: $(STAMP) ## the fast tests only
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
+
+ui: $(STAMP) ## MLflow UI over the project's store on 127.0.0.1 (PORT=5000)
+	@echo "MLflow UI: http://127.0.0.1:$(PORT)  (Ctrl-C stops it)"
+	$(VENV)/bin/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}" --host 127.0.0.1 --port $(PORT)
+
+report: $(STAMP) ## trade-off report for the latest sweep (ARGS="--sweep RUN_ID --out DIR")
+	$(PY) -m ftsweep.report $(ARGS)
 
 clean: ## remove outputs and the local MLflow store (keeps .venv)
 	rm -rf outputs multirun/*/ mlflow.db mlartifacts

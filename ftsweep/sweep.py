@@ -420,6 +420,13 @@ class SweepRunner:
             metrics["sweep/pareto_size"] = len(summary["solutions"])
         self.parent.log_metrics(metrics, step=0)
         summary["sweep_dir"] = str(sweep_dir)
+        try:  # the report is a view of results already saved: it must never fail the sweep
+            from ftsweep.report import make_report
+
+            log.info("trade-off report: %s", make_report(self.parent.run_id, out=sweep_dir))
+        except Exception as exc:
+            log.warning("could not write the report (%s: %s); rerun python -m ftsweep.report --sweep %s",
+                        type(exc).__name__, exc, self.parent.run_id)
         return summary
 
     def run(self) -> dict[str, Any]:

