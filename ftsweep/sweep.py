@@ -337,6 +337,18 @@ class SweepRunner:
                 if t.user_attrs.get("mlflow_run_id"):
                     _end_child_run(t.user_attrs["mlflow_run_id"])
 
+    def _interrupted(self, study: optuna.Study, batch: list[Trial], exc: BaseException) -> None:
+        for trial in batch:
+            if study._storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
+                continue
+            log.warning("trial %d interrupted (%s): marked FAIL; the same command runs it again", trial.number,
+                        type(exc).__name__)
+            self.storage.set_trial_system_attr(trial._trial_id, STALE, True)
+            trial.set_user_attr("error", f"interrupted: {type(exc).__name__} {exc}"[:1000])
+            study.tell(trial, state=TrialState.FAIL)
+            if self.points is None:
+                study.enqueue_trial(dict(trial.params))
+
     @staticmethod
     def _done(t: FrozenTrial) -> bool:
         return t.state.is_finished() and not t.system_attrs.get(STALE)
@@ -440,6 +452,7 @@ class SweepRunner:
                  self.sampler_name, self.n_trials, "/".join(self.directions), _redact(self.storage_url),
                  self.parent.run_id)
         launched = 0
+        batch: list[Trial] = []
         try:
             while True:
                 batch = self._claim(study)
@@ -451,13 +464,15 @@ class SweepRunner:
                 launched += len(returns)
                 for trial, ret in zip(batch, returns):
                     self._tell(study, trial, ret)
+                batch = []
                 if self._too_many_failures(study):
                     self.aborted = True
                     log.error("stopping: more than %.0f%% of finished trials failed (hydra.sweeper.max_failure_rate)",
                               100 * self.s.max_failure_rate)
                     break
-        except BaseException:
+        except BaseException as exc:  # Ctrl-C, SIGTERM: the trials in flight run again on resume
             self.aborted = True
+            self._interrupted(study, batch, exc)
             raise
         finally:
             summary = self._finish(study)

@@ -84,8 +84,10 @@ def _confusion_png(cm, label_names: list[str], path: Path) -> None:
                     color="white" if cm[i, j] > cm.max() / 2 else "black")
     fig.colorbar(im, ax=ax, label="examples")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
+    os.replace(tmp, path)  # never a half-written PNG
 
 
 def memory_breakdown(metrics: dict[str, float], model, grads_mb: float, optimizer_mb: float, memory: PeakMemory,

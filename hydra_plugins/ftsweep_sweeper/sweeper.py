@@ -51,6 +51,10 @@ class FtsweepSweeper(Sweeper):
     def sweep(self, arguments: List[str]) -> None:
         from ftsweep.sweep import SweepRunner
 
-        summary = SweepRunner(self.settings, self.config, self.launcher, arguments).run()
+        try:
+            summary = SweepRunner(self.settings, self.config, self.launcher, arguments).run()
+        except KeyboardInterrupt as exc:
+            print(f"ftsweep: sweep interrupted ({exc or 'Ctrl-C'}); rerun the same command to resume", file=sys.stderr)
+            sys.exit(130)
         if not summary["ok"]:
             sys.exit(1)

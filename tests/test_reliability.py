@@ -1,0 +1,111 @@
+"""Faults and signals (RELIABILITY.md): each test proves that nothing finished is lost and no run stays RUNNING."""
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from tests.conftest import REPO, toy_rows, write_csv
+
+
+def start(cwd: Path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-m", "ftsweep", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def query(db: Path, sql: str) -> list[tuple]:
+    try:
+        with sqlite3.connect(db) as con:
+            return list(con.execute(sql))
+    except sqlite3.OperationalError:  # not created yet
+        return []
+
+
+def wait_for(condition, what: str, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def mlflow_db() -> Path:
+    return Path(os.environ["MLFLOW_TRACKING_URI"][len("sqlite:///"):])
+
+
+def long_run(tmp_path: Path) -> list[str]:
+    toy = write_csv(tmp_path / "toy.csv", toy_rows(64))
+    return ["model=tiny", "data=local", f"data.train_file={toy}", "progress_bar=false", "epochs=100000",
+            "log_every_steps=5"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_during_a_single_run_ends_it_killed_and_keeps_its_metrics(tmp_path, sig):
+    proc = start(tmp_path, *long_run(tmp_path), "hydra.run.dir=out")
+    db = mlflow_db()
+    wait_for(lambda: query(db, "select count(*) from metrics where key='train/loss'")[0][0] >= 2 if db.exists()
+             else False, "train/loss to be logged")
+    t0 = time.time()
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert time.time() - t0 < 15
+    assert proc.returncode != 0
+    assert "MLflow run is marked KILLED" in err and "Traceback" not in err
+    assert [s for (s,) in query(db, "select status from runs")] == ["KILLED"]
+    assert query(db, "select count(*) from metrics where key='train/loss'")[0][0] >= 2  # kept
+    leftovers = [p for p in (tmp_path / "out").rglob("*") if p.name.startswith(".") and p.suffix == ".tmp"]
+    cache = Path(os.environ["FTSWEEP_CACHE"])
+    leftovers += [p for p in cache.rglob("*") if p.name.startswith((".fetch-", "tmp"))]
+    assert leftovers == []
+
+
+def test_sigterm_during_a_sweep_fails_the_trial_and_the_same_command_resumes(tmp_path):
+    toy = write_csv(tmp_path / "toy.csv", toy_rows(64))
+    args = ["-m", "model=tiny", "data=local", f"data.train_file={toy}", "progress_bar=false", "max_steps=300",
+            "log_every_steps=5", "batch_size=8,16"]
+    proc = start(tmp_path, *args)
+    db = mlflow_db()
+    wait_for(lambda: query(db, "select count(*) from metrics where key='train/loss'")[0][0] >= 1 if db.exists()
+             else False, "the first trial to log")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and "rerun the same command to resume" in err
+    storage = f"sqlite:///{tmp_path / 'multirun' / 'optuna.db'}"
+    [summary] = optuna.get_all_study_summaries(storage)
+    study = optuna.load_study(study_name=summary.study_name, storage=storage)
+    [trial] = study.get_trials()
+    assert trial.state.name == "FAIL" and "interrupted" in trial.user_attrs["error"]
+    statuses = dict(query(db, "select name, status from runs"))
+    assert statuses.pop(f"sweep-{summary.study_name}") == "FAILED"
+    assert list(statuses.values()) == ["KILLED"]
+
+    resumed = start(tmp_path, *args)
+    out, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err[-3000:]
+    trials = optuna.load_study(study_name=summary.study_name, storage=storage).get_trials()
+    assert sorted(t.params["batch_size"] for t in trials if t.state.name == "COMPLETE") == [8, 16]
+    assert "RUNNING" not in [s for (s,) in query(db, "select status from runs")]
+
+
+def test_unreachable_tracking_server_is_one_clear_line_before_training(tmp_path, monkeypatch):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once the socket is
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    toy = write_csv(tmp_path / "toy.csv", toy_rows(32))
+    t0 = time.time()
+    proc = start(tmp_path, "model=tiny", "data=local", f"data.train_file={toy}")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    lines = [l for l in err.splitlines() if l.startswith("ftsweep: error:")]
+    assert len(lines) == 1 and f"http://127.0.0.1:{port} is not usable" in lines[0]
+    assert "training" not in err and time.time() - t0 < 60
