@@ -244,6 +244,9 @@ class SweepInfo:
     trial_id: Optional[int] = None  # Optuna storage id, to record this run's MLflow id on the trial
     storage: Optional[str] = None
     parent_run_id: Optional[str] = None  # the sweep's MLflow parent run
+    pruner: Optional[str] = None  # the study's pruner (see hydra.sweeper.pruner); the job reports evals to it
+    pruner_startup_trials: int = 5
+    pruner_warmup_steps: int = 0
 
 
 # --------------------------------------------------------------------------- top level

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -107,6 +107,8 @@ class FitResult:
     final_eval: dict = field(default_factory=dict)
     grads_mb: float = 0.0  # gradient tensors at the first optimizer step
     compiled: bool = False
+    total_steps: int = 0
+    stopped_at: Optional[int] = None  # the eval step at which `should_stop` ended training (pruning)
 
     def perf(self) -> dict[str, float]:
         out = step_time_stats(self.step_times_s)
@@ -127,9 +129,11 @@ def fit(model: nn.Module, train_loader: DataLoader, eval_loader: DataLoader, opt
         grad_accum_steps: int = 1, max_grad_norm: float | None = None, eval_every_steps: int | None = None,
         log_every_steps: int = 10, log: LogFn = lambda metrics, step: None, progress: bool = True,
         precision: Precision = Precision.fp32, step_hook: Callable[[int], None] | None = None,
-        compile: bool = False) -> FitResult:
-    """Train for total_steps optimizer steps; `model` is evaluated as is, a compiled copy does the training."""
-    result = FitResult(compiled=compile)
+        compile: bool = False, should_stop: Callable[[int, dict], bool] | None = None) -> FitResult:
+    """Train for total_steps optimizer steps; `model` is evaluated as is, a compiled copy does the training.
+
+    After each evaluation `should_stop(step, eval)` may end training early (a pruner's verdict)."""
+    result = FitResult(compiled=compile, total_steps=total_steps)
     train_model = torch.compile(model, dynamic=True) if compile else model  # dynamic: padding varies per batch
     # fp16 needs loss scaling to keep small gradients from flushing to zero; bf16 has fp32's range.
     scaler = torch.amp.GradScaler(device.type) if precision == Precision.fp16 else None
@@ -146,13 +150,15 @@ def fit(model: nn.Module, train_loader: DataLoader, eval_loader: DataLoader, opt
         result.eval_time_s += time.perf_counter() - t0
         result.final_eval, last_eval_step = ev, step
         log({f"eval/{k}": ev[k] for k in ("accuracy", "f1_macro", "loss")}, step)
+        if should_stop is not None and step < total_steps and should_stop(step, ev):
+            result.stopped_at = step
 
     model.train()
     bar = tqdm(total=total_steps, desc="training", unit="step", disable=not progress, leave=False)
     step = 0
     for _epoch in range(epochs):
         batches = iter(train_loader)
-        while step < total_steps:
+        while step < total_steps and result.stopped_at is None:
             micro = [b for _, b in zip(range(grad_accum_steps), batches)]
             if not micro:
                 break  # epoch done
@@ -203,7 +209,7 @@ def fit(model: nn.Module, train_loader: DataLoader, eval_loader: DataLoader, opt
                 run_eval(step)
         if last_eval_step != step:
             run_eval(step)  # end of epoch (or of the step budget)
-        if step >= total_steps:
+        if step >= total_steps or result.stopped_at is not None:
             break
     bar.close()
     result.steps = step

@@ -169,7 +169,8 @@ def collect(client, parent) -> list[Row]:
         number = tags.get("optuna.trial_number")
         rows.append(Row(trial=int(number) if number is not None else None,
                         method=run.data.params.get("method.name", tags.get("method", "?")),
-                        params=dict(run.data.params), metrics=dict(run.data.metrics), state=run.info.status,
+                        params=dict(run.data.params), metrics=dict(run.data.metrics),
+                        state="PRUNED" if tags.get("pruned") == "true" else run.info.status,
                         run_id=run.info.run_id, error=tags.get("error", "")))
         seen.add(run.info.run_id)
     rows.extend(_optuna_only_failures(parent, seen))
@@ -306,11 +307,13 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
 def render(parent, rows: list[Row], summary: list[dict], plots: list[Path], importances: dict[str, float]) -> str:
     study = parent.data.tags.get("optuna.study_name", parent.info.run_name)
     ok = sorted([r for r in rows if r.ok], key=lambda r: -r.accuracy)
-    failed = [r for r in rows if not r.ok]
+    pruned = [r for r in rows if r.state == "PRUNED"]
+    failed = [r for r in rows if not r.ok and r.state != "PRUNED"]
     peak_name = "peak MB (CUDA)" if any(r.get("mem/cuda_peak_allocated_mb") for r in ok) else "peak MB (CPU RSS)"
     hyper = varying(rows)
     md = [f"# Trade-off report: {study}", "",
-          f"MLflow parent run `{parent.info.run_id}` · {len(ok)} finished, {len(failed)} failed trials.", "",
+          f"MLflow parent run `{parent.info.run_id}` · {len(ok)} finished, {len(pruned)} pruned, "
+          f"{len(failed)} failed trials.", "",
           "## Answer", "", *answer(rows), ""]
     md += ["## All trials (sorted by accuracy; ★ = on the Pareto front of accuracy vs memory / time)", ""]
     md += _table(["trial", "method", *hyper, "accuracy", "f1_macro", "step ms", "train s", peak_name,
@@ -319,6 +322,16 @@ def render(parent, rows: list[Row], summary: list[dict], plots: list[Path], impo
                    r.get("perf/step_time_ms"), r.get("perf/train_time_s"), r.peak_mb,
                    int(r.get("params/trainable") or 0), r.get("params/trainable_pct"),
                    ("★ " + "+".join(r.pareto)) if r.pareto else "", r.state, r.run_id] for r in ok])
+    if pruned:
+        pm = parent.data.metrics
+        md += ["", "### Pruned trials (stopped early by the pruner; not candidates for the answer)", ""]
+        md += [f"- trial {r.trial} ({describe(r, hyper)}): stopped at step {int(r.get('train/steps') or 0)} of "
+               f"{int(r.get('train/total_steps') or 0)}, accuracy then {_fmt(r.accuracy)}" for r in pruned]
+        if "sweep/train_time_unpruned_est_s" in pm:
+            md += ["", f"Training time spent: {pm['sweep/train_time_s']:.1f} s, against an estimated "
+                       f"{pm['sweep/train_time_unpruned_est_s']:.1f} s without pruning "
+                       f"({pm['sweep/time_saved_pct']:.0f} % saved; pruned trials' remaining steps at the complete "
+                       f"trials' median time per step)."]
     if failed:
         md += ["", "### Failed trials", ""]
         md += [f"- trial {r.trial} ({describe(r, hyper)}): {r.error.splitlines()[0] if r.error else r.state}"

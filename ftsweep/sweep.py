@@ -52,13 +52,15 @@ def directions_for(objectives: Sequence[str]) -> list[str]:
 
 
 def study_name_for(space: dict[str, BaseDistribution], fixed: dict[str, Any], directions: Sequence[str],
-                   objectives: Sequence[str], sampler: str, custom: Optional[str]) -> str:
+                   objectives: Sequence[str], sampler: str, custom: Optional[str], pruner: str = "none") -> str:
     """Deterministic: the same sweep definition always names the same study."""
     definition = {
         "space": {k: repr(v) for k, v in sorted(space.items())},
         "fixed": {k: str(v) for k, v in sorted(fixed.items())},
         "directions": list(directions), "objectives": list(objectives), "sampler": sampler, "custom": custom,
     }
+    if pruner != "none":  # only when set, so studies named before pruning existed keep their names
+        definition["pruner"] = pruner
     digest = hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()[:10]
     return f"ftsweep-{digest}"
 
@@ -89,6 +91,39 @@ def make_sampler(name: str, seed: int, n_trials: int, n_objectives: int) -> optu
     if name not in samplers:
         raise ValueError(f"hydra.sweeper.sampler must be auto, {', '.join(samplers)}; got '{name}'")
     return samplers[name]()
+
+
+PRUNERS = ("none", "median", "successive_halving", "hyperband")
+
+
+def make_pruner(name: str, startup_trials: int, warmup_steps: int) -> optuna.pruners.BasePruner:
+    """The same pruner in the sweeper and in every job (Optuna pruners hold no state of their own)."""
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=startup_trials, n_warmup_steps=warmup_steps)
+    if name == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner()
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner()
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise ValueError(f"hydra.sweeper.pruner must be one of {', '.join(PRUNERS)}; got '{name}'")
+
+
+def pruning_hook(sweep_cfg: Any, objective_name: str) -> Optional[Callable[[int, dict], bool]]:
+    """In the job: report each eval's objective to this trial and ask the study's pruner whether to stop."""
+    if sweep_cfg is None or sweep_cfg.trial_id is None or sweep_cfg.pruner in (None, "none"):
+        return None
+    key = objective_name.split("/", 1)[1]
+    storage = make_storage(sweep_cfg.storage)
+    study = optuna.load_study(study_name=sweep_cfg.study, storage=storage, pruner=make_pruner(
+        sweep_cfg.pruner, sweep_cfg.pruner_startup_trials, sweep_cfg.pruner_warmup_steps))
+    trial = Trial(study, int(sweep_cfg.trial_id))
+
+    def should_stop(step: int, ev: dict) -> bool:
+        trial.report(float(ev[key]), step)
+        return trial.should_prune()
+
+    return should_stop
 
 
 # --------------------------------------------------------------------------- storage
@@ -224,6 +259,27 @@ def results_summary(study: optuna.Study, objectives: Sequence[str]) -> dict[str,
     return out
 
 
+def pruning_savings(parent) -> dict[str, float]:
+    """Training time the sweep spent, against an estimate of what it would have spent without pruning.
+
+    A pruned trial would have run its remaining steps at the median time per step of the complete trials."""
+    client = parent.client
+    run = client.get_run(parent.run_id)
+    children = client.search_runs([run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.run_id}'",
+                                  max_results=10000)
+    done = [c.data.metrics for c in children if "perf/train_time_s" in c.data.metrics and c.data.metrics.get("train/steps")]
+    if not done:
+        return {}
+    per_step = [m["perf/train_time_s"] / m["train/steps"] for m in done if m["train/steps"] >= m.get("train/total_steps", 0)]
+    spent = sum(m["perf/train_time_s"] for m in done)
+    if not per_step:
+        return {"sweep/train_time_s": spent}
+    rate = sorted(per_step)[len(per_step) // 2]
+    unpruned = sum(m["perf/train_time_s"] + max(m.get("train/total_steps", 0) - m["train/steps"], 0) * rate for m in done)
+    return {"sweep/train_time_s": spent, "sweep/train_time_unpruned_est_s": unpruned,
+            "sweep/time_saved_pct": 100.0 * (1 - spent / unpruned) if unpruned else 0.0}
+
+
 # --------------------------------------------------------------------------- job side
 def record_run_id(sweep_cfg: Any, run_id: str) -> None:
     """Called in the job: store its MLflow run id on its Optuna trial, so each finds the other."""
@@ -245,6 +301,9 @@ class SweepSettings:
     min_trials_before_abort: int = 4
     stale_after_s: Optional[float] = None
     custom_search_space: Optional[str] = None
+    pruner: str = "none"
+    pruner_startup_trials: int = 5
+    pruner_warmup_steps: int = 0
 
 
 # --------------------------------------------------------------------------- the loop
@@ -288,15 +347,24 @@ class SweepRunner:
             self.directions = [direction] if isinstance(direction, str) else [str(d) for d in direction]
         if len(self.directions) != len(self.objectives):
             raise ValueError(f"{len(self.objectives)} objectives {self.objectives} but {len(self.directions)} directions")
+        if self.s.pruner != "none":
+            make_pruner(self.s.pruner, 1, 0)  # validates the name
+            if len(self.objectives) > 1:
+                raise ValueError("Optuna cannot prune a multi-objective study: set hydra.sweeper.pruner=none "
+                                 f"(objectives: {self.objectives})")
+            if not self.objectives[0].startswith("eval/"):
+                raise ValueError(f"pruning needs an eval/ objective reported during training, not {self.objectives[0]}")
         self.storage_url = self.s.storage or default_storage()
         self.study_name = self.s.study_name or study_name_for(
-            self.space, self.fixed, self.directions, self.objectives, self.sampler_name, self.s.custom_search_space)
+            self.space, self.fixed, self.directions, self.objectives, self.sampler_name, self.s.custom_search_space,
+            self.s.pruner)
 
     def _open_study(self) -> optuna.Study:
         self.storage = make_storage(self.storage_url)
         sampler = make_sampler(self.sampler_name, self.s.seed, self.n_trials, len(self.directions))
+        self.pruner = make_pruner(self.s.pruner, self.s.pruner_startup_trials, self.s.pruner_warmup_steps)
         return optuna.create_study(study_name=self.study_name, storage=self.storage, sampler=sampler,
-                                   directions=self.directions, load_if_exists=True)
+                                   pruner=self.pruner, directions=self.directions, load_if_exists=True)
 
     def _parent_run(self, study: optuna.Study):
         """The study's MLflow parent run: created by the first worker, reopened by later ones."""
@@ -386,7 +454,9 @@ class SweepRunner:
         params = {**self.fixed, **trial.params}
         return (*(f"{k}={v}" for k, v in params.items()),
                 f"sweep.study={self.study_name}", f"sweep.trial={trial.number}", f"sweep.trial_id={trial._trial_id}",
-                f"sweep.storage='{self.storage_url}'", f"sweep.parent_run_id={self.parent.run_id}")
+                f"sweep.storage='{self.storage_url}'", f"sweep.parent_run_id={self.parent.run_id}",
+                f"sweep.pruner={self.s.pruner}", f"sweep.pruner_startup_trials={self.s.pruner_startup_trials}",
+                f"sweep.pruner_warmup_steps={self.s.pruner_warmup_steps}")
 
     # ---- results
     def _tell(self, study: optuna.Study, trial: Trial, ret) -> bool:
@@ -404,6 +474,10 @@ class SweepRunner:
             else:
                 study.tell(trial, values=values)
                 return True
+        elif isinstance(ret._return_value, optuna.TrialPruned):
+            log.info("trial %d pruned: %s", trial.number, ret._return_value)
+            study.tell(trial, state=TrialState.PRUNED)
+            return True
         else:
             exc = ret._return_value
             error = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
@@ -430,6 +504,7 @@ class SweepRunner:
             metrics["sweep/best_value"] = summary["best_value"]
         if "solutions" in summary:
             metrics["sweep/pareto_size"] = len(summary["solutions"])
+        metrics.update(pruning_savings(self.parent))
         self.parent.log_metrics(metrics, step=0)
         summary["sweep_dir"] = str(sweep_dir)
         try:  # the report is a view of results already saved: it must never fail the sweep
@@ -445,8 +520,8 @@ class SweepRunner:
         self._definition()
         study = self._open_study()
         with storage_lock(self.storage_url):
-            study = optuna.load_study(study_name=self.study_name, storage=self.storage,
-                                      sampler=study.sampler)  # re-read user attrs under the lock
+            study = optuna.load_study(study_name=self.study_name, storage=self.storage, sampler=study.sampler,
+                                      pruner=self.pruner)  # re-read user attrs under the lock
             self.parent = self._parent_run(study)
         log.info("study %s (%s, %d trials in all, %s) on %s; MLflow parent run %s", self.study_name,
                  self.sampler_name, self.n_trials, "/".join(self.directions), _redact(self.storage_url),

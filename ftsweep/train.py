@@ -27,6 +27,7 @@ from ftsweep.errors import ConfigError, FtsweepError
 from ftsweep.loop import (build_optimizer, build_scheduler, fit, optimizer_state_mb, seed_everything, tensor_mb,
                           total_optimizer_steps)
 from ftsweep.metrics import PeakMemory, classification_report
+from ftsweep.sweep import pruning_hook
 from ftsweep.tracking import Tracker, flatten
 
 
@@ -186,12 +187,16 @@ def train(cfg: DictConfig | TrainConfig, output_dir: str | Path | None = None,
                      grad_accum_steps=tc.grad_accum_steps, max_grad_norm=tc.optimizer.max_grad_norm,
                      eval_every_steps=tc.eval_every_steps, log_every_steps=tc.log_every_steps,
                      log=tracker.log_metrics, progress=tc.progress_bar, precision=tc.precision,
-                     step_hook=model_mod.step_hook(model), compile=tc.compile)
+                     step_hook=model_mod.step_hook(model), compile=tc.compile,
+                     should_stop=pruning_hook(tc.sweep, tc.objectives[0]))
 
         ev = result.final_eval
         metrics = {f"eval/{k}": ev[k] for k in ("accuracy", "f1_macro", "loss")}
         metrics.update(result.perf())
         metrics["perf/effective_batch_size"] = tc.batch_size * tc.grad_accum_steps
+        metrics["train/steps"], metrics["train/total_steps"] = result.steps, total_steps
+        if result.stopped_at is not None:
+            tracker.set_tags({"pruned": "true", "pruned_at_step": result.stopped_at})
         metrics.update(memory.stop())
         # One name for "the peak that matters here", so a Pareto search can minimise it on any device.
         metrics["mem/peak_mb"] = metrics.get("mem/cuda_peak_allocated_mb", metrics["mem/cpu_peak_rss_mb"])
@@ -225,7 +230,13 @@ def train(cfg: DictConfig | TrainConfig, output_dir: str | Path | None = None,
 
 
 def objective(metrics: dict[str, float], objectives: list[str]) -> float | list[float]:
-    """The value(s) the sweeper optimises: always finite, because the optuna sweeper cannot take NaN."""
+    """The value(s) the sweeper optimises: always finite, because the optuna sweeper cannot take NaN.
+
+    A pruned run raises optuna.TrialPruned (after its MLflow run ended FINISHED), so the sweeper records PRUNED."""
+    if metrics.get("train/steps", 0) < metrics.get("train/total_steps", 0):
+        import optuna
+
+        raise optuna.TrialPruned(f"pruned at step {int(metrics['train/steps'])} of {int(metrics['train/total_steps'])}")
     values = []
     for name in objectives:
         if name not in metrics:

@@ -146,8 +146,10 @@ def test_all_trials_failing_exits_non_zero_with_a_summary(tmp_path, toy):
     assert "RUNNING" not in statuses()
 
 
-def test_sigkill_mid_trial_then_the_same_command_resumes(tmp_path, toy):
-    args = [*base(toy), "max_steps=400", "log_every_steps=50", "batch_size=8,16,32"]
+@pytest.mark.parametrize("pruner", ["none", "median"])
+def test_sigkill_mid_trial_then_the_same_command_resumes(tmp_path, toy, pruner):
+    args = [*base(toy), "max_steps=400", "log_every_steps=50", "batch_size=8,16,32", f"hydra.sweeper.pruner={pruner}",
+            "eval_every_steps=100"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(sweep_cmd(*args), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
@@ -182,8 +184,10 @@ def test_sigkill_mid_trial_then_the_same_command_resumes(tmp_path, toy):
     assert sorted(c.info.status for c in children) == ["FINISHED"] * 3 + ["KILLED"]
 
 
-def test_two_concurrent_workers_share_one_grid(tmp_path, toy):
-    args = [*base(toy), "batch_size=4,8,16,32", "method=full,lora"]
+@pytest.mark.parametrize("pruner", ["none", "median"])
+def test_two_concurrent_workers_share_one_grid(tmp_path, toy, pruner):
+    args = [*base(toy), "batch_size=4,8,16,32", "method=full,lora", f"hydra.sweeper.pruner={pruner}",
+            "hydra.sweeper.pruner_startup_trials=2", "max_steps=6", "eval_every_steps=2"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     procs = [subprocess.Popen(sweep_cmd(*args), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for _ in range(2)]
@@ -191,7 +195,7 @@ def test_two_concurrent_workers_share_one_grid(tmp_path, toy):
     assert [p.returncode for p in procs] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
     [study] = studies(tmp_path)
     trials = study.get_trials()
-    assert len(trials) == 8 and all(t.state.name == "COMPLETE" for t in trials)
+    assert len(trials) == 8 and all(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
     assert len({(t.params["batch_size"], t.params["method"]) for t in trials}) == 8  # no point twice
     assert len({t.user_attrs["worker"] for t in trials}) == 2  # both did work
     parents, children = mlflow_runs()
@@ -243,3 +247,37 @@ def test_two_workers_on_postgresql_for_optuna_and_mlflow(tmp_path, toy, postgres
     parents, children = mlflow_runs()
     assert len(parents) == 1 and len(children) == 4
     assert all(r.info.status == "FINISHED" for r in parents + children)
+
+
+# --------------------------------------------------------------------------- pruning
+PRUNABLE = ["max_steps=48", "epochs=20", "eval_every_steps=4", "optimizer.warmup_ratio=0", "lr=5e-3,1e-7"]
+
+
+def test_a_hopeless_trial_is_pruned_early_and_kept(tmp_path, toy):
+    proc = run(tmp_path, *base(toy), *PRUNABLE, "hydra.sweeper.pruner=median", "hydra.sweeper.pruner_startup_trials=1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [study] = studies(tmp_path)
+    good, bad = sorted(study.get_trials(), key=lambda t: -t.params["lr"])
+    assert good.state.name == "COMPLETE" and bad.state.name == "PRUNED"
+    assert max(bad.intermediate_values) < 48  # stopped before its last step
+    parents, children = mlflow_runs()
+    pruned = next(c for c in children if c.info.run_id == bad.user_attrs["mlflow_run_id"])
+    assert pruned.info.status == "FINISHED" and pruned.data.tags["pruned"] == "true"
+    assert int(pruned.data.tags["pruned_at_step"]) == pruned.data.metrics["train/steps"] < 48
+    assert "eval/accuracy" in pruned.data.metrics  # its partial results are kept
+    m = parents[0].data.metrics
+    assert m["sweep/n_pruned"] == 1 and m["sweep/train_time_unpruned_est_s"] > m["sweep/train_time_s"]
+    report = (tmp_path / "multirun" / study.study_name / "report.md").read_text()
+    assert "1 pruned" in report and "% saved" in report
+
+
+def test_without_a_pruner_nothing_is_pruned(tmp_path, toy):
+    proc = run(tmp_path, *base(toy), *PRUNABLE)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [t.state.name for t in studies(tmp_path)[0].get_trials()] == ["COMPLETE", "COMPLETE"]
+
+
+def test_pruning_a_multi_objective_study_is_refused_clearly(tmp_path, toy):
+    proc = run(tmp_path, "hparams_search=pareto", *base(toy), "hydra.sweeper.pruner=median")
+    assert proc.returncode != 0
+    assert "Optuna cannot prune a multi-objective study" in proc.stderr

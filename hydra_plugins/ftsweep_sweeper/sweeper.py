@@ -29,6 +29,9 @@ class FtsweepSweeperConf:
     stale_after_s: Optional[float] = None  # RUNNING trials of other hosts older than this count as dead
     params: Optional[Dict[str, str]] = None  # search space, in override syntax: {lr: tag(log, interval(1e-5, 1e-3))}
     custom_search_space: Optional[str] = None  # dotpath of fn(cfg, trial) adding conditional parameters
+    pruner: str = "none"  # none, median, successive_halving, hyperband: stop hopeless trials at an eval
+    pruner_startup_trials: int = 5  # median: no pruning until this many trials completed
+    pruner_warmup_steps: int = 0  # median: no pruning before this optimizer step
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="ftsweep", node=FtsweepSweeperConf, provider="ftsweep")
