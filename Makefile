@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 ARGS   ?=
 PORT   ?= 5000
 
-.PHONY: help install run test test-fast ui report clean
+.PHONY: help install run test test-fast bench ui report clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -30,6 +30,9 @@ test: $(STAMP) ## run the whole test suite, slow tests included
 
 test-fast: $(STAMP) ## the fast tests only
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
+
+bench: $(STAMP) ## benchmarks (minutes): writes benchmarks/results.json and benchmarks/README.md
+	$(PY) benchmarks/bench.py $(ARGS)
 
 ui: $(STAMP) ## MLflow UI over the project's store on 127.0.0.1 (PORT=5000)
 	@echo "MLflow UI: http://127.0.0.1:$(PORT)  (Ctrl-C stops it)"

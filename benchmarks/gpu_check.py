@@ -46,7 +46,11 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--only", nargs="*", help="case names to run (default: all)")
+    ap.add_argument("--sweep-order", action="store_true",
+                    help="instead: is a trial's CUDA peak the same whether a bigger trial ran before it in the process?")
     args = ap.parse_args()
+    if args.sweep_order:
+        return sweep_order(args)
 
     import torch
     from mlflow.tracking import MlflowClient
@@ -90,6 +94,40 @@ def main() -> int:
         lines.append(f"| {r['case']} | " + " | ".join(cells) + " |")
     (out / "gpu_results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    return 0
+
+
+def sweep_order(args) -> int:
+    """Two grid sweeps in one process each (basic launcher), big-then-small and small-then-big."""
+    import subprocess
+
+    from mlflow.tracking import MlflowClient
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = {}
+    for order in ("512,32", "32,512"):
+        work = Path(tempfile.mkdtemp())
+        env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
+               "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
+        cmd = [sys.executable, "-m", "ftsweep", "-m", "model=tiny", f"model.name_or_path={Path(args.model).resolve()}",
+               "data=local", f"data.train_file={Path(args.train_file).resolve()}", "data.text_column=review",
+               "data.label_column=sentiment", "data.max_train_samples=640", "data.max_eval_samples=64",
+               "data.max_length=256", "batch_size=64", "max_steps=10", "model.num_hidden_layers=4",
+               "model.num_attention_heads=4", "model.intermediate_size=2048", f"model.hidden_size={order}",
+               "progress_bar=false"]
+        proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(proc.stderr[-3000:])
+            return 1
+        client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+        runs = client.search_runs([client.get_experiment_by_name("local").experiment_id],
+                                  "tags.`mlflow.parentRunId` != ''")
+        results[order] = {r.data.params["model.hidden_size"]: {k: r.data.metrics.get(k) for k in
+                          ("mem/cuda_peak_allocated_mb", "mem/cuda_peak_reserved_mb", "mem/cpu_peak_rss_mb")}
+                          for r in runs}
+        print(order, json.dumps(results[order]), flush=True)
+    (out / "gpu_sweep_order.json").write_text(json.dumps(results, indent=2))
     return 0
 
 

@@ -206,11 +206,15 @@ def train(cfg: DictConfig | TrainConfig, output_dir: str | Path | None = None,
         _write_json_atomic(out_dir / "metrics.json", {"run_id": tracker.run_id, "steps": result.steps, **metrics})
         tracker.log_metrics(metrics, step=result.steps)
 
-        report = classification_report(ev["confusion_matrix"], splits.label_names)
-        tracker.log_json(report, "classification_report.json")
-        png = out_dir / "confusion_matrix.png"
-        _confusion_png(ev["confusion_matrix"], splits.label_names, png)
-        tracker.log_artifact(png)
+        try:
+            report = classification_report(ev["confusion_matrix"], splits.label_names)
+            tracker.log_json(report, "classification_report.json")
+            png = out_dir / "confusion_matrix.png"
+            _confusion_png(ev["confusion_matrix"], splits.label_names, png)
+            tracker.log_artifact(png)
+        except OSError as exc:  # disk full, read-only artifact store: the metrics above are already safe
+            raise FtsweepError(f"could not write the run's artifacts ({exc.strerror or exc}); its metrics are logged "
+                               f"and saved in {out_dir / 'metrics.json'}") from exc
         tracker.end("FINISHED")
         return metrics
     except BaseException as exc:

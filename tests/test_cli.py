@@ -26,6 +26,14 @@ def run_statuses(db: Path) -> list[str]:
 
 @pytest.mark.parametrize("args, message", [
     (["lr=-1"], "lr must be > 0"),
+    (["lr=0"], "lr must be > 0"),
+    (["epochs=0"], "epochs must be >= 1"),
+    (["data=local", "data.train_file={toy}", "data.max_length=1024"], "above model 'tiny' limit of 512"),
+    (["data=local", "data.train_file={toy}", "data.text_column=body"], "no text column 'body'"),
+    (["data=local", "data.train_file={empty}"], "is empty"),
+    (["data=local", "data.train_file={toy}", "data.eval_file={unseen}"], "eval labels never seen in training"),
+    (["data=local", "data.train_file={parquet}"], "no text column 'text' (columns: body, y)"),
+    (["data=local", "data.train_file={json}"], "no label column 'label'"),
     (["batch_size=0"], "batch_size must be >= 1"),
     (["method=lorra"], "Could not find 'method/lorra'"),
     (["lrr=1"], "Could not override 'lrr'"),
@@ -41,7 +49,17 @@ def test_bad_input_exits_non_zero_with_one_clear_line(tmp_path, args, message):
     one = write_csv(tmp_path / "one.csv", [(t, "pos") for t, _ in toy_rows(20)])
     latin = tmp_path / "latin.csv"
     latin.write_bytes("text,label\ncaf\xe9,pos\nbad,neg\n".encode("latin-1"))
-    args = [a.format(toy=toy, one=one, latin=latin) for a in args]
+    empty = tmp_path / "empty.csv"
+    empty.write_bytes(b"")
+    unseen = write_csv(tmp_path / "unseen.csv", [("so so", "neutral"), ("great", "pos")])
+    parquet = tmp_path / "wrong.parquet"
+    import pandas as pd
+
+    pd.DataFrame({"body": ["a", "b"], "y": [0, 1]}).to_parquet(parquet)
+    json_file = tmp_path / "wrong.jsonl"
+    json_file.write_text('{"text": "a", "stars": 1}\n{"text": "b", "stars": 2}\n')
+    args = [a.format(toy=toy, one=one, latin=latin, empty=empty, unseen=unseen, parquet=parquet, json=json_file)
+            for a in args]
     proc = ftsweep("model=tiny", *args, cwd=tmp_path)
     assert proc.returncode != 0
     assert message in proc.stderr

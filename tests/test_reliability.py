@@ -109,3 +109,60 @@ def test_unreachable_tracking_server_is_one_clear_line_before_training(tmp_path,
     lines = [l for l in err.splitlines() if l.startswith("ftsweep: error:")]
     assert len(lines) == 1 and f"http://127.0.0.1:{port} is not usable" in lines[0]
     assert "training" not in err and time.time() - t0 < 60
+
+
+def test_mlflow_sqlite_locked_longer_than_its_busy_timeout_is_retried_and_nothing_is_lost(tiny_cfg):
+    """Another process holds an exclusive lock on mlflow.db for 8 s (sqlite's busy timeout is 5 s)."""
+    import threading
+
+    from mlflow.tracking import MlflowClient
+
+    from ftsweep.train import train
+
+    db = mlflow_db()
+    released = threading.Event()
+
+    def lock_once_the_run_exists() -> None:
+        wait_for(lambda: bool(query(db, "select run_uuid from runs")), "the run")
+        con = sqlite3.connect(db, timeout=60, isolation_level=None)
+        con.execute("BEGIN EXCLUSIVE")
+        time.sleep(8)
+        con.execute("COMMIT")
+        con.close()
+        released.set()
+
+    locker = threading.Thread(target=lock_once_the_run_exists, daemon=True)
+    locker.start()
+    metrics = train(tiny_cfg("max_steps=40", "log_every_steps=2"))
+    locker.join()
+    assert released.is_set()
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    run = client.search_runs([client.get_experiment_by_name("local").experiment_id])[0]
+    assert run.info.status == "FINISHED"
+    assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 20  # every logged step arrived
+    assert run.data.metrics["eval/accuracy"] == metrics["eval/accuracy"]
+
+
+def test_disk_full_while_writing_artifacts_fails_clearly_and_keeps_the_metrics(tiny_cfg, tmp_path, monkeypatch):
+    import errno
+
+    from mlflow.tracking import MlflowClient
+
+    from ftsweep.errors import FtsweepError
+    from ftsweep.tracking import Tracker
+    from ftsweep.train import train
+
+    real = Tracker.log_artifact
+
+    def full_disk(self, path):
+        if Path(path).name in ("classification_report.json", "confusion_matrix.png"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, path)
+
+    monkeypatch.setattr(Tracker, "log_artifact", full_disk)
+    with pytest.raises(FtsweepError, match="No space left on device.*metrics are logged"):
+        train(tiny_cfg("max_steps=4"), output_dir=tmp_path / "out")
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    run = client.search_runs([client.get_experiment_by_name("local").experiment_id])[0]
+    assert run.info.status == "FAILED" and "No space left" in run.data.tags["error"]
+    assert "eval/accuracy" in run.data.metrics and (tmp_path / "out" / "metrics.json").exists()
