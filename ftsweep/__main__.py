@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
 
 # Quieter start-up: no tokenizer fork warnings, no artifact progress bars in logs.
@@ -25,16 +24,12 @@ from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 import ftsweep.config  # noqa: E402,F401  (registers the schemas)
+from ftsweep import interrupt  # noqa: E402
 from ftsweep.errors import FtsweepError  # noqa: E402
 
 log = logging.getLogger("ftsweep")
 SUMMARY = ("eval/accuracy", "eval/f1_macro", "perf/step_time_ms", "perf/train_time_s", "mem/cpu_peak_rss_mb",
            "mem/cuda_peak_allocated_mb", "params/trainable_pct")
-
-
-def _terminated(signum, frame) -> None:
-    # SIGTERM (kill, a scheduler's preemption) takes the same path as Ctrl-C: runs end KILLED, trials FAIL.
-    raise KeyboardInterrupt(f"terminated by {signal.Signals(signum).name}")
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
@@ -61,5 +56,6 @@ def main(cfg: DictConfig) -> float | list[float]:
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, _terminated)
+    # SIGTERM (kill, a scheduler's preemption) takes Ctrl-C's path: runs end KILLED, trials FAIL and rerun.
+    interrupt.install()
     main()

@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ftsweep import interrupt
 from ftsweep.config import OptimizerConfig, Precision
 from ftsweep.errors import TrainingError
 from ftsweep.metrics import classification_scores, confusion_matrix, step_time_stats
@@ -84,6 +85,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, num_lab
     model.eval()
     preds, labels, loss_sum, n = [], [], torch.zeros((), device=device), 0
     for batch in loader:
+        interrupt.check()
         batch = _to(batch, device)
         with autocast(device, precision):
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -161,6 +163,7 @@ def fit(model: nn.Module, train_loader: DataLoader, eval_loader: DataLoader, opt
     for _epoch in range(epochs):
         batches = iter(train_loader)
         while step < total_steps and result.stopped_at is None:
+            interrupt.check()
             micro = [b for _, b in zip(range(grad_accum_steps), batches)]
             if not micro:
                 break  # epoch done

@@ -35,6 +35,8 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 import optuna
 from omegaconf import DictConfig, OmegaConf
+
+from ftsweep import interrupt
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import FrozenTrial, Trial, TrialState
 
@@ -143,7 +145,9 @@ def make_storage(url: str) -> optuna.storages.RDBStorage:
 def storage_lock(url: str) -> Iterator[None]:
     """Serialise claiming trials across processes (and machines, for PostgreSQL)."""
     if url.startswith("sqlite:///"):
-        with open(url[len("sqlite:///"):] + ".lock", "w") as f:
+        path = Path(url[len("sqlite:///"):] + ".lock")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
                 yield
@@ -518,10 +522,8 @@ class SweepRunner:
 
     def run(self) -> dict[str, Any]:
         self._definition()
-        study = self._open_study()
-        with storage_lock(self.storage_url):
-            study = optuna.load_study(study_name=self.study_name, storage=self.storage, sampler=study.sampler,
-                                      pruner=self.pruner)  # re-read user attrs under the lock
+        with storage_lock(self.storage_url):  # two workers creating the tables at once would collide
+            study = self._open_study()
             self.parent = self._parent_run(study)
         log.info("study %s (%s, %d trials in all, %s) on %s; MLflow parent run %s", self.study_name,
                  self.sampler_name, self.n_trials, "/".join(self.directions), _redact(self.storage_url),
@@ -530,6 +532,7 @@ class SweepRunner:
         batch: list[Trial] = []
         try:
             while True:
+                interrupt.check()
                 batch = self._claim(study)
                 if not batch:
                     break

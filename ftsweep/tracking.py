@@ -66,15 +66,16 @@ class Tracker:
         from mlflow.exceptions import MlflowException
 
         try:
-            exp = self.client.get_experiment_by_name(name)
+            exp = _retry(lambda: self.client.get_experiment_by_name(name))
             if exp is not None:
                 return exp.experiment_id
             try:
                 # The kind tag makes MLflow's UI open on its model-training views (runs, charts), not GenAI traces.
-                return self.client.create_experiment(name, artifact_location=_artifact_root(self.tracking_uri),
-                                                     tags={"mlflow.experimentKind": "custom_model_development"})
+                return _retry(lambda: self.client.create_experiment(
+                    name, artifact_location=_artifact_root(self.tracking_uri),
+                    tags={"mlflow.experimentKind": "custom_model_development"}))
             except MlflowException:  # another process created it first
-                exp = self.client.get_experiment_by_name(name)
+                exp = _retry(lambda: self.client.get_experiment_by_name(name))
                 if exp is None:
                     raise
                 return exp.experiment_id

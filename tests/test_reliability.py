@@ -70,7 +70,7 @@ def test_signal_during_a_single_run_ends_it_killed_and_keeps_its_metrics(tmp_pat
 
 def test_sigterm_during_a_sweep_fails_the_trial_and_the_same_command_resumes(tmp_path):
     toy = write_csv(tmp_path / "toy.csv", toy_rows(64))
-    args = ["-m", "model=tiny", "data=local", f"data.train_file={toy}", "progress_bar=false", "max_steps=300",
+    args = ["-m", "model=tiny", "data=local", f"data.train_file={toy}", "progress_bar=false", "max_steps=300", "epochs=1000",
             "log_every_steps=5", "batch_size=8,16"]
     proc = start(tmp_path, *args)
     db = mlflow_db()
@@ -112,30 +112,23 @@ def test_unreachable_tracking_server_is_one_clear_line_before_training(tmp_path,
 
 
 def test_mlflow_sqlite_locked_longer_than_its_busy_timeout_is_retried_and_nothing_is_lost(tiny_cfg):
-    """Another process holds an exclusive lock on mlflow.db for 8 s (sqlite's busy timeout is 5 s)."""
-    import threading
-
+    """Another process holds an exclusive lock on mlflow.db for 25 s; MLflow's sqlite busy timeout is 20 s."""
     from mlflow.tracking import MlflowClient
 
+    from ftsweep.tracking import Tracker
     from ftsweep.train import train
 
-    db = mlflow_db()
-    released = threading.Event()
-
-    def lock_once_the_run_exists() -> None:
-        wait_for(lambda: bool(query(db, "select run_uuid from runs")), "the run")
-        con = sqlite3.connect(db, timeout=60, isolation_level=None)
-        con.execute("BEGIN EXCLUSIVE")
-        time.sleep(8)
-        con.execute("COMMIT")
-        con.close()
-        released.set()
-
-    locker = threading.Thread(target=lock_once_the_run_exists, daemon=True)
-    locker.start()
-    metrics = train(tiny_cfg("max_steps=40", "log_every_steps=2"))
-    locker.join()
-    assert released.is_set()
+    Tracker().experiment_id("local")  # the store exists before it is locked
+    locker = subprocess.Popen(
+        [sys.executable, "-c", "import sqlite3, sys, time\n"
+         "con = sqlite3.connect(sys.argv[1], timeout=60, isolation_level=None)\n"
+         "con.execute('BEGIN EXCLUSIVE'); print('locked', flush=True); time.sleep(25); con.execute('COMMIT')",
+         str(mlflow_db())], stdout=subprocess.PIPE, text=True)
+    assert locker.stdout.readline().strip() == "locked"
+    t0 = time.time()
+    metrics = train(tiny_cfg("epochs=5", "log_every_steps=2"))  # 40 steps; every tracking call waits out the lock
+    assert time.time() - t0 > 20
+    assert locker.wait(timeout=60) == 0
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     run = client.search_runs([client.get_experiment_by_name("local").experiment_id])[0]
     assert run.info.status == "FINISHED"

@@ -148,7 +148,7 @@ def test_all_trials_failing_exits_non_zero_with_a_summary(tmp_path, toy):
 
 @pytest.mark.parametrize("pruner", ["none", "median"])
 def test_sigkill_mid_trial_then_the_same_command_resumes(tmp_path, toy, pruner):
-    args = [*base(toy), "max_steps=400", "log_every_steps=50", "batch_size=8,16,32", f"hydra.sweeper.pruner={pruner}",
+    args = [*base(toy), "max_steps=400", "epochs=1000", "log_every_steps=50", "batch_size=8,16,32", f"hydra.sweeper.pruner={pruner}",
             "eval_every_steps=100"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(sweep_cmd(*args), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
