@@ -28,7 +28,7 @@ LogFn = Callable[[dict[str, float], int], None]
 def build_optimizer(model: nn.Module, cfg: OptimizerConfig, lr: float, fused: bool = True) -> torch.optim.Optimizer:
     # No weight decay on biases and LayerNorm weights, as in BERT's recipe.
     decay, no_decay = [], []
-    for name, param in model.named_parameters():
+    for param in model.parameters():
         if param.requires_grad:
             (no_decay if param.ndim < 2 else decay).append(param)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

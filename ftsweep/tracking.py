@@ -102,7 +102,7 @@ class Tracker:
 
         items = [Param(k, str(v)[:MAX_PARAM_LEN]) for k, v in params.items()]
         for i in range(0, len(items), 100):  # log_batch takes at most 100 params
-            _retry(lambda: self.client.log_batch(self.run_id, params=items[i:i + 100]))
+            _retry(lambda chunk=items[i:i + 100]: self.client.log_batch(self.run_id, params=chunk))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         from mlflow.entities import Metric
