@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
@@ -29,7 +30,7 @@ sys.path.insert(0, str(HERE.parent))
 from ftsweep.config import LoraMethodConfig, MethodConfig, OptimizerConfig, Truncation, compose_config, validate  # noqa: E402
 from ftsweep.data import LengthGroupedBatchSampler, PadCollator, load_splits, make_loader, tokenize  # noqa: E402
 from ftsweep.loop import build_optimizer, build_scheduler, evaluate, fit  # noqa: E402
-from ftsweep.metrics import PeakMemory  # noqa: E402
+from ftsweep.metrics import PeakMemory, step_time_stats  # noqa: E402
 from ftsweep.model import apply_method, count_params, load_model, load_tokenizer  # noqa: E402
 
 BATCH, LENGTH = 16, 128
@@ -111,7 +112,17 @@ def bare_steps(setup: Setup, method: MethodConfig, batches: list[dict]) -> list[
 
 
 def steady(times: list[float]) -> float:
-    return statistics.median(times[min(3, len(times) // 4):])  # as ftsweep reports it: warm-up steps skipped
+    """Median step seconds, warm-up skipped exactly as ftsweep reports perf/step_time_ms."""
+    return step_time_stats(times)["perf/step_time_ms"] / 1000
+
+
+def alternating(repeats: int, cases: dict[str, Callable[[], Any]]) -> dict[str, list]:
+    """Run every case once per repeat, reversing the order on odd repeats so no side always goes first."""
+    results: dict[str, list] = {name: [] for name in cases}
+    for r in range(repeats):
+        for name in (list(cases) if r % 2 == 0 else list(cases)[::-1]):
+            results[name].append(cases[name]())
+    return results
 
 
 # --------------------------------------------------------------------------- 1. framework overhead
@@ -119,11 +130,11 @@ def bench_overhead(setup: Setup, steps: int, repeats: int) -> dict:
     batches = setup.fixed_batches(steps)
     out = {}
     for method in (FULL, LORA):
-        a, b = [], []
-        for r in range(repeats):
-            order = [("ftsweep", ftsweep_steps), ("bare", bare_steps)]
-            for name, fn in (order if r % 2 == 0 else order[::-1]):  # alternate who goes first
-                (a if name == "ftsweep" else b).append(steady(fn(setup, method, batches)) * 1000)
+        runs = alternating(repeats, {
+            "ftsweep": lambda m=method: steady(ftsweep_steps(setup, m, batches)) * 1000,
+            "bare": lambda m=method: steady(bare_steps(setup, m, batches)) * 1000,
+        })
+        a, b = runs["ftsweep"], runs["bare"]
         out[method.name] = {"ftsweep_step_ms": stats(a), "bare_step_ms": stats(b),
                             "overhead_vs_bare_loop": statistics.median(a) / statistics.median(b)}
         print(f"[overhead] {method.name}: ftsweep {statistics.median(a):.0f} ms, bare {statistics.median(b):.0f} ms",
@@ -179,13 +190,9 @@ def bench_hf_trainer(setup: Setup, steps: int, repeats: int) -> dict:
         wall = time.perf_counter() - t0 - result.eval_time_s
         return wall, steady(result.step_times_s)
 
-    hf_wall, hf_step, fs_wall, fs_step = [], [], [], []
-    for r in range(repeats):
-        runs = [("hf", hf_run), ("fs", ftsweep_run)]
-        for name, fn in (runs if r % 2 == 0 else runs[::-1]):
-            wall, step = fn()
-            (hf_wall if name == "hf" else fs_wall).append(wall)
-            (hf_step if name == "hf" else fs_step).append(step * 1000)
+    runs = alternating(repeats, {"hf": hf_run, "fs": ftsweep_run})
+    hf_wall, hf_step = [w for w, _ in runs["hf"]], [s * 1000 for _, s in runs["hf"]]
+    fs_wall, fs_step = [w for w, _ in runs["fs"]], [s * 1000 for _, s in runs["fs"]]
     out = {"hf_train_wall_s": stats(hf_wall), "ftsweep_train_wall_s": stats(fs_wall),
            "hf_step_ms": stats(hf_step), "ftsweep_step_ms": stats(fs_step),
            "speedup_vs_hf_trainer_wall": statistics.median(hf_wall) / statistics.median(fs_wall),
@@ -212,18 +219,17 @@ def bench_padding(setup: Setup, n_batches: int, repeats: int) -> dict:
             "dynamic_grouped": [collate([(ids[j], labels[j]) for j in b]) for b in
                                 LengthGroupedBatchSampler([len(x) for x in ids], BATCH, seed=0)],
         }
-        res = {k: [] for k in plans}
-        for r in range(repeats):
-            names = list(plans) if r % 2 == 0 else list(plans)[::-1]
-            for name in names:
-                model = setup.model(FULL)
-                opt = build_optimizer(model, OPT, FULL.lr)
-                t0 = time.perf_counter()
-                for batch in plans[name]:
-                    model(**batch).loss.backward()
-                    opt.step()
-                    opt.zero_grad(set_to_none=True)
-                res[name].append(n / (time.perf_counter() - t0))
+        def samples_per_s(batches: list[dict]) -> float:
+            model = setup.model(FULL)
+            opt = build_optimizer(model, OPT, FULL.lr)
+            t0 = time.perf_counter()
+            for batch in batches:
+                model(**batch).loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            return n / (time.perf_counter() - t0)
+
+        res = alternating(repeats, {name: (lambda b=batches: samples_per_s(b)) for name, batches in plans.items()})
         tokens = {k: sum(int(b["input_ids"].numel()) for b in v) for k, v in plans.items()}
         out[str(length)] = {**{f"{k}_samples_per_s": stats(v) for k, v in res.items()},
                             "padded_tokens": tokens, "real_tokens": sum(len(x) for x in ids),
@@ -337,10 +343,11 @@ def bench_before_after(setup: Setup, steps: int, repeats: int) -> dict:
     batches = setup.fixed_batches(steps)
     out = {}
     for method in (FULL, LORA):
-        before, after = [], []
-        for r in range(repeats):
-            for fused in ((False, True) if r % 2 == 0 else (True, False)):
-                (after if fused else before).append(steady(ftsweep_steps(setup, method, batches, fused=fused)) * 1000)
+        runs = alternating(repeats, {
+            "before": lambda m=method: steady(ftsweep_steps(setup, m, batches, fused=False)) * 1000,
+            "after": lambda m=method: steady(ftsweep_steps(setup, m, batches, fused=True)) * 1000,
+        })
+        before, after = runs["before"], runs["after"]
         out[method.name] = {"before_foreach_step_ms": stats(before), "after_fused_step_ms": stats(after),
                             "speedup": statistics.median(before) / statistics.median(after)}
         print(f"[before/after] {method.name}: foreach {statistics.median(before):.0f} ms -> fused "

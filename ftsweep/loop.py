@@ -111,7 +111,6 @@ class FitResult:
     final_eval: dict = field(default_factory=dict)
     grads_mb: float = 0.0  # gradient tensors at the first optimizer step
     compiled: bool = False
-    total_steps: int = 0
     stopped_at: Optional[int] = None  # the eval step at which `should_stop` ended training (pruning)
 
     def perf(self) -> dict[str, float]:
@@ -137,7 +136,7 @@ def fit(model: nn.Module, train_loader: DataLoader, eval_loader: DataLoader, opt
     """Train for total_steps optimizer steps; `model` is evaluated as is, a compiled copy does the training.
 
     After each evaluation `should_stop(step, eval)` may end training early (a pruner's verdict)."""
-    result = FitResult(compiled=compile, total_steps=total_steps)
+    result = FitResult(compiled=compile)
     train_model = torch.compile(model, dynamic=True) if compile else model  # dynamic: padding varies per batch
     # fp16 needs loss scaling to keep small gradients from flushing to zero; bf16 has fp32's range.
     scaler = torch.amp.GradScaler(device.type) if precision == Precision.fp16 else None

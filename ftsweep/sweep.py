@@ -401,25 +401,25 @@ class SweepRunner:
             if is_stale(t, self.s.stale_after_s, now):
                 log.warning("trial %d was left RUNNING by %s, which is gone: marking it FAIL and running its "
                             "parameters again", t.number, t.user_attrs.get("worker", "an unknown worker"))
-                self.storage.set_trial_system_attr(t._trial_id, STALE, True)
-                self.storage.set_trial_user_attr(t._trial_id, "error", "worker died (stale RUNNING trial)")
-                self.storage.set_trial_state(t._trial_id, TrialState.FAIL)
-                if self.points is None:
-                    study.enqueue_trial(dict(t.params))  # the grid re-claims it by itself
+                self._fail_for_rerun(study, t._trial_id, t.params, "worker died (stale RUNNING trial)")
                 if t.user_attrs.get("mlflow_run_id"):
                     _end_child_run(t.user_attrs["mlflow_run_id"])
 
     def _interrupted(self, study: optuna.Study, batch: list[Trial], exc: BaseException) -> None:
         for trial in batch:
-            if study._storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
+            if self.storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
                 continue
             log.warning("trial %d interrupted (%s): marked FAIL; the same command runs it again", trial.number,
                         type(exc).__name__)
-            self.storage.set_trial_system_attr(trial._trial_id, STALE, True)
-            trial.set_user_attr("error", f"interrupted: {type(exc).__name__} {exc}"[:1000])
-            study.tell(trial, state=TrialState.FAIL)
-            if self.points is None:
-                study.enqueue_trial(dict(trial.params))
+            self._fail_for_rerun(study, trial._trial_id, trial.params, f"interrupted: {type(exc).__name__} {exc}")
+
+    def _fail_for_rerun(self, study: optuna.Study, trial_id: int, params: dict[str, Any], error: str) -> None:
+        """FAIL a trial that did not get to finish, so that it does not count and its parameters run again."""
+        self.storage.set_trial_system_attr(trial_id, STALE, True)
+        self.storage.set_trial_user_attr(trial_id, "error", error[:1000])
+        self.storage.set_trial_state(trial_id, TrialState.FAIL)
+        if self.points is None:
+            study.enqueue_trial(dict(params))  # the grid re-claims its free points by itself
 
     @staticmethod
     def _done(t: FrozenTrial) -> bool:

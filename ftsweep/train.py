@@ -120,10 +120,11 @@ def prepare(cfg: TrainConfig, device: torch.device) -> tuple[data_mod.TextSplits
         raise ConfigError(f"precision=fp16 needs CUDA (its GradScaler and kernels); this run's device is {device.type}. "
                           f"Use precision=bf16 or fp32")
     splits = data_mod.load_splits(cfg.data)
-    limit = model_mod.max_positions(cfg.model) - model_mod.extra_positions(cfg.method)
+    extra = model_mod.extra_positions(cfg.method)
+    limit = model_mod.max_positions(cfg.model) - extra
     if cfg.data.max_length > limit:
         raise ConfigError(f"data.max_length={cfg.data.max_length} is above model '{cfg.model.name}' limit of {limit} "
-                          f"tokens" + (" with this method's virtual tokens" if model_mod.extra_positions(cfg.method) else ""))
+                          f"tokens" + (" with this method's virtual tokens" if extra else ""))
     tokenizer = model_mod.load_tokenizer(cfg.model)
     return splits, tokenizer
 
