@@ -3,24 +3,34 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+LOCK   := requirements.lock
 ARGS   ?=
 PORT   ?= 5000
+DASH_PORT ?= 8080
+STORAGE ?= sqlite:///multirun/optuna.db
 
-.PHONY: help install run test test-fast bench ui report clean
+.PHONY: help install lock run test test-fast bench ui dashboard report clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-10s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	@test -n "$(PYTHON)" || { echo "need python3.11 on PATH (or make PYTHON=/path/to/python3.11)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# The CPU torch wheel first, so the dependency resolution below never pulls a CUDA build.
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev]'
+	# Exactly the tested versions (torch is the CPU build), then ftsweep itself on top of them.
+	$(PY) -m pip install --quiet -r $(LOCK)
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-install: $(STAMP) ## create .venv with ftsweep and its pinned dependencies
+install: $(STAMP) ## create .venv with ftsweep and the exact versions in requirements.lock
+
+lock: $(STAMP) ## re-resolve requirements.lock from pyproject.toml's ranges (uv; CPU torch)
+	$(PY) -m pip install --quiet uv
+	echo 'torch==2.13.0+cpu' > .venv/torch-cpu.txt
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+	    --find-links /opt/wheels -c .venv/torch-cpu.txt --no-header --annotation-style line -o $(LOCK).new
+	{ sed -n '1,3p' $(LOCK); cat $(LOCK).new; } > $(LOCK).tmp && rm $(LOCK).new && mv $(LOCK).tmp $(LOCK)
 
 run: $(STAMP) ## fine-tune MiniLM on IMDB with the defaults and log to MLflow (ARGS="method=lora ...")
 	$(PY) -m ftsweep $(ARGS)
@@ -37,6 +47,10 @@ bench: $(STAMP) ## benchmarks (minutes): writes benchmarks/results.json and benc
 ui: $(STAMP) ## MLflow UI over the project's store on 127.0.0.1 (PORT=5000)
 	@echo "MLflow UI: http://127.0.0.1:$(PORT)  (Ctrl-C stops it)"
 	$(VENV)/bin/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}" --host 127.0.0.1 --port $(PORT)
+
+dashboard: $(STAMP) ## optuna-dashboard over a sweep's Optuna storage on 127.0.0.1 (STORAGE=..., DASH_PORT=8080)
+	@echo "optuna-dashboard: http://127.0.0.1:$(DASH_PORT)  (Ctrl-C stops it)"
+	$(VENV)/bin/optuna-dashboard "$(patsubst journal://%,%,$(STORAGE))" --host 127.0.0.1 --port $(DASH_PORT)
 
 report: $(STAMP) ## trade-off report for the latest sweep (ARGS="--sweep RUN_ID --out DIR")
 	$(PY) -m ftsweep.report $(ARGS)

@@ -29,7 +29,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from ftsweep.config import LoraMethodConfig, MethodConfig, OptimizerConfig, Truncation, compose_config, validate  # noqa: E402
 from ftsweep.data import LengthGroupedBatchSampler, PadCollator, load_splits, make_loader, tokenize  # noqa: E402
-from ftsweep.loop import build_optimizer, build_scheduler, evaluate, fit  # noqa: E402
+from ftsweep.loop import LoopSettings, build_optimizer, build_scheduler, evaluate, fit  # noqa: E402
 from ftsweep.metrics import PeakMemory, step_time_stats  # noqa: E402
 from ftsweep.model import apply_method, count_params, load_model, load_tokenizer  # noqa: E402
 
@@ -86,8 +86,9 @@ def ftsweep_steps(setup: Setup, method: MethodConfig, batches: list[dict], fused
     sched = build_scheduler(opt, OPT, len(batches))
     empty_eval = [{"input_ids": batches[0]["input_ids"][:1], "attention_mask": batches[0]["attention_mask"][:1],
                    "labels": batches[0]["labels"][:1]}]
-    result = fit(model, batches, empty_eval, opt, sched, device=torch.device("cpu"), num_labels=2, epochs=1,
-                 total_steps=len(batches), max_grad_norm=1.0, log_every_steps=len(batches), progress=False)
+    settings = LoopSettings(total_steps=len(batches), epochs=1, num_labels=2, max_grad_norm=1.0,
+                            log_every_steps=len(batches), progress=False)
+    result = fit(model, batches, empty_eval, opt, sched, settings, torch.device("cpu"))
     return result.step_times_s
 
 
@@ -185,8 +186,9 @@ def bench_hf_trainer(setup: Setup, steps: int, repeats: int) -> dict:
         opt = build_optimizer(model, OPT, FULL.lr)
         sched = build_scheduler(opt, OPT, steps)
         t0 = time.perf_counter()
-        result = fit(model, loader, [next(iter(loader))], opt, sched, device=torch.device("cpu"), num_labels=2,
-                     epochs=1, total_steps=steps, max_grad_norm=1.0, log_every_steps=steps, progress=False)
+        settings = LoopSettings(total_steps=steps, epochs=1, num_labels=2, max_grad_norm=1.0, log_every_steps=steps,
+                                progress=False)
+        result = fit(model, loader, [next(iter(loader))], opt, sched, settings, torch.device("cpu"))
         wall = time.perf_counter() - t0 - result.eval_time_s
         return wall, steady(result.step_times_s)
 

@@ -1,4 +1,4 @@
-"""The prepared CUDA check (issues 2 and 5): CUDA peak memory and step time per method and knob.
+"""The prepared CUDA check: CUDA peak memory and step time per method and knob.
 
 Runs train() on MiniLM for each case below, reads the metrics back from the MLflow
 store (so they are shown *logged*, not only computed) and writes a JSON and a

@@ -237,16 +237,12 @@ class HubDataConfig(DataConfig):
 # --------------------------------------------------------------------------- sweep
 @dataclass
 class SweepInfo:
-    """Set by the sweeper on each trial's command line; null for a single run."""
+    """Set by the sweeper on each trial's command line; null for a single run. The rest (trial number,
+    MLflow parent run, pruner) the trial reads from its study (ftsweep/sweep/trial_link.py)."""
 
     study: Optional[str] = None
-    trial: Optional[int] = None  # Optuna trial number
-    trial_id: Optional[int] = None  # Optuna storage id, to record this run's MLflow id on the trial
+    trial_id: Optional[int] = None  # Optuna storage id of this job's trial
     storage: Optional[str] = None
-    parent_run_id: Optional[str] = None  # the sweep's MLflow parent run
-    pruner: Optional[str] = None  # the study's pruner (see hydra.sweeper.pruner); the job reports evals to it
-    pruner_startup_trials: int = 5
-    pruner_warmup_steps: int = 0
 
 
 # --------------------------------------------------------------------------- top level
@@ -308,14 +304,20 @@ def register_configs() -> None:
     cs.store(group="data", name="base_hub", node=HubDataConfig)
 
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+def _conf_dir() -> Path:
+    """conf/ ships inside the wheel as ftsweep/conf; in a source checkout it is the repo's top-level conf/."""
+    here = Path(__file__).resolve().parent
+    return here / "conf" if (here / "conf" / "config.yaml").is_file() else here.parent / "conf"
+
+
+CONF_DIR = _conf_dir()
 
 
 def compose_config(*overrides: str) -> DictConfig:
     """conf/config.yaml with overrides, as `python -m ftsweep` would compose it (for scripts and tests)."""
     from hydra import compose, initialize_config_dir
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR)):
         return compose(config_name="config", overrides=list(overrides))
 
 

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from ftsweep import assets
 from ftsweep.config import DataConfig, HubDataConfig, LocalDataConfig, Truncation
-from ftsweep.errors import DataError
+from ftsweep.errors import DataError, first_line
 
 
 @dataclass
@@ -93,7 +93,7 @@ def read_table(path: str, encoding: str = "utf-8") -> pd.DataFrame:
     except pd.errors.EmptyDataError as exc:
         raise DataError(f"{path} is empty") from exc
     except (ValueError, pd.errors.ParserError, OSError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         raise DataError(f"{path} could not be read as {suffix[1:]}: {first}") from exc
     if len(df) == 0:
         raise DataError(f"{path} has no rows")
@@ -121,7 +121,7 @@ def _read_hub(cfg: HubDataConfig) -> tuple[pd.DataFrame, pd.DataFrame | None]:
         else:
             ds = datasets.load_dataset(cfg.path, cfg.config_name)
     except Exception as exc:  # hub unreachable, unknown name, bad folder: all user-fixable
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         raise DataError(f"could not load data.path={cfg.path}: {first}") from exc
     if isinstance(ds, datasets.Dataset):
         ds = datasets.DatasetDict({cfg.train_split: ds})

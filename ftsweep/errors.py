@@ -19,3 +19,11 @@ class ModelError(FtsweepError):
 
 class TrainingError(FtsweepError):
     """Training diverged (NaN or inf loss)."""
+
+
+def first_line(exc: BaseException, with_type: bool = False) -> str:
+    """The first line of an exception's message (its type when it has none): a failure shown in one line."""
+    lines = str(exc).strip().splitlines()
+    if not lines:
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {lines[0]}" if with_type else lines[0]

@@ -1,7 +1,7 @@
 """The training loop ftsweep owns: forward, loss, backward, clip, step, schedule, log.
 
 Plain PyTorch so that step time and memory are what the method costs, not what a
-framework adds. It knows nothing of Hydra or MLflow: it reports through `log`.
+framework adds. It knows nothing of Hydra, Optuna or MLflow: it reports through `log` and asks `Hooks` whether to stop.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from ftsweep import interrupt
 from ftsweep.config import OptimizerConfig, Precision
 from ftsweep.errors import TrainingError
-from ftsweep.metrics import classification_scores, confusion_matrix, step_time_stats
+from ftsweep.metrics import classification_scores, confusion_matrix, step_time_stats, tensor_mb
 
 LogFn = Callable[[dict[str, float], int], None]
 
@@ -69,14 +69,6 @@ def autocast(device: torch.device, precision: Precision):
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
-def tensor_mb(tensors) -> float:
-    return sum(t.numel() * t.element_size() for t in tensors) / 2**20
-
-
-def optimizer_state_mb(optimizer: torch.optim.Optimizer) -> float:
-    return tensor_mb(v for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v))
-
-
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, num_labels: int,
              precision: Precision = Precision.fp32) -> dict:
@@ -100,6 +92,37 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, num_lab
             "loss": float(loss_sum.item() / max(n, 1)), "confusion_matrix": cm}
 
 
+class Hooks:
+    """What the world around a run may do at its edges; the default does nothing.
+
+    A sweep's trial (ftsweep/sweep/trial_link.py) records the run id on its Optuna trial, nests the run
+    under the sweep's parent run, and may stop training after an evaluation (pruning)."""
+
+    parent_run_id: Optional[str] = None
+    tags: dict[str, Any] = {}
+
+    def on_start(self, run_id: str) -> None:
+        pass
+
+    def should_stop(self, step: int, evaluation: dict[str, float]) -> Optional[str]:
+        """After each evaluation: a reason to stop now (e.g. "pruned"), or None to go on."""
+        return None
+
+
+@dataclass
+class LoopSettings:
+    total_steps: int  # optimizer steps
+    epochs: int
+    num_labels: int
+    grad_accum_steps: int = 1
+    max_grad_norm: Optional[float] = None
+    eval_every_steps: Optional[int] = None  # None: at each epoch end only
+    log_every_steps: int = 10
+    precision: Precision = Precision.fp32
+    compile: bool = False
+    progress: bool = True
+
+
 @dataclass
 class FitResult:
     steps: int = 0
@@ -109,9 +132,11 @@ class FitResult:
     eval_time_s: float = 0.0
     step_times_s: list[float] = field(default_factory=list)
     final_eval: dict = field(default_factory=dict)
+    last_eval_step: int = -1
     grads_mb: float = 0.0  # gradient tensors at the first optimizer step
     compiled: bool = False
-    stopped_at: Optional[int] = None  # the eval step at which `should_stop` ended training (pruning)
+    stopped_at: Optional[int] = None  # the step after whose evaluation a hook stopped training
+    stop_reason: Optional[str] = None  # what the hook said, e.g. "pruned"
 
     def perf(self) -> dict[str, float]:
         out = step_time_stats(self.step_times_s)
@@ -127,80 +152,84 @@ class FitResult:
         return out
 
 
+def _evaluate_and_ask(model, eval_loader, device, s: LoopSettings, hooks: Hooks, log: LogFn, result: FitResult,
+                      step: int) -> None:
+    t0 = time.perf_counter()
+    ev = evaluate(model, eval_loader, device, s.num_labels, s.precision)
+    result.eval_time_s += time.perf_counter() - t0
+    result.final_eval, result.last_eval_step = ev, step
+    log({f"eval/{k}": ev[k] for k in ("accuracy", "f1_macro", "loss")}, step)
+    if step < s.total_steps:
+        reason = hooks.should_stop(step, ev)
+        if reason:
+            result.stopped_at, result.stop_reason = step, reason
+
+
+def _optimizer_step(train_model, micro: list[dict], optimizer, scheduler, trainable, scaler, device,
+                    s: LoopSettings, result: FitResult, step_hook) -> torch.Tensor:
+    """One optimizer step over `micro` (grad_accum_steps batches); returns the summed loss, on device."""
+    loss_sum = torch.zeros((), device=device)
+    for batch in micro:
+        result.samples += batch["labels"].numel()
+        result.tokens += int(batch["attention_mask"].sum())  # CPU tensor: no device sync
+        batch = _to(batch, device)
+        with autocast(device, s.precision):
+            # The model computes the loss: cross-entropy, plus a method's own term (AdaLoRA's orthogonality).
+            loss = train_model(**batch).loss
+        scaled = loss / len(micro)
+        (scaler.scale(scaled) if scaler else scaled).backward()
+        loss_sum += loss.detach().float()
+    if scaler:
+        scaler.unscale_(optimizer)
+    if s.max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(trainable, s.max_grad_norm)
+    if result.steps == 0:
+        result.grads_mb = tensor_mb(p.grad for p in trainable if p.grad is not None)
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    scheduler.step()
+    if step_hook is not None:
+        step_hook(result.steps)  # before zero_grad: AdaLoRA scores ranks from the gradients
+    optimizer.zero_grad(set_to_none=True)
+    return loss_sum
+
+
 def fit(model: nn.Module, train_loader: DataLoader, eval_loader: DataLoader, optimizer: torch.optim.Optimizer,
-        scheduler, *, device: torch.device, num_labels: int, epochs: int, total_steps: int,
-        grad_accum_steps: int = 1, max_grad_norm: float | None = None, eval_every_steps: int | None = None,
-        log_every_steps: int = 10, log: LogFn = lambda metrics, step: None, progress: bool = True,
-        precision: Precision = Precision.fp32, step_hook: Callable[[int], None] | None = None,
-        compile: bool = False, should_stop: Callable[[int, dict], bool] | None = None) -> FitResult:
-    """Train for total_steps optimizer steps; `model` is evaluated as is, a compiled copy does the training.
+        scheduler, s: LoopSettings, device: torch.device, hooks: Optional[Hooks] = None,
+        log: LogFn = lambda metrics, step: None, step_hook: Optional[Callable[[int], None]] = None) -> FitResult:
+    """Train for s.total_steps optimizer steps; `model` is evaluated as is, a compiled copy does the training.
 
-    After each evaluation `should_stop(step, eval)` may end training early (a pruner's verdict)."""
-    result = FitResult(compiled=compile)
-    train_model = torch.compile(model, dynamic=True) if compile else model  # dynamic: padding varies per batch
+    After each evaluation `hooks.should_stop` may end training early (a pruner's verdict)."""
+    hooks = hooks or Hooks()
+    result = FitResult(compiled=s.compile)
+    train_model = torch.compile(model, dynamic=True) if s.compile else model  # dynamic: padding varies per batch
     # fp16 needs loss scaling to keep small gradients from flushing to zero; bf16 has fp32's range.
-    scaler = torch.amp.GradScaler(device.type) if precision == Precision.fp16 else None
+    scaler = torch.amp.GradScaler(device.type) if s.precision == Precision.fp16 else None
     trainable = [p for p in model.parameters() if p.requires_grad]
-    loss_sum = torch.zeros((), device=device)  # summed on device: no per-step host sync
-    loss_count = 0
-
-    last_eval_step = -1
-
-    def run_eval(step: int) -> None:
-        nonlocal last_eval_step
-        t0 = time.perf_counter()
-        ev = evaluate(model, eval_loader, device, num_labels, precision)
-        result.eval_time_s += time.perf_counter() - t0
-        result.final_eval, last_eval_step = ev, step
-        log({f"eval/{k}": ev[k] for k in ("accuracy", "f1_macro", "loss")}, step)
-        if should_stop is not None and step < total_steps and should_stop(step, ev):
-            result.stopped_at = step
-
+    loss_sum, loss_count = torch.zeros((), device=device), 0  # summed on device: no per-step host sync
     model.train()
-    bar = tqdm(total=total_steps, desc="training", unit="step", disable=not progress, leave=False)
-    step = 0
-    for _epoch in range(epochs):
+    bar = tqdm(total=s.total_steps, desc="training", unit="step", disable=not s.progress, leave=False)
+    for _epoch in range(s.epochs):
         batches = iter(train_loader)
-        while step < total_steps and result.stopped_at is None:
+        while result.steps < s.total_steps and result.stopped_at is None:
             interrupt.check()
-            micro = [b for _, b in zip(range(grad_accum_steps), batches)]
+            micro = [b for _, b in zip(range(s.grad_accum_steps), batches)]
             if not micro:
                 break  # epoch done
             t0 = time.perf_counter()
-            for batch in micro:
-                result.samples += batch["labels"].numel()
-                result.tokens += int(batch["attention_mask"].sum())  # CPU tensor: no device sync
-                batch = _to(batch, device)
-                with autocast(device, precision):
-                    # The model computes the loss: cross-entropy, plus a method's own term (AdaLoRA's orthogonality).
-                    loss = train_model(**batch).loss
-                scaled = loss / len(micro)
-                (scaler.scale(scaled) if scaler else scaled).backward()
-                loss_sum += loss.detach().float()
-                loss_count += 1
-            if scaler:
-                scaler.unscale_(optimizer)
-            if max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
-            if step == 0:
-                result.grads_mb = tensor_mb(p.grad for p in trainable if p.grad is not None)
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            scheduler.step()
-            if step_hook is not None:
-                step_hook(step)  # before zero_grad: AdaLoRA scores ranks from the gradients
-            optimizer.zero_grad(set_to_none=True)
+            loss_sum += _optimizer_step(train_model, micro, optimizer, scheduler, trainable, scaler, device, s,
+                                        result, step_hook)
+            loss_count += len(micro)
             _sync(device)
-            elapsed = time.perf_counter() - t0
-            result.step_times_s.append(elapsed)
-            result.train_time_s += elapsed
-            step += 1
+            result.step_times_s.append(time.perf_counter() - t0)
+            result.train_time_s += result.step_times_s[-1]
+            result.steps += 1
+            step = result.steps
             bar.update(1)
-
-            if step % log_every_steps == 0 or step == total_steps:
+            if step % s.log_every_steps == 0 or step == s.total_steps:
                 mean_loss = (loss_sum / loss_count).item()
                 if not math.isfinite(mean_loss):
                     raise TrainingError(f"training diverged: loss became {mean_loss} by step {step}; "
@@ -209,14 +238,13 @@ def fit(model: nn.Module, train_loader: DataLoader, eval_loader: DataLoader, opt
                 bar.set_postfix(loss=f"{mean_loss:.4f}", samples_s=f"{result.samples / result.train_time_s:.1f}")
                 loss_sum.zero_()
                 loss_count = 0
-            if eval_every_steps and step % eval_every_steps == 0:
-                run_eval(step)
-        if last_eval_step != step:
-            run_eval(step)  # end of epoch (or of the step budget)
-        if step >= total_steps or result.stopped_at is not None:
+            if s.eval_every_steps and step % s.eval_every_steps == 0:
+                _evaluate_and_ask(model, eval_loader, device, s, hooks, log, result, step)
+        if result.last_eval_step != result.steps:
+            _evaluate_and_ask(model, eval_loader, device, s, hooks, log, result, result.steps)  # epoch end
+        if result.steps >= s.total_steps or result.stopped_at is not None:
             break
     bar.close()
-    result.steps = step
     return result
 
 

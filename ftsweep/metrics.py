@@ -1,4 +1,4 @@
-"""Measurements: classification scores, step-time statistics and this run's peak memory."""
+"""Measurements: classification scores, step-time statistics, tensor sizes and this run's peak memory."""
 
 from __future__ import annotations
 
@@ -142,3 +142,35 @@ class PeakMemory:
             out["mem/cuda_peak_allocated_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
             out["mem/cuda_peak_reserved_mb"] = torch.cuda.max_memory_reserved(self.device) / 2**20
         return out
+
+
+# --------------------------------------------------------------------------- tensor sizes and the breakdown
+def tensor_mb(tensors) -> float:
+    return sum(t.numel() * t.element_size() for t in tensors) / 2**20
+
+
+def optimizer_state_mb(optimizer: torch.optim.Optimizer) -> float:
+    return tensor_mb(v for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v))
+
+
+def memory_breakdown(peak: dict[str, float], model, grads_mb: float, optimizer, memory: PeakMemory) -> dict[str, float]:
+    """Split the measured peak: params + grads + optimizer state (exact, from the tensors) + baseline + the rest.
+
+    The rest is mostly activations (and allocator slack), hence `activations_est`. It uses the CUDA
+    allocator's peak on a GPU and this run's peak RSS on the CPU; the baseline is what was already
+    allocated or resident when the run started. `mem/peak_mb` is that same peak under one name, so a
+    Pareto search can minimise it on any device.
+    """
+    on_cuda = "mem/cuda_peak_allocated_mb" in peak
+    total = peak["mem/cuda_peak_allocated_mb"] if on_cuda else peak["mem/cpu_peak_rss_mb"]
+    baseline = memory.baseline_cuda_mb if on_cuda else memory.baseline_rss_mb
+    params_mb, optim_mb = tensor_mb(model.parameters()), optimizer_state_mb(optimizer)
+    return {
+        **peak,
+        "mem/peak_mb": total,
+        "mem/params_mb": params_mb,
+        "mem/grads_mb": grads_mb,
+        "mem/optimizer_state_mb": optim_mb,
+        "mem/baseline_mb": baseline,
+        "mem/activations_est_mb": total - baseline - params_mb - grads_mb - optim_mb,
+    }

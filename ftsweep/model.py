@@ -16,7 +16,7 @@ from torch import nn
 
 from ftsweep.config import (AdaLoraMethodConfig, FreezeMethodConfig, IA3MethodConfig, LoraMethodConfig, MethodConfig,
                             ModelConfig, PromptTuningMethodConfig, QLoraMethodConfig, TinyModelConfig)
-from ftsweep.errors import ModelError
+from ftsweep.errors import ModelError, first_line
 
 # Names of classification-head modules across BERT-family models (peft uses the same list for SEQ_CLS).
 HEAD_MODULES = ("classifier", "pre_classifier", "score")
@@ -67,7 +67,7 @@ def max_positions(cfg: ModelConfig) -> int:
 
 
 def _not_found(cfg: ModelConfig, path: str, exc: Exception) -> str:
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    first = first_line(exc)
     return (f"could not load model '{cfg.name}' from {path}: {first}. Offline, point model.name_or_path "
             f"at a local Hugging Face folder")
 
@@ -153,7 +153,7 @@ def _peft(model: nn.Module, peft_config, what: str) -> nn.Module:
         # task_type SEQ_CLS puts the classifier head in modules_to_save, so the head trains too.
         return get_peft_model(model, peft_config)
     except ValueError as exc:
-        first = (str(exc).strip().splitlines() or [""])[0]
+        first = first_line(exc)
         raise ModelError(f"{what}: {first}") from exc
 
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
-from ftsweep.errors import FtsweepError
+from ftsweep.errors import FtsweepError, first_line
 
 T = TypeVar("T")
 MAX_PARAM_LEN = 6000  # MLflow's limit on a param value (older servers: 500)
@@ -41,6 +42,14 @@ def _retry(call: Callable[[], T], attempts: int = 8, first_wait_s: float = 0.25)
                 raise
             time.sleep(first_wait_s * 2**attempt)
     raise AssertionError("unreachable")
+
+
+_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s'\"]*):(?P<secret>[^@/\s'\"]+)@")
+
+
+def redact(text: str) -> str:
+    """Hide the password of every URL in a text (`postgresql://ml:pw@db/x` -> `postgresql://ml:***@db/x`)."""
+    return _CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -80,7 +89,7 @@ class Tracker:
                     raise
                 return exp.experiment_id
         except Exception as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            first = first_line(exc)
             raise FtsweepError(f"MLflow tracking store {self.tracking_uri} is not usable: {first}") from exc
 
     def start(self, experiment: str, run_name: str, tags: Mapping[str, str], parent_run_id: str | None = None) -> str:
@@ -92,15 +101,22 @@ class Tracker:
         self.run_id = run.info.run_id
         return self.run_id
 
-    def resume(self, run_id: str) -> None:
-        """Reopen a run (a resumed sweep's parent)."""
+    def resume(self, run_id: str) -> bool:
+        """Reopen a run (a resumed sweep's parent); False when this store does not have it."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            _retry(lambda: self.client.get_run(run_id))
+        except MlflowException:
+            return False
         self.run_id = run_id
         _retry(lambda: self.client.update_run(run_id, status="RUNNING"))
+        return True
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k, str(v)[:MAX_PARAM_LEN]) for k, v in params.items()]
+        items = [Param(k, redact(str(v))[:MAX_PARAM_LEN]) for k, v in params.items()]
         for i in range(0, len(items), 100):  # log_batch takes at most 100 params
             _retry(lambda chunk=items[i:i + 100]: self.client.log_batch(self.run_id, params=chunk))
 
@@ -114,7 +130,7 @@ class Tracker:
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag
 
-        batch = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
+        batch = [RunTag(k, redact(str(v))[:5000]) for k, v in tags.items()]
         _retry(lambda: self.client.log_batch(self.run_id, tags=batch))
 
     def log_artifact(self, path: str | Path) -> None:
@@ -123,7 +139,7 @@ class Tracker:
     def log_text(self, text: str, name: str) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / name
-            path.write_text(text)
+            path.write_text(redact(text))
             self.log_artifact(path)
 
     def log_json(self, obj: Any, name: str) -> None:

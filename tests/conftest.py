@@ -1,8 +1,17 @@
-"""Shared fixtures: the real config composed then shrunk, a private cache and MLflow store per test."""
+"""Shared fixtures: the real config composed then shrunk, a private cache and MLflow store per test, and
+`cli`, the one way tests run `python -m ftsweep ...` (or any module of it) as a user would.
+
+Tiers: a test that starts a subprocess, a server or a browser (it uses `cli`, `postgres_server` or
+`chromium`) is marked `slow` automatically; tests on the real MiniLM or data sets are marked by hand.
+`make test-fast` runs the rest."""
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -37,6 +46,64 @@ def write_csv(path: Path, rows, header=("text", "label")) -> Path:
         w.writerow(header)
         w.writerows(rows)
     return path
+
+
+SLOW_FIXTURES = {"cli", "postgres_server", "chromium", "installed_wheel"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+@dataclass
+class Cli:
+    """Runs ftsweep's modules in subprocesses from the test's folder, with the test's MLflow store."""
+
+    cwd: Path
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {**os.environ, "PYTHONPATH": str(REPO), **extra}
+
+    def command(self, *args: str, module: str = "ftsweep") -> list[str]:
+        return [sys.executable, "-m", module, *args]
+
+    def run(self, *args: str, module: str = "ftsweep", timeout: int = 600, cwd: Path | None = None,
+            **env: str) -> subprocess.CompletedProcess:
+        return subprocess.run(self.command(*args, module=module), cwd=cwd or self.cwd, env=self.env(**env),
+                              capture_output=True, text=True, timeout=timeout)
+
+    def sweep(self, *args: str, **kwargs) -> subprocess.CompletedProcess:
+        return self.run("-m", *args, **kwargs)
+
+    def popen(self, *args: str, module: str = "ftsweep", **kwargs) -> subprocess.Popen:
+        kwargs.setdefault("stdout", subprocess.PIPE)
+        kwargs.setdefault("stderr", subprocess.STDOUT)
+        return subprocess.Popen(self.command(*args, module=module), cwd=self.cwd, env=self.env(), text=True, **kwargs)
+
+
+@pytest.fixture
+def cli(tmp_path) -> Cli:
+    return Cli(tmp_path)
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("ftsweep: error:")]
+
+
+def run_statuses(tracking_uri: str | None = None) -> list[str]:
+    """The status of every MLflow run in a sqlite store (default: the test's own)."""
+    import sqlite3
+
+    db = Path((tracking_uri or os.environ["MLFLOW_TRACKING_URI"])[len("sqlite:///"):])
+    if not db.exists():
+        return []
+    with sqlite3.connect(db) as con:
+        try:
+            return [s for (s,) in con.execute("select status from runs")]
+        except sqlite3.OperationalError:  # the store was never initialised
+            return []
 
 
 @pytest.fixture(scope="session")
@@ -86,7 +153,7 @@ def postgres_server():
     import socket
     import subprocess
 
-    pytest.importorskip("psycopg2", reason="psycopg2-binary is not installed")
+    pytest.importorskip("psycopg", reason="psycopg (3) is not installed")
     bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     if not bins:
         pytest.skip("PostgreSQL server binaries not found (apt-get install postgresql)")
@@ -122,3 +189,47 @@ def postgres_server():
     subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
                    capture_output=True)
     shutil.rmtree(root, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- servers and a browser
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout_s: float = 90.0) -> bytes:
+    """GET url until it answers (a server we just started), or fail the test."""
+    import time
+    import urllib.request
+
+    deadline = time.time() + timeout_s
+    while True:
+        try:
+            return urllib.request.urlopen(url, timeout=2).read()
+        except OSError:
+            if time.time() > deadline:
+                pytest.fail(f"{url} did not answer within {timeout_s:.0f} s")
+            time.sleep(0.3)
+
+
+@pytest.fixture
+def chromium(tmp_path):
+    """Headless Chromium: chromium(url, *flags) -> CompletedProcess (use --dump-dom or --screenshot=PATH)."""
+    import shutil
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    profiles = iter(range(100))
+
+    def load(url: str, *flags: str) -> subprocess.CompletedProcess:
+        profile = tmp_path / f"chromium-profile-{next(profiles)}"
+        return subprocess.run([browser, "--headless=new", "--no-sandbox", "--disable-gpu",
+                               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                               "--no-first-run", f"--user-data-dir={profile}", "--virtual-time-budget=20000",
+                               "--window-size=1400,1000", *flags, url], capture_output=True, text=True, timeout=120)
+
+    return load

@@ -6,9 +6,11 @@ import torch
 from ftsweep.config import MethodConfig, OptimizerConfig, TinyModelConfig, Truncation
 from ftsweep.data import make_loader, tokenize
 from ftsweep.errors import TrainingError
-from ftsweep.loop import build_optimizer, build_scheduler, evaluate, fit, total_optimizer_steps
+from ftsweep.loop import Hooks, LoopSettings, build_optimizer, build_scheduler, evaluate, fit, total_optimizer_steps
 from ftsweep.model import apply_method, load_model
 from tests.conftest import toy_rows
+
+CPU = torch.device("cpu")
 
 
 def setup(tokenizer, lr=5e-3, accum=1, epochs=6, max_steps=None):
@@ -30,8 +32,8 @@ def test_loss_falls_and_accuracy_rises_on_a_learnable_toy(tiny_tokenizer):
     model, train, ev, opt, sched, total = setup(tiny_tokenizer)
     before = evaluate(model, ev, torch.device("cpu"), 2)
     logged = []
-    result = fit(model, train, ev, opt, sched, device=torch.device("cpu"), num_labels=2, epochs=6,
-                 total_steps=total, log_every_steps=4, log=lambda m, s: logged.append((s, m)), progress=False)
+    settings = LoopSettings(total_steps=total, epochs=6, num_labels=2, log_every_steps=4, progress=False)
+    result = fit(model, train, ev, opt, sched, settings, CPU, log=lambda m, s: logged.append((s, m)))
     losses = [m["train/loss"] for _, m in logged if "train/loss" in m]
     assert losses[-1] < 0.5 * losses[0]
     assert result.final_eval["accuracy"] >= 0.9
@@ -45,8 +47,9 @@ def test_gradient_accumulation_and_max_steps_count_optimizer_steps(tiny_tokenize
     model, train, ev, opt, sched, total = setup(tiny_tokenizer, accum=3, epochs=2, max_steps=5)
     assert total == 5
     logged = []
-    result = fit(model, train, ev, opt, sched, device=torch.device("cpu"), num_labels=2, epochs=2, total_steps=total,
-                 grad_accum_steps=3, eval_every_steps=2, log=lambda m, s: logged.append((s, m)), progress=False)
+    settings = LoopSettings(total_steps=total, epochs=2, num_labels=2, grad_accum_steps=3, eval_every_steps=2,
+                            progress=False)
+    result = fit(model, train, ev, opt, sched, settings, CPU, log=lambda m, s: logged.append((s, m)))
     assert result.steps == 5 and len(result.step_times_s) == 5
     # 8 batches an epoch in groups of 3 -> steps of 3, 3, 2 batches; then 3, 3 in epoch two
     assert result.samples == (3 + 3 + 2 + 3 + 3) * 16
@@ -58,5 +61,23 @@ def test_nan_loss_stops_with_a_clear_error(tiny_tokenizer):
     with torch.no_grad():
         model.classifier.weight.fill_(math.nan)
     with pytest.raises(TrainingError, match="training diverged: loss became nan"):
-        fit(model, train, ev, opt, sched, device=torch.device("cpu"), num_labels=2, epochs=1, total_steps=total,
-            log_every_steps=2, progress=False)
+        fit(model, train, ev, opt, sched, LoopSettings(total_steps=total, epochs=1, num_labels=2, log_every_steps=2,
+                                                       progress=False), CPU)
+
+
+def test_a_hook_that_says_stop_ends_training_after_that_eval_and_says_why(tiny_tokenizer):
+    class StopAtSix(Hooks):
+        def __init__(self):
+            self.asked = []
+
+        def should_stop(self, step, evaluation):
+            self.asked.append(step)
+            return "pruned" if step == 6 else None
+
+    model, train, ev, opt, sched, total = setup(tiny_tokenizer, epochs=2)
+    hooks = StopAtSix()
+    settings = LoopSettings(total_steps=total, epochs=2, num_labels=2, eval_every_steps=3, progress=False)
+    result = fit(model, train, ev, opt, sched, settings, CPU, hooks=hooks)
+    assert hooks.asked == [3, 6]  # asked after each eval, and not again once it said stop
+    assert (result.steps, result.stopped_at, result.stop_reason) == (6, 6, "pruned")
+    assert len(result.step_times_s) == 6 < total

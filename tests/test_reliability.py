@@ -12,13 +12,11 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.conftest import REPO, toy_rows, write_csv
+from tests.conftest import toy_rows, write_csv
 
 
-def start(cwd: Path, *args: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-m", "ftsweep", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+def start(cli, *args: str) -> subprocess.Popen:
+    return cli.popen(*args, stderr=subprocess.PIPE)
 
 
 def query(db: Path, sql: str) -> list[tuple]:
@@ -49,8 +47,8 @@ def long_run(tmp_path: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signal_during_a_single_run_ends_it_killed_and_keeps_its_metrics(tmp_path, sig):
-    proc = start(tmp_path, *long_run(tmp_path), "hydra.run.dir=out")
+def test_signal_during_a_single_run_ends_it_killed_and_keeps_its_metrics(cli, tmp_path, sig):
+    proc = start(cli, *long_run(tmp_path), "hydra.run.dir=out")
     db = mlflow_db()
     wait_for(lambda: query(db, "select count(*) from metrics where key='train/loss'")[0][0] >= 2 if db.exists()
              else False, "train/loss to be logged")
@@ -68,11 +66,11 @@ def test_signal_during_a_single_run_ends_it_killed_and_keeps_its_metrics(tmp_pat
     assert leftovers == []
 
 
-def test_sigterm_during_a_sweep_fails_the_trial_and_the_same_command_resumes(tmp_path):
+def test_sigterm_during_a_sweep_fails_the_trial_and_the_same_command_resumes(cli, tmp_path):
     toy = write_csv(tmp_path / "toy.csv", toy_rows(64))
     args = ["-m", "model=tiny", "data=local", f"data.train_file={toy}", "progress_bar=false", "max_steps=300", "epochs=1000",
             "log_every_steps=5", "batch_size=8,16"]
-    proc = start(tmp_path, *args)
+    proc = start(cli, *args)
     db = mlflow_db()
     wait_for(lambda: query(db, "select count(*) from metrics where key='train/loss'")[0][0] >= 1 if db.exists()
              else False, "the first trial to log")
@@ -88,7 +86,7 @@ def test_sigterm_during_a_sweep_fails_the_trial_and_the_same_command_resumes(tmp
     assert statuses.pop(f"sweep-{summary.study_name}") == "FAILED"
     assert list(statuses.values()) == ["KILLED"]
 
-    resumed = start(tmp_path, *args)
+    resumed = start(cli, *args)
     out, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err[-3000:]
     trials = optuna.load_study(study_name=summary.study_name, storage=storage).get_trials()
@@ -96,14 +94,14 @@ def test_sigterm_during_a_sweep_fails_the_trial_and_the_same_command_resumes(tmp
     assert "RUNNING" not in [s for (s,) in query(db, "select status from runs")]
 
 
-def test_unreachable_tracking_server_is_one_clear_line_before_training(tmp_path, monkeypatch):
+def test_unreachable_tracking_server_is_one_clear_line_before_training(cli, tmp_path, monkeypatch):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed once the socket is
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
     toy = write_csv(tmp_path / "toy.csv", toy_rows(32))
     t0 = time.time()
-    proc = start(tmp_path, "model=tiny", "data=local", f"data.train_file={toy}")
+    proc = start(cli, "model=tiny", "data=local", f"data.train_file={toy}")
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2
     lines = [l for l in err.splitlines() if l.startswith("ftsweep: error:")]
@@ -111,6 +109,7 @@ def test_unreachable_tracking_server_is_one_clear_line_before_training(tmp_path,
     assert "training" not in err and time.time() - t0 < 60
 
 
+@pytest.mark.slow  # waits out a 25 s lock
 def test_mlflow_sqlite_locked_longer_than_its_busy_timeout_is_retried_and_nothing_is_lost(tiny_cfg):
     """Another process holds an exclusive lock on mlflow.db for 25 s; MLflow's sqlite busy timeout is 20 s."""
     from mlflow.tracking import MlflowClient

@@ -2,25 +2,24 @@
 
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from ftsweep.report import Row, answer, mark_pareto, method_summary, pareto_front
-from tests.conftest import REPO, toy_rows, write_csv
+from ftsweep.report.analysis import answer, mark_pareto, method_summary, pareto_front
+from ftsweep.report.render import to_html
+from ftsweep.report.rows import Row, mark_budget
+from tests.conftest import REPO, free_port, toy_rows, wait_http, write_csv
 
 ARTIFACTS = REPO / "test-artifacts"  # screenshots land here (ignored by git)
 
 
 def row(trial, method, acc, mem, step, **params):
     return Row(trial=trial, method=method, params={k: str(v) for k, v in params.items()},
-               metrics={"eval/accuracy": acc, "mem/cpu_peak_rss_mb": mem, "perf/step_time_ms": step,
+               metrics={"eval/accuracy": acc, "mem/peak_mb": mem, "perf/step_time_ms": step,
                         "params/trainable_pct": 100.0 if method == "full" else 1.0},
                state="FINISHED", run_id=f"run{trial}")
 
@@ -63,13 +62,26 @@ def test_answer_when_everything_failed():
     assert "all 1 failed" in answer([failed])[0]
 
 
+def test_trials_over_budget_are_marked_and_never_the_answer():
+    rows = [row(0, "full", 0.95, 3500, 100), row(1, "lora", 0.90, 2000, 950), row(2, "lora", 0.88, 2500, 400),
+            Row(trial=3, method="full", params={}, metrics={}, state="FAILED", error="OutOfMemoryError: CUDA out of memory")]
+    mark_budget(rows, {"mem/peak_mb": 3000, "perf/step_time_ms": 900})
+    assert [r.over_budget for r in rows] == [["mem/peak_mb"], ["perf/step_time_ms"], [], ["out of memory"]]
+    mark_pareto(rows)
+    assert rows[0].pareto == [] and rows[2].pareto == ["memory", "time"]  # fronts among feasible trials only
+    assert "run2" in answer(rows)[0]  # not the more accurate run0 or run1, which break the budget
+
+
+def test_html_is_rendered_by_a_markdown_library_with_tables_and_images():
+    page = to_html("# T\n\n| a | b |\n|---|---|\n| 1 | <x> |\n\n![plot](p.png)\n", "t")
+    assert "<h1>T</h1>" in page and page.count("<td>") == 2 and "&lt;x&gt;" in page
+    assert '<img src="p.png" alt="plot"' in page
+
+
 # --------------------------------------------------------------------------- on real sweeps
-def sweep(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    toy = write_csv(cwd / "toy.csv", toy_rows(48))
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "ftsweep", "-m", "model=tiny", "data=local", f"data.train_file={toy}",
-           "progress_bar=false", "max_steps=2", *args]
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+def sweep(cli, *args: str) -> subprocess.CompletedProcess:
+    toy = write_csv(cli.cwd / "toy.csv", toy_rows(48))
+    return cli.sweep("model=tiny", "data=local", f"data.train_file={toy}", "progress_bar=false", "max_steps=2", *args)
 
 
 def study_dir(cwd: Path) -> Path:
@@ -77,10 +89,10 @@ def study_dir(cwd: Path) -> Path:
     return d
 
 
-def test_report_after_a_sweep_has_every_trial_plots_and_artifacts(tmp_path):
-    proc = sweep(tmp_path, "method=full,lora", "batch_size=8,0")  # batch_size=0 fails validation
+def test_report_after_a_sweep_has_every_trial_plots_and_artifacts(cli):
+    proc = sweep(cli, "method=full,lora", "batch_size=8,0")  # batch_size=0 fails validation
     assert proc.returncode == 0, proc.stderr[-3000:]
-    out = study_dir(tmp_path)
+    out = study_dir(cli.cwd)
     text = (out / "report.md").read_text()
     assert text.count("| FINISHED |") == 2
     assert "### Failed trials" in text and text.count("batch_size must be >= 1") == 2
@@ -100,49 +112,56 @@ def test_report_after_a_sweep_has_every_trial_plots_and_artifacts(tmp_path):
     assert {"report/report.md", "report/accuracy_vs_memory.png"} <= logged
 
 
-def test_report_cli_on_a_single_method_sweep(tmp_path):
-    proc = sweep(tmp_path, "method=lora", "batch_size=8,16")
+def test_report_cli_rebuilds_a_single_method_sweep_elsewhere(cli):
+    proc = sweep(cli, "method=lora", "batch_size=8,16")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    out = tmp_path / "again"
-    cli = subprocess.run([sys.executable, "-m", "ftsweep.report", "--experiment", "local", "--out", str(out)],
-                         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
-    assert cli.returncode == 0, cli.stderr[-2000:]
+    out = cli.cwd / "again"
+    rebuilt = cli.run("--experiment", "local", "--out", str(out), module="ftsweep.report")
+    assert rebuilt.returncode == 0, rebuilt.stderr[-2000:]
     text = (out / "report.md").read_text()
-    assert text.count("| FINISHED |") == 2 and "| lora |" in text and "vs full" in text
+    per_method = text[text.index("## Per method"):].splitlines()
+    lora_row = next(line for line in per_method if line.startswith("| lora |"))
+    assert text.count("| FINISHED |") == 2
+    assert lora_row.count("| – |") == 3  # no full-fine-tuning trial: nothing to compare against, shown as –
 
 
-def test_report_for_a_sweep_where_every_trial_failed(tmp_path):
-    proc = sweep(tmp_path, "lr=-1,-2")
+def test_report_default_folder_is_the_sweeps_own(cli):
+    proc = sweep(cli, "batch_size=8,16", "hydra.sweep.dir=elsewhere")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [study] = [p for p in (cli.cwd / "elsewhere").iterdir() if p.is_dir()]
+    (study / "report.md").unlink()
+    rebuilt = cli.run(module="ftsweep.report")
+    assert rebuilt.returncode == 0, rebuilt.stderr[-2000:]
+    assert (study / "report.md").is_file() and not (cli.cwd / "multirun").exists()
+
+
+def test_report_for_a_sweep_where_every_trial_failed(cli):
+    proc = sweep(cli, "lr=-1,-2")
     assert proc.returncode != 0
-    text = (study_dir(tmp_path) / "report.md").read_text()
+    text = (study_dir(cli.cwd) / "report.md").read_text()
     assert "No trial finished: all 2 failed" in text and text.count("lr must be > 0") == 2
 
 
-def test_report_without_any_sweep_says_so(tmp_path):
-    cli = subprocess.run([sys.executable, "-m", "ftsweep.report"], cwd=tmp_path,
-                         env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
-    assert cli.returncode != 0 and "no sweep found" in cli.stderr
+def test_report_without_any_sweep_or_with_a_wrong_run_id_says_so_in_one_line(cli, tiny_cfg):
+    none = cli.run(module="ftsweep.report")
+    assert none.returncode != 0 and "no sweep found" in none.stderr
+    unknown = cli.run("--sweep", "0123456789abcdef", module="ftsweep.report")
+    assert unknown.returncode != 0 and unknown.stderr.strip().splitlines() == [
+        f"ftsweep.report: error: no run '0123456789abcdef' in the tracking store {os.environ['MLFLOW_TRACKING_URI']}"]
+    from ftsweep.train import train
+
+    train(tiny_cfg("max_steps=1"), output_dir=cli.cwd / "out")
+    run_id = json.loads((cli.cwd / "out" / "metrics.json").read_text())["run_id"]
+    refused = cli.run("--sweep", run_id, module="ftsweep.report")
+    assert refused.returncode != 0 and "is not a sweep's parent run" in refused.stderr
+    from mlflow.tracking import MlflowClient
+
+    assert MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).list_artifacts(run_id, "report") == []
 
 
 # --------------------------------------------------------------------------- the MLflow UI in a browser
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _chromium(url: str, profile: Path, *flags: str) -> subprocess.CompletedProcess:
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    return subprocess.run([browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                           "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
-                           "--virtual-time-budget=20000", "--window-size=1400,1000", *flags, url],
-                          capture_output=True, text=True, timeout=120)
-
-
-@pytest.mark.skipif(not (shutil.which("chromium") or shutil.which("chromium-browser")),
-                    reason="Debian's chromium is not installed (.ci/run installs it)")
-def test_mlflow_ui_in_a_real_browser(tmp_path):
-    assert sweep(tmp_path, "method=full,lora").returncode == 0
+def test_mlflow_ui_in_a_real_browser(cli, chromium):
+    assert sweep(cli, "method=full,lora").returncode == 0
     from mlflow.tracking import MlflowClient
 
     db_uri = os.environ["MLFLOW_TRACKING_URI"]
@@ -152,39 +171,29 @@ def test_mlflow_ui_in_a_real_browser(tmp_path):
     child = next(r for r in runs if "mlflow.parentRunId" in r.data.tags)
     parent = next(r for r in runs if r.data.tags.get("ftsweep.role") == "sweep")
 
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", db_uri,
-                               "--host", "127.0.0.1", "--port", str(port)], cwd=tmp_path,
+                               "--host", "127.0.0.1", "--port", str(port)], cwd=cli.cwd,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                if urllib.request.urlopen(f"{base}/health", timeout=2).read() == b"OK":
-                    break
-            except OSError:
-                if time.time() > deadline:
-                    pytest.fail("mlflow ui did not answer /health")
-                time.sleep(0.5)
+        assert wait_http(f"{base}/health") == b"OK"
         request = urllib.request.Request(f"{base}/api/2.0/mlflow/runs/search", method="POST",
                                          data=json.dumps({"experiment_ids": [exp.experiment_id]}).encode(),
                                          headers={"Content-Type": "application/json"})
         found = json.loads(urllib.request.urlopen(request, timeout=10).read())["runs"]
         assert {r["info"]["run_id"] for r in found} == {r.info.run_id for r in runs}
 
-        runs_page = _chromium(f"{base}/#/experiments/{exp.experiment_id}/runs", tmp_path / "p1", "--dump-dom")
+        runs_page = chromium(f"{base}/#/experiments/{exp.experiment_id}/runs", "--dump-dom")
         assert "local" in runs_page.stdout and parent.info.run_name in runs_page.stdout
-        run_page = _chromium(f"{base}/#/experiments/{exp.experiment_id}/runs/{child.info.run_id}", tmp_path / "p2",
-                             "--dump-dom")
+        run_page = chromium(f"{base}/#/experiments/{exp.experiment_id}/runs/{child.info.run_id}", "--dump-dom")
         assert child.info.run_name in run_page.stdout
         for metric in ("eval/accuracy", "eval/f1_macro", "perf/step_time_ms", "mem/cpu_peak_rss_mb",
                        "params/trainable_pct"):
             assert metric in run_page.stdout, metric
         ARTIFACTS.mkdir(exist_ok=True)
         shot = ARTIFACTS / "mlflow_ui_run.png"
-        _chromium(f"{base}/#/experiments/{exp.experiment_id}/runs/{child.info.run_id}", tmp_path / "p3",
-                  f"--screenshot={shot}")
+        chromium(f"{base}/#/experiments/{exp.experiment_id}/runs/{child.info.run_id}", f"--screenshot={shot}")
         assert shot.stat().st_size > 10_000
     finally:
         os.killpg(server.pid, 15)

@@ -1,22 +1,32 @@
-"""Sweeps as a user runs them: `python -m ftsweep -m ...` subprocesses on the tiny model, a sqlite
-Optuna storage under multirun/ and a sqlite MLflow store, both in the test's own folder."""
+"""Sweeps: the definition, storage and results modules in-process (fast), then sweeps as a user runs them,
+`python -m ftsweep -m ...` subprocesses on the tiny model with the test's own Optuna storage and MLflow store."""
 
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
+from optuna.distributions import CategoricalDistribution as C
+from optuna.distributions import FloatDistribution as F
+from optuna.distributions import IntDistribution as I
 
-from ftsweep.sweep import directions_for, grid_points, study_name_for
-from tests.conftest import REPO, toy_rows, write_csv
+from ftsweep.errors import ConfigError
+from ftsweep.sweep import results
+from ftsweep.sweep.definition import SweepDefinition, SweepSettings, canonical, directions_for
+from ftsweep.sweep.storage import open_storage
+from tests.conftest import REPO, run_statuses, toy_rows, write_csv
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+FIXTURE_2_10 = REPO / "tests" / "fixtures" / "optuna_2_10.db"  # written by ftsweep 0.1 on optuna 2.10.1
+# The two sweeps that made it, from a folder holding toy.csv (tests.conftest.toy_rows(48)):
+OLD_GRID = ["model=tiny", "data=local", "data.train_file=toy.csv", "progress_bar=false", "max_steps=2", "batch_size=8,16"]
+OLD_TPE = [*OLD_GRID[:-1], "lr=tag(log, interval(1e-5, 1e-3))", "hydra.sweeper.n_trials=2"]
 
 
 @pytest.fixture
@@ -28,19 +38,13 @@ def base(toy: Path) -> list[str]:
     return ["model=tiny", "data=local", f"data.train_file={toy}", "progress_bar=false", "max_steps=2"]
 
 
-def sweep_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "ftsweep", "-m", *args]
+def define(*arguments: str, objectives=("eval/accuracy",), **settings) -> SweepDefinition:
+    return SweepDefinition.build(SweepSettings(**settings), list(objectives), list(arguments))
 
 
-def run(cwd: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run(sweep_cmd(*args), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def studies(cwd: Path) -> list[optuna.Study]:
-    storage = f"sqlite:///{cwd / 'multirun' / 'optuna.db'}"
-    return [optuna.load_study(study_name=s.study_name, storage=storage)
-            for s in optuna.get_all_study_summaries(storage)]
+def studies(cwd: Path, storage: str | None = None) -> list[optuna.Study]:
+    storage = storage or f"sqlite:///{cwd / 'multirun' / 'optuna.db'}"
+    return [optuna.load_study(study_name=name, storage=storage) for name in optuna.get_all_study_names(storage)]
 
 
 def mlflow_runs(experiment: str = "local"):
@@ -52,36 +56,119 @@ def mlflow_runs(experiment: str = "local"):
     return parents, children
 
 
-def statuses() -> list[str]:
-    db = os.environ["MLFLOW_TRACKING_URI"][len("sqlite:///"):]
-    with sqlite3.connect(db) as con:
-        return [s for (s,) in con.execute("select status from runs")]
+# --------------------------------------------------------------------------- the definition
+def test_the_same_sweep_always_names_the_same_study_and_any_change_names_another():
+    a = define("lr=1,2", "model=tiny")
+    assert a.study_name == define("model=tiny", "lr=1,2").study_name  # order of arguments does not matter
+    assert a.study_name != define("lr=1,3", "model=tiny").study_name
+    assert a.study_name != define("lr=1,2", "model=minilm").study_name
+    assert a.study_name != define("lr=1,2", "model=tiny", constraints={"mem/peak_mb": 3000}).study_name
+    assert define("lr=1,2", study_name="mine").study_name == "mine"
 
 
-# --------------------------------------------------------------------------- pure helpers
-def test_study_name_is_deterministic_and_definition_sensitive():
-    from optuna.distributions import CategoricalDistribution as C
+def test_study_names_come_from_plain_data_not_from_optunas_repr():
+    assert canonical(F(1e-5, 1e-3, log=True)) == {"type": "float", "low": 1e-5, "high": 1e-3, "log": True, "step": None}
+    assert canonical(I(1, 9, step=2)) == {"type": "int", "low": 1, "high": 9, "log": False, "step": 2}
+    assert canonical(C([8, 16])) == {"choices": [8, 16]}
 
-    a = study_name_for({"lr": C([1, 2])}, {"model": "tiny"}, ["maximize"], ["eval/accuracy"], "grid", None)
-    assert a == study_name_for({"lr": C([1, 2])}, {"model": "tiny"}, ["maximize"], ["eval/accuracy"], "grid", None)
-    assert a != study_name_for({"lr": C([1, 3])}, {"model": "tiny"}, ["maximize"], ["eval/accuracy"], "grid", None)
-    assert a != study_name_for({"lr": C([1, 2])}, {"model": "minilm"}, ["maximize"], ["eval/accuracy"], "grid", None)
+
+def test_legacy_names_match_the_studies_ftsweep_0_1_wrote_on_optuna_2_10():
+    with sqlite3.connect(f"file:{FIXTURE_2_10}?mode=ro", uri=True) as con:
+        names = [name for (name,) in con.execute("select study_name from studies order by study_id")]
+    grid, tpe = define(*OLD_GRID), define(*OLD_TPE[:-1])  # hydra.* overrides never reach the sweeper's arguments
+    assert [grid.legacy_study_name, tpe.legacy_study_name] == names == ["ftsweep-bc2261723d", "ftsweep-f720719a63"]
+    assert grid.study_name not in names  # today's names are different, hence the fallback
 
 
 def test_grid_only_for_choice_lists_and_directions_from_objective_names():
-    from optuna.distributions import CategoricalDistribution as C
-    from optuna.distributions import LogUniformDistribution as L
-
-    assert len(grid_points({"a": C([1, 2]), "b": C(["x", "y", "z"])})) == 6
-    assert grid_points({"a": C([1, 2]), "lr": L(1e-5, 1e-3)}) is None
+    assert len(define("a=1,2", "b=x,y,z").grid) == 6
+    mixed = define("a=1,2", "lr=tag(log, interval(1e-5, 1e-3))")
+    assert mixed.grid is None and mixed.sampler == "tpe" and mixed.n_trials == 20
+    assert define("a=1,2", "b=3,4", sampler="random").grid is None
     assert directions_for(["eval/accuracy", "mem/peak_mb", "eval/f1_macro"]) == ["maximize", "minimize", "maximize"]
 
 
+def test_a_hydra_range_keeps_its_exclusive_end():
+    assert define("r=range(1,5)", "x=1,2").space["r"] == I(1, 4, step=1)
+
+
+@pytest.mark.parametrize("settings, arguments, message", [
+    ({"sampler": "bayes"}, ["a=1,2"], "hydra.sweeper.sampler must be one of auto, grid, tpe, gp"),
+    ({"pruner": "early"}, ["a=1,2"], "hydra.sweeper.pruner must be one of none, median"),
+    ({"storage": "multirun/optuna.db"}, ["a=1,2"], "hydra.sweeper.storage must be a URL"),
+    ({"n_trials": 0}, ["a=1,2"], "hydra.sweeper.n_trials must be >= 1"),
+    ({"constraints": {"mem/peak_mb": "lots"}}, ["a=1,2"], "constraints.mem/peak_mb must be a number"),
+    ({}, ["a=1"], "a sweep (-m) needs at least one swept key"),
+    ({"sampler": "grid"}, ["lr=tag(log, interval(1e-5, 1e-3))"], "sampler=grid needs every swept key"),
+    ({}, ["lr=tag(log, interval(0, 1e-3))"], "cannot read the sweep's search space"),
+    ({"direction": "up"}, ["a=1,2"], "hydra.sweeper.direction must be maximize/minimize"),
+    ({"pruner": "median"}, ["a=1,2"], "pruning needs an eval/ objective"),
+])
+def test_bad_sweep_settings_are_one_config_error(settings, arguments, message):
+    objectives = ["mem/peak_mb"] if settings.get("pruner") == "median" else ["eval/accuracy"]
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        SweepDefinition.build(SweepSettings(**settings), objectives, arguments)
+
+
+def test_feasibility_is_metric_minus_bound_and_missing_metrics_are_infeasible():
+    d = define("a=1,2", constraints={"perf/step_time_ms": 900, "mem/peak_mb": 3000})
+    assert d.feasibility({"mem/peak_mb": 2500.0, "perf/step_time_ms": 1000.0}) == [-500.0, 100.0]
+    assert d.feasibility({"mem/peak_mb": 2500.0})[1] == float("inf")
+
+
+# --------------------------------------------------------------------------- storage
+def test_an_optuna_2_10_storage_is_upgraded_in_place_with_a_backup(tmp_path):
+    db = shutil.copy(FIXTURE_2_10, tmp_path / "optuna.db")
+    storage = open_storage(f"sqlite:///{db}")
+    assert storage.get_current_version() == storage.get_head_version()
+    assert (tmp_path / "optuna.db.bak-v2.6.0.a").read_bytes() == FIXTURE_2_10.read_bytes()
+    tpe = optuna.load_study(study_name="ftsweep-f720719a63", storage=storage)
+    assert [t.distributions["lr"] for t in tpe.get_trials()] == [F(1e-5, 1e-3, log=True)] * 2  # read as optuna 5's
+
+
+def test_a_server_database_on_an_old_schema_is_refused_with_the_upgrade_command(tmp_path, monkeypatch):
+    db = shutil.copy(FIXTURE_2_10, tmp_path / "optuna.db")
+    url = f"sqlite:///{db}"
+    monkeypatch.setattr("ftsweep.sweep.storage.file_of", lambda url: None)  # as if it were postgresql://
+    with pytest.raises(ConfigError, match=f"run: optuna storage upgrade --storage '{url}'"):
+        open_storage(url)
+
+
+def test_journal_storage_round_trips_a_study(tmp_path):
+    url = f"journal://{tmp_path / 'sub' / 'study.log'}"
+    study = optuna.create_study(study_name="s", storage=open_storage(url))
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    assert len(optuna.load_study(study_name="s", storage=open_storage(url)).get_trials()) == 2
+
+
+def test_the_best_trial_is_chosen_among_feasible_trials_only(tmp_path):
+    d = define("a=1,2,3", constraints={"mem/peak_mb": 1000})
+    study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path / 'o.db'}"), direction="maximize")
+    for value, peak in ((0.9, 1500.0), (0.8, 900.0), (0.7, 500.0)):
+        trial = study.ask()
+        trial.set_user_attr("constraint_values", d.feasibility({"mem/peak_mb": peak}))
+        study.tell(trial, value)
+    summary = results.summary(study, d)
+    assert (summary["best_value"], summary["best_trial"], summary["n_infeasible"]) == (0.8, 1, 1)
+    results.write_trials_csv(study.get_trials(), d, tmp_path / "trials.csv")
+    lines = (tmp_path / "trials.csv").read_text().splitlines()
+    assert lines[0].split(",")[-3] == "feasible" and [l.split(",")[-3] for l in lines[1:]] == ["False", "True", "True"]
+
+
+def test_results_files_get_the_users_umask_not_0600(tmp_path):
+    old = os.umask(0o022)
+    try:
+        results.write_trials_csv([], define("a=1,2"), tmp_path / "trials.csv")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "trials.csv").stat().st_mode & 0o777 == 0o644
+
+
 # --------------------------------------------------------------------------- sweeps
-def test_grid_runs_exactly_the_combinations_once_and_a_rerun_resumes_nothing(tmp_path, toy):
-    proc = run(tmp_path, *base(toy), "method=full,lora", "batch_size=8,16,32")
+def test_grid_runs_exactly_the_combinations_once_and_a_rerun_resumes_nothing(cli, toy):
+    proc = cli.sweep(*base(toy), "method=full,lora", "batch_size=8,16,32")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    [study] = studies(tmp_path)
+    [study] = studies(cli.cwd)
     trials = study.get_trials()
     assert [t.state.name for t in trials] == ["COMPLETE"] * 6
     combos = {(t.params["method"], t.params["batch_size"]) for t in trials}
@@ -92,21 +179,21 @@ def test_grid_runs_exactly_the_combinations_once_and_a_rerun_resumes_nothing(tmp
     assert {c.info.run_id for c in children} == {t.user_attrs["mlflow_run_id"] for t in trials}
     assert {c.data.tags["optuna.trial_number"] for c in children} == {str(t.number) for t in trials}
     assert parents[0].info.status == "FINISHED" and parents[0].data.metrics["sweep/n_complete"] == 6
-    sweep_dir = tmp_path / "multirun" / study.study_name
+    sweep_dir = cli.cwd / "multirun" / study.study_name
     assert (sweep_dir / "optimization_results.yaml").exists() and (sweep_dir / "trials.csv").exists()
     assert sorted(p.name for p in sweep_dir.glob("trial_*")) == [f"trial_{i}" for i in range(6)]
 
-    again = run(tmp_path, *base(toy), "method=full,lora", "batch_size=8,16,32")
+    again = cli.sweep(*base(toy), "method=full,lora", "batch_size=8,16,32")
     assert again.returncode == 0
     assert "already complete" in again.stderr + again.stdout
-    assert len(studies(tmp_path)[0].get_trials()) == 6
-    assert "RUNNING" not in statuses()
+    assert len(studies(cli.cwd)[0].get_trials()) == 6
+    assert "RUNNING" not in run_statuses()
 
 
-def test_tpe_search_runs_the_configured_number_of_trials(tmp_path, toy):
-    proc = run(tmp_path, "hparams_search=lr_bs", *base(toy), "hydra.sweeper.n_trials=3")
+def test_tpe_search_runs_the_configured_number_of_trials(cli, toy):
+    proc = cli.sweep("hparams_search=lr_bs", *base(toy), "hydra.sweeper.n_trials=3")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    [study] = studies(tmp_path)
+    [study] = studies(cli.cwd)
     trials = study.get_trials()
     assert len(trials) == 3 and all(t.state.name == "COMPLETE" for t in trials)
     assert all(1e-5 <= t.params["lr"] <= 2e-4 for t in trials)  # full's lr_range
@@ -114,46 +201,44 @@ def test_tpe_search_runs_the_configured_number_of_trials(tmp_path, toy):
     assert type(study.sampler).__name__ == "TPESampler"
 
 
-def test_pareto_search_writes_a_front(tmp_path, toy):
-    proc = run(tmp_path, "hparams_search=pareto", *base(toy), "hydra.sweeper.n_trials=3")
+def test_pareto_search_writes_a_front(cli, toy):
+    proc = cli.sweep("hparams_search=pareto", *base(toy), "hydra.sweeper.n_trials=3")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    [study] = studies(tmp_path)
+    [study] = studies(cli.cwd)
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
     for t in study.get_trials():
         assert ("method.r" in t.params) == (t.params["method"] == "lora")  # conditional parameter
-    text = (tmp_path / "multirun" / study.study_name / "optimization_results.yaml").read_text()
+    text = (cli.cwd / "multirun" / study.study_name / "optimization_results.yaml").read_text()
     assert "solutions:" in text and "mem/peak_mb" in text
     parents, _ = mlflow_runs()
     assert parents[0].data.metrics["sweep/pareto_size"] >= 1
 
 
-def test_a_failing_combination_does_not_sink_the_sweep(tmp_path, toy):
-    proc = run(tmp_path, *base(toy), "batch_size=8,0,16")
+def test_a_failing_combination_does_not_sink_the_sweep(cli, toy):
+    proc = cli.sweep(*base(toy), "batch_size=8,0,16")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    trials = studies(tmp_path)[0].get_trials()
+    trials = studies(cli.cwd)[0].get_trials()
     assert sorted(t.state.name for t in trials) == ["COMPLETE", "COMPLETE", "FAIL"]
     failed = next(t for t in trials if t.state.name == "FAIL")
     assert failed.params["batch_size"] == 0 and "batch_size must be >= 1" in failed.user_attrs["error"]
-    assert "RUNNING" not in statuses()
+    assert "RUNNING" not in run_statuses()
 
 
-def test_all_trials_failing_exits_non_zero_with_a_summary(tmp_path, toy):
-    proc = run(tmp_path, *base(toy), "lr=-1,-2")
+def test_all_trials_failing_exits_non_zero_with_a_summary(cli, toy):
+    proc = cli.sweep(*base(toy), "lr=-1,-2")
     assert proc.returncode != 0
     assert "all 2 trials failed" in proc.stderr + proc.stdout
     parents, _ = mlflow_runs()
     assert parents[0].info.status == "FAILED"
-    assert "RUNNING" not in statuses()
+    assert "RUNNING" not in run_statuses()
 
 
 @pytest.mark.parametrize("pruner", ["none", "median"])
-def test_sigkill_mid_trial_then_the_same_command_resumes(tmp_path, toy, pruner):
+def test_sigkill_mid_trial_then_the_same_command_resumes(cli, toy, pruner):
     args = [*base(toy), "max_steps=400", "epochs=1000", "log_every_steps=50", "batch_size=8,16,32", f"hydra.sweeper.pruner={pruner}",
             "eval_every_steps=100"]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(sweep_cmd(*args), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    db = tmp_path / "multirun" / "optuna.db"
+    proc = cli.popen("-m", *args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    db = cli.cwd / "multirun" / "optuna.db"
     deadline = time.time() + 240
     while time.time() < deadline:  # kill while trial 1 runs: trial 0 done, 1 in flight, 2 not started
         try:
@@ -170,30 +255,28 @@ def test_sigkill_mid_trial_then_the_same_command_resumes(tmp_path, toy, pruner):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
 
-    resumed = run(tmp_path, *args)
+    resumed = cli.sweep(*args)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "left RUNNING" in resumed.stderr + resumed.stdout
-    trials = studies(tmp_path)[0].get_trials()
+    trials = studies(cli.cwd)[0].get_trials()
     complete = [t for t in trials if t.state.name == "COMPLETE"]
     assert sorted(t.params["batch_size"] for t in complete) == [8, 16, 32]  # every point once
     stale = [t for t in trials if t.state.name == "FAIL"]
     assert len(stale) == 1 and stale[0].number == 1 and stale[0].system_attrs.get("ftsweep_stale")
-    assert "RUNNING" not in statuses()
+    assert "RUNNING" not in run_statuses()
     parents, children = mlflow_runs()
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert sorted(c.info.status for c in children) == ["FINISHED"] * 3 + ["KILLED"]
 
 
 @pytest.mark.parametrize("pruner", ["none", "median"])
-def test_two_concurrent_workers_share_one_grid(tmp_path, toy, pruner):
+def test_two_concurrent_workers_share_one_grid(cli, toy, pruner):
     args = [*base(toy), "batch_size=4,8,16,32", "method=full,lora", f"hydra.sweeper.pruner={pruner}",
             "hydra.sweeper.pruner_startup_trials=2", "max_steps=6", "eval_every_steps=2"]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    procs = [subprocess.Popen(sweep_cmd(*args), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    procs = [cli.popen("-m", *args) for _ in range(2)]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
-    [study] = studies(tmp_path)
+    [study] = studies(cli.cwd)
     trials = study.get_trials()
     assert len(trials) == 8 and all(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
     assert len({(t.params["batch_size"], t.params["method"]) for t in trials}) == 8  # no point twice
@@ -201,27 +284,27 @@ def test_two_concurrent_workers_share_one_grid(tmp_path, toy, pruner):
     parents, children = mlflow_runs()
     assert len(parents) == 1 and len(children) == 8
     assert "database is locked" not in "".join(outs)
-    assert "RUNNING" not in statuses()
+    assert "RUNNING" not in run_statuses()
 
 
-def test_joblib_launcher_runs_trials_in_parallel_processes(tmp_path, toy):
-    proc = run(tmp_path, *base(toy), "batch_size=8,16", "method=full,lora", "hydra/launcher=joblib",
+def test_joblib_launcher_runs_trials_in_parallel_processes(cli, toy):
+    proc = cli.sweep(*base(toy), "batch_size=8,16", "method=full,lora", "hydra/launcher=joblib",
                "hydra.sweeper.n_jobs=2", "hydra.launcher.n_jobs=2")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    trials = studies(tmp_path)[0].get_trials()
+    trials = studies(cli.cwd)[0].get_trials()
     assert len(trials) == 4 and all(t.state.name == "COMPLETE" for t in trials)
     parents, children = mlflow_runs()
     assert len(children) == 4 and {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
 
 
-def test_per_trial_memory_peak_does_not_depend_on_trial_order(tmp_path, toy):
+def test_per_trial_memory_peak_does_not_depend_on_trial_order(cli, toy):
     """A big trial first must not inflate the small one's peak (CPU RSS, trials in one process)."""
     def peaks(order: str) -> dict[str, float]:
-        folder = tmp_path / order.replace(",", "-")
+        folder = cli.cwd / order.replace(",", "-")
         folder.mkdir()
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlflow.db'}"
-        proc = run(folder, *base(toy), f"model.hidden_size={order}", "model.intermediate_size=1024",
-                   "data.max_length=256", "batch_size=32")
+        proc = cli.sweep(*base(toy), f"model.hidden_size={order}", "model.intermediate_size=1024",
+                         "data.max_length=256", "batch_size=32", cwd=folder)
         assert proc.returncode == 0, proc.stderr[-3000:]
         _, children = mlflow_runs()
         return {c.data.params["model.hidden_size"]: c.data.metrics["mem/cpu_peak_rss_mb"] for c in children}
@@ -231,13 +314,11 @@ def test_per_trial_memory_peak_does_not_depend_on_trial_order(tmp_path, toy):
     assert abs(big_first["32"] - small_first["32"]) < 0.1 * small_first["32"], (big_first, small_first)
 
 
-def test_two_workers_on_postgresql_for_optuna_and_mlflow(tmp_path, toy, postgres_server, monkeypatch):
+def test_two_workers_on_postgresql_for_optuna_and_mlflow(cli, toy, postgres_server, monkeypatch):
     storage, tracking = postgres_server(), postgres_server()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
     args = [*base(toy), "batch_size=4,8", "method=full,lora", f"hydra.sweeper.storage={storage}"]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    procs = [subprocess.Popen(sweep_cmd(*args), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    procs = [cli.popen("-m", *args) for _ in range(2)]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
     [summary] = optuna.get_all_study_summaries(storage)
@@ -253,10 +334,10 @@ def test_two_workers_on_postgresql_for_optuna_and_mlflow(tmp_path, toy, postgres
 PRUNABLE = ["max_steps=48", "epochs=20", "eval_every_steps=4", "optimizer.warmup_ratio=0", "lr=5e-3,1e-7"]
 
 
-def test_a_hopeless_trial_is_pruned_early_and_kept(tmp_path, toy):
-    proc = run(tmp_path, *base(toy), *PRUNABLE, "hydra.sweeper.pruner=median", "hydra.sweeper.pruner_startup_trials=1")
+def test_a_hopeless_trial_is_pruned_early_and_kept(cli, toy):
+    proc = cli.sweep(*base(toy), *PRUNABLE, "hydra.sweeper.pruner=median", "hydra.sweeper.pruner_startup_trials=1")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    [study] = studies(tmp_path)
+    [study] = studies(cli.cwd)
     good, bad = sorted(study.get_trials(), key=lambda t: -t.params["lr"])
     assert good.state.name == "COMPLETE" and bad.state.name == "PRUNED"
     assert max(bad.intermediate_values) < 48  # stopped before its last step
@@ -267,17 +348,130 @@ def test_a_hopeless_trial_is_pruned_early_and_kept(tmp_path, toy):
     assert "eval/accuracy" in pruned.data.metrics  # its partial results are kept
     m = parents[0].data.metrics
     assert m["sweep/n_pruned"] == 1 and m["sweep/train_time_unpruned_est_s"] > m["sweep/train_time_s"]
-    report = (tmp_path / "multirun" / study.study_name / "report.md").read_text()
+    report = (cli.cwd / "multirun" / study.study_name / "report.md").read_text()
     assert "1 pruned" in report and "% saved" in report
 
 
-def test_without_a_pruner_nothing_is_pruned(tmp_path, toy):
-    proc = run(tmp_path, *base(toy), *PRUNABLE)
+def test_without_a_pruner_nothing_is_pruned(cli, toy):
+    proc = cli.sweep(*base(toy), *PRUNABLE)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert [t.state.name for t in studies(tmp_path)[0].get_trials()] == ["COMPLETE", "COMPLETE"]
+    assert [t.state.name for t in studies(cli.cwd)[0].get_trials()] == ["COMPLETE", "COMPLETE"]
 
 
-def test_pruning_a_multi_objective_study_is_refused_clearly(tmp_path, toy):
-    proc = run(tmp_path, "hparams_search=pareto", *base(toy), "hydra.sweeper.pruner=median")
+def test_pruning_a_multi_objective_study_is_refused_clearly(cli, toy):
+    proc = cli.sweep("hparams_search=pareto", *base(toy), "hydra.sweeper.pruner=median")
     assert proc.returncode != 0
     assert "Optuna cannot prune a multi-objective study" in proc.stderr
+
+
+# --------------------------------------------------------------------------- old studies and what optuna 5 brings
+def test_a_sweep_started_on_optuna_2_10_resumes_where_it_stopped(cli):
+    write_csv(cli.cwd / "toy.csv", toy_rows(48))
+    (cli.cwd / "multirun").mkdir()
+    shutil.copy(FIXTURE_2_10, cli.cwd / "multirun" / "optuna.db")
+    grid = cli.sweep(*OLD_GRID)
+    assert grid.returncode == 0, grid.stderr[-3000:]
+    assert "upgraded the Optuna storage" in grid.stderr + grid.stdout
+    assert "study ftsweep-bc2261723d is already complete (2 of 2" in grid.stderr + grid.stdout
+    more = cli.sweep(*OLD_TPE[:-1], "hydra.sweeper.n_trials=3")  # one more trial on top of the old two
+    assert more.returncode == 0, more.stderr[-3000:]
+    storage = f"sqlite:///{cli.cwd / 'multirun' / 'optuna.db'}"
+    assert sorted(optuna.get_all_study_names(storage)) == ["ftsweep-bc2261723d", "ftsweep-f720719a63"]  # no new study
+    trials = optuna.load_study(study_name="ftsweep-f720719a63", storage=storage).get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3
+    assert len({t.params["lr"] for t in trials}) == 3  # the resumed sampler did not propose an old point again
+    assert (cli.cwd / "multirun" / "optuna.db.bak-v2.6.0.a").read_bytes() == FIXTURE_2_10.read_bytes()
+
+
+def test_two_workers_on_a_journal_file_share_one_grid(cli, toy):
+    url = f"journal://{cli.cwd / 'shared' / 'study.log'}"
+    args = [*base(toy), "batch_size=4,8,16,32", "method=full,lora", f"hydra.sweeper.storage={url}"]
+    procs = [cli.popen("-m", *args) for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
+    storage = open_storage(url)
+    [name] = optuna.get_all_study_names(storage)
+    trials = optuna.load_study(study_name=name, storage=storage).get_trials()
+    assert len(trials) == 8 and all(t.state.name == "COMPLETE" for t in trials)
+    assert len({(t.params["batch_size"], t.params["method"]) for t in trials}) == 8  # no point twice
+    assert len({t.user_attrs["worker"] for t in trials}) == 2  # both did work
+    parents, children = mlflow_runs()
+    assert len(parents) == 1 and len(children) == 8 and "RUNNING" not in run_statuses()
+
+
+def test_budgets_make_trials_infeasible_the_sampler_is_told_and_the_answer_keeps_within(cli, toy):
+    # params/trainable is exact: full fine-tuning of the tiny model trains ~1M numbers, LoRA 2,114
+    proc = cli.sweep(*base(toy), "method=full,lora", "lr=tag(log, interval(1e-4, 1e-2))", "hydra.sweeper.n_trials=4",
+                     "hydra.sweeper.constraints={params/trainable: 10000}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [study] = studies(cli.cwd)
+    trials = study.get_trials()
+    assert len(trials) == 4 and {t.params["method"] for t in trials} == {"full", "lora"}
+    for t in trials:
+        # what the TPE sampler learned from (Optuna's own key) is what ftsweep measured
+        assert t.system_attrs["constraints"] == t.user_attrs["constraint_values"]
+        assert (t.user_attrs["constraint_values"][0] <= 0) == (t.params["method"] == "lora")
+    best = yaml_of(cli.cwd / "multirun" / study.study_name / "optimization_results.yaml")
+    assert best["best_params"]["method"] == "lora" and best["n_infeasible"] == sum(
+        t.params["method"] == "full" for t in trials)
+    report = (cli.cwd / "multirun" / study.study_name / "report.md").read_text()
+    assert "Budget (hydra.sweeper.constraints): `params/trainable` <= 10000" in report
+    assert report.count("✗ params/trainable") == best["n_infeasible"]
+
+
+def test_gp_sampler_runs_a_small_search(cli, toy):
+    proc = cli.sweep(*base(toy), "lr=tag(log, interval(1e-5, 1e-2))", "hydra.sweeper.sampler=gp",
+                     "hydra.sweeper.n_trials=4")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [study] = studies(cli.cwd)
+    assert [t.state.name for t in study.get_trials()] == ["COMPLETE"] * 4  # 3 random start-up trials, then GP
+    parents, _ = mlflow_runs()
+    assert parents[0].data.params["sweep.sampler"] == "gp"
+
+
+def test_optuna_dashboard_serves_the_sweeps_study_to_a_browser(cli, toy, chromium):
+    import sys
+
+    from tests.conftest import free_port, wait_http
+
+    assert cli.sweep(*base(toy), "batch_size=8,16").returncode == 0
+    [study] = studies(cli.cwd)
+    port = free_port()
+    dashboard = Path(sys.executable).parent / "optuna-dashboard"  # what `make dashboard` starts
+    server = subprocess.Popen([str(dashboard), f"sqlite:///{cli.cwd / 'multirun' / 'optuna.db'}", "--host",
+                               "127.0.0.1", "--port", str(port), "--server", "wsgiref"], cwd=cli.cwd,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        listed = wait_http(f"http://127.0.0.1:{port}/api/studies")
+        assert study.study_name in listed.decode()
+        page = chromium(f"http://127.0.0.1:{port}/dashboard", "--dump-dom")
+        assert f"{study._study_id}. {study.study_name}</h5>" in page.stdout
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
+
+
+def test_an_out_of_memory_trial_is_a_failure_and_infeasible_not_a_crash(tmp_path):
+    import torch
+    from hydra.core.utils import JobReturn, JobStatus
+
+    from ftsweep.sweep.runner import SweepRunner
+
+    d = define("batch_size=8,16", constraints={"mem/peak_mb": 3000})
+    runner = SweepRunner(SweepSettings(), d, config=None, launcher=None, storage_url="", sweep_dir=tmp_path)
+    study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path / 'o.db'}"), direction="maximize")
+    oom, ok = study.ask(), study.ask()
+    runner._tell(study, oom, JobReturn(status=JobStatus.FAILED, _return_value=torch.OutOfMemoryError("CUDA out of memory")))
+    runner._tell(study, ok, JobReturn(status=JobStatus.COMPLETED,
+                                      _return_value={"eval/accuracy": 0.9, "mem/peak_mb": 2000.0}))
+    failed, done = study.get_trials()
+    assert failed.state.name == "FAIL" and failed.user_attrs["infeasible"] == "out of memory"
+    assert failed.user_attrs["error"].startswith("OutOfMemoryError: CUDA out of memory")
+    assert done.state.name == "COMPLETE" and done.user_attrs["constraint_values"] == [-1000.0]
+    assert [results.feasible(t) for t in (failed, done)] == [False, True]
+
+
+def yaml_of(path: Path) -> dict:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(path))

@@ -7,7 +7,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from ftsweep.errors import FtsweepError, TrainingError
-from ftsweep.train import objective, run_name, train
+from ftsweep.train import run_name, train
 from ftsweep.config import validate
 
 CONTRACT_METRICS = {
@@ -95,18 +95,14 @@ def test_hub_model_code_path_trains_from_a_local_folder(tiny_cfg, tmp_path, tiny
     assert metrics["params/total"] > 1_000_000
 
 
-def test_run_names_and_objective():
+def test_run_names_name_the_method_rank_lr_and_batch_size():
     from tests.conftest import compose_cfg
 
     assert run_name(validate(compose_cfg("method=full", "batch_size=32"))) == "full-lr5e-5-bs32"
     assert run_name(validate(compose_cfg("method=lora", "method.r=16", "lr=2e-4"))) == "lora-r16-lr2e-4-bs16"
-    assert objective({"eval/accuracy": 0.8, "mem/cpu_peak_rss_mb": 900.0}, ["eval/accuracy"]) == 0.8
-    assert objective({"eval/accuracy": 0.8, "mem/cpu_peak_rss_mb": 900.0},
-                     ["eval/accuracy", "mem/cpu_peak_rss_mb"]) == [0.8, 900.0]
-    with pytest.raises(FtsweepError, match="not a logged metric"):
-        objective({"eval/accuracy": 0.8}, ["eval/acc"])
 
 
+@pytest.mark.slow  # the real MiniLM, eight times
 @pytest.mark.parametrize("method, lr", [
     ("full", 1e-4), ("head", 1e-2), ("bitfit", 1e-2), ("freeze", 1e-4), ("lora", 2e-3), ("adalora", 2e-3),
     ("ia3", 3e-2), ("prompt_tuning", 3e-2),
@@ -123,6 +119,7 @@ def test_each_method_learns_the_toy_task(tiny_cfg, method, lr):
     assert metrics["params/trainable"] == run.data.metrics["params/trainable"] > 0
 
 
+@pytest.mark.slow  # the real MiniLM
 def test_prompt_tuning_learns_through_its_prompt(tiny_cfg, monkeypatch):
     """Not only the head: the soft prompt itself receives gradients and moves."""
     import ftsweep.model as model_mod
@@ -144,7 +141,7 @@ def test_prompt_tuning_learns_through_its_prompt(tiny_cfg, monkeypatch):
 def test_memory_breakdown_adds_up_and_effective_batch_is_logged(tiny_cfg):
     m = train(tiny_cfg("method=lora", "grad_accum_steps=2", "max_steps=4"))
     parts = ["mem/params_mb", "mem/grads_mb", "mem/optimizer_state_mb", "mem/baseline_mb", "mem/activations_est_mb"]
-    assert sum(m[k] for k in parts) == pytest.approx(m["mem/cpu_peak_rss_mb"])
+    assert sum(m[k] for k in parts) == pytest.approx(m["mem/cpu_peak_rss_mb"]) == pytest.approx(m["mem/peak_mb"])
     # exact from the tensors: LoRA r8 on the tiny model trains 2,114 fp32 numbers; AdamW keeps two moments each
     assert m["mem/grads_mb"] == pytest.approx(2114 * 4 / 2**20)
     assert m["mem/optimizer_state_mb"] == pytest.approx(2 * 2114 * 4 / 2**20, rel=0.01)
@@ -155,7 +152,8 @@ def test_bf16_runs_and_logs_on_cpu(tiny_cfg):
     m = train(tiny_cfg("precision=bf16", "max_steps=3"))
     _, run = only_run()
     assert run.data.params["precision"] == "bf16" and run.info.status == "FINISHED"
-    assert 0 <= m["eval/accuracy"] <= 1
+    # the returned metrics are the logged ones, and bf16 autocast did not turn the loss into NaN
+    assert run.data.metrics["eval/accuracy"] == m["eval/accuracy"] and m["eval/loss"] == m["eval/loss"]
 
 
 @pytest.mark.parametrize("override, message", [
@@ -170,13 +168,13 @@ def test_cuda_only_choices_fail_before_any_run_on_cpu(tiny_cfg, override, messag
 
 
 def test_gradient_checkpointing_lowers_activation_memory(tiny_cfg, tmp_path):
-    """A model big enough for activations to dominate: 4 layers, hidden 256, 256 tokens, batch 32."""
+    """A model big enough for activations to dominate: 8 layers, hidden 256, 256 tokens, batch 32."""
     from tests.conftest import write_csv
 
     words = "alpha beta gamma delta epsilon zeta eta theta iota kappa".split()
     rows = [(" ".join(words[(i + j) % 10] for j in range(300)), "pos" if i % 2 else "neg") for i in range(80)]
     data = write_csv(tmp_path / "long.csv", rows)
-    common = [f"data.train_file={data}", "model.hidden_size=256", "model.num_hidden_layers=4",
+    common = [f"data.train_file={data}", "model.hidden_size=256", "model.num_hidden_layers=8",
               "model.num_attention_heads=4", "model.intermediate_size=1024", "data.max_length=256",
               "batch_size=32", "max_steps=2", "data.max_eval_samples=8"]
     plain = train(tiny_cfg(*common))["mem/activations_est_mb"]

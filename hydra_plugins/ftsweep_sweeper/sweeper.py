@@ -1,48 +1,43 @@
 """Hydra plugin shim: `hydra/sweeper=ftsweep` (the default in conf/config.yaml).
 
-Hydra only loads sweepers from the hydra_plugins namespace; the logic lives in ftsweep/sweep.py.
+Hydra only loads sweepers from the hydra_plugins namespace; the logic lives in ftsweep/sweep/.
+The settings are ftsweep's own SweepSettings, handed straight through.
 """
-
 
 import sys
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from pathlib import Path
+from typing import Any, List
 
 from hydra.core.config_store import ConfigStore
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
+from ftsweep.sweep.definition import SweepSettings
+
 
 @dataclass
-class FtsweepSweeperConf:
+class FtsweepSweeperConf(SweepSettings):
     _target_: str = "hydra_plugins.ftsweep_sweeper.sweeper.FtsweepSweeper"
-    sampler: str = "auto"  # auto (grid when every swept key is a list, else tpe / motpe), grid, tpe, random, motpe, nsga2
-    seed: int = 42  # sampler seed
-    direction: Optional[Any] = None  # null: from `objectives` (accuracy and f1 maximised, the rest minimised)
-    storage: Optional[str] = None  # null: sqlite:///multirun/optuna.db; any RDB URL (postgresql://...) works
-    study_name: Optional[str] = None  # null: derived from the sweep definition, so the same command resumes
-    n_trials: int = 20  # the study's total (a rerun runs only the remainder); a grid's total is its size
-    n_jobs: int = 1  # trials launched together (use with hydra/launcher=joblib)
-    max_failure_rate: float = 0.5  # stop when more than this fraction of finished trials failed ...
-    min_trials_before_abort: int = 4  # ... once at least this many have finished
-    stale_after_s: Optional[float] = None  # RUNNING trials of other hosts older than this count as dead
-    params: Optional[Dict[str, str]] = None  # search space, in override syntax: {lr: tag(log, interval(1e-5, 1e-3))}
-    custom_search_space: Optional[str] = None  # dotpath of fn(cfg, trial) adding conditional parameters
-    pruner: str = "none"  # none, median, successive_halving, hyperband: stop hopeless trials at an eval
-    pruner_startup_trials: int = 5  # median: no pruning until this many trials completed
-    pruner_warmup_steps: int = 0  # median: no pruning before this optimizer step
 
 
-ConfigStore.instance().store(group="hydra/sweeper", name="ftsweep", node=FtsweepSweeperConf, provider="ftsweep")
+def _node() -> DictConfig:
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.structured(FtsweepSweeperConf)
+    # Open to new keys, so that `hydra.sweeper.constraints={mem/peak_mb: 3000}` works on the command line
+    # (Hydra's struct mode would refuse every metric name as an unknown key).
+    OmegaConf.set_struct(node.constraints, False)
+    return node
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="ftsweep", node=_node(), provider="ftsweep")
 
 
 class FtsweepSweeper(Sweeper):
-    def __init__(self, **settings: Any) -> None:
-        from ftsweep.sweep import SweepSettings
-
-        settings.pop("params", None)  # read from the full config in sweep(), where interpolations resolve
-        self.settings = SweepSettings(**settings)
+    def __init__(self, **_settings: Any) -> None:
+        pass  # read from the composed config in sweep(), where interpolations resolve
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         from hydra.core.plugins import Plugins
@@ -52,10 +47,21 @@ class FtsweepSweeper(Sweeper):
             config=config, hydra_context=hydra_context, task_function=task_function)
 
     def sweep(self, arguments: List[str]) -> None:
-        from ftsweep.sweep import SweepRunner
+        from ftsweep.errors import FtsweepError
+        from ftsweep.sweep.definition import SweepDefinition
+        from ftsweep.sweep.runner import SweepRunner
+        from ftsweep.sweep.storage import default_url
 
         try:
-            summary = SweepRunner(self.settings, self.config, self.launcher, arguments).run()
+            settings = SweepSettings.from_config(self.config.hydra.sweeper)
+            definition = SweepDefinition.build(settings, list(self.config.objectives), arguments)
+            sweep_dir = Path(str(self.config.hydra.sweep.dir))
+            runner = SweepRunner(settings, definition, self.config, self.launcher,
+                                 settings.storage or default_url(sweep_dir), sweep_dir)
+            summary = runner.run()
+        except FtsweepError as exc:
+            print(f"ftsweep: error: {exc}", file=sys.stderr)
+            sys.exit(2)
         except KeyboardInterrupt as exc:
             print(f"ftsweep: sweep interrupted ({exc or 'Ctrl-C'}); rerun the same command to resume", file=sys.stderr)
             sys.exit(130)

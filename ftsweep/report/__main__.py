@@ -1,0 +1,26 @@
+"""`python -m ftsweep.report`: (re)build a sweep's trade-off report."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional
+
+from ftsweep.report import __doc__ as DOC, make_report
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m ftsweep.report", description=DOC.split("\n\n")[0])
+    ap.add_argument("--sweep", help="the sweep's MLflow parent run id (default: the latest sweep)")
+    ap.add_argument("--experiment", help="look for the latest sweep in this experiment only")
+    ap.add_argument("--out", type=Path, help="output folder (default: the sweep's folder, multirun/<study>)")
+    ap.add_argument("--no-html", action="store_true", help="write report.md only")
+    args = ap.parse_args(argv)
+    path = make_report(args.sweep, args.experiment, args.out, html_too=not args.no_html)
+    print(f"report written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

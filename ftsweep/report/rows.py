@@ -1,0 +1,168 @@
+"""Reading a sweep back: its trials from MLflow (and from Optuna, for trials that never had a run)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+log = logging.getLogger("ftsweep.report")
+
+
+@dataclass
+class Row:
+    """One trial: what was tried, what it scored, what it cost."""
+
+    trial: Optional[int]
+    method: str
+    params: dict[str, str]
+    metrics: dict[str, float]
+    state: str
+    run_id: str = ""
+    error: str = ""
+    pareto: list[str] = field(default_factory=list)
+    over_budget: list[str] = field(default_factory=list)  # the constraints this trial broke
+
+    def get(self, key: str) -> Optional[float]:
+        value = self.metrics.get(key)
+        return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+    @property
+    def accuracy(self) -> Optional[float]:
+        return self.get("eval/accuracy")
+
+    @property
+    def peak_mb(self) -> Optional[float]:
+        return self.get("mem/peak_mb")  # logged by every run: the CUDA peak on a GPU, else the CPU RSS peak
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "FINISHED" and self.accuracy is not None
+
+    @property
+    def feasible(self) -> bool:
+        return not self.over_budget
+
+
+def find_sweep(client, run_id: Optional[str], experiment: Optional[str]) -> Any:
+    """The sweep's parent run: the one named, or the latest; one clear line when there is none."""
+    if run_id is None:
+        return latest_sweep(client, experiment)
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise SystemExit(f"ftsweep.report: error: no run '{run_id}' in the tracking store {client.tracking_uri}")
+    if run.data.tags.get("ftsweep.role") != "sweep":
+        raise SystemExit(f"ftsweep.report: error: run '{run_id}' is not a sweep's parent run (it has no "
+                         "ftsweep.role=sweep tag); pass the id of a `sweep-ftsweep-...` run")
+    return run
+
+
+def latest_sweep(client, experiment: Optional[str]) -> Any:
+    if experiment:
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            raise SystemExit(f"ftsweep.report: error: no MLflow experiment named '{experiment}'")
+        experiments = [exp.experiment_id]
+    else:
+        experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments, "tags.`ftsweep.role` = 'sweep'", order_by=["attributes.start_time DESC"],
+                              max_results=1)
+    if not runs:
+        raise SystemExit("ftsweep.report: error: no sweep found in the tracking store; run `python -m ftsweep -m ...` "
+                         "first, or pass --sweep PARENT_RUN_ID")
+    return runs[0]
+
+
+def collect(client, parent) -> list[Row]:
+    children = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+                                  max_results=10000)
+    rows = []
+    seen = set()
+    for run in children:
+        tags = run.data.tags
+        number = tags.get("optuna.trial_number")
+        rows.append(Row(trial=int(number) if number is not None else None,
+                        method=run.data.params.get("method.name", tags.get("method", "?")),
+                        params=dict(run.data.params), metrics=dict(run.data.metrics),
+                        state="PRUNED" if tags.get("pruned") == "true" else run.info.status,
+                        run_id=run.info.run_id, error=tags.get("error", "")))
+        seen.add(run.info.run_id)
+    rows.extend(_optuna_only_failures(parent, seen))
+    mark_budget(rows, constraints_of(parent))
+    return rows
+
+
+def constraints_of(parent) -> dict[str, float]:
+    """The sweep's budgets, {metric: upper bound}, as its parent run recorded them."""
+    return {k: float(v) for k, v in json.loads(parent.data.params.get("sweep.constraints") or "{}").items()}
+
+
+def mark_budget(rows: list[Row], constraints: dict[str, float]) -> None:
+    """A row is over budget when a constrained metric is above its bound; a run that ran out of memory is too."""
+    for r in rows:
+        r.over_budget = [k for k, bound in constraints.items() if r.get(k) is not None and r.get(k) > bound]
+        if constraints and any(w in r.error for w in ("OutOfMemoryError", "MemoryError", "out of memory")):
+            r.over_budget.append("out of memory")
+
+
+def _optuna_only_failures(parent, seen: set[str]) -> list[Row]:
+    """Trials that failed before an MLflow run existed (a bad value, say): only Optuna knows them."""
+    tags = parent.data.tags
+    storage, study_name = tags.get("optuna.storage"), tags.get("optuna.study_name")
+    if not storage or not study_name or "***" in storage:
+        return []
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except Exception as exc:  # the storage may live on another machine
+        log.warning("could not read Optuna study %s: %s", study_name, exc)
+        return []
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        if t.state.name != "FAIL" or t.user_attrs.get("mlflow_run_id") in seen:
+            continue
+        params = {**t.user_attrs.get("fixed", {}), **{k: str(v) for k, v in t.params.items()}}
+        rows.append(Row(trial=t.number, method=str(params.get("method", "?")), params=params, metrics={},
+                        state="FAILED", error=t.user_attrs.get("error", "")))
+    return rows
+
+
+def study_importances(parent) -> dict[str, float]:
+    tags = parent.data.tags
+    if not tags.get("optuna.storage") or "***" in tags["optuna.storage"]:
+        return {}
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=tags["optuna.study_name"], storage=tags["optuna.storage"])
+        complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+        varying = {k for t in complete for k in t.params if len({str(u.params.get(k)) for u in complete}) > 1}
+        if len(complete) < 4 or not varying or len(study.directions) > 1:
+            return {}
+        return optuna.importance.get_param_importances(study)
+    except Exception as exc:  # importances are a bonus: never fail the report for them
+        log.warning("parameter importances unavailable: %s", exc)
+        return {}
+
+
+def to_float(value: Any) -> Optional[float]:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, str) and "." in value:  # MLflow keeps params as text: 0.00057720094 -> 0.000577
+        value = to_float(value) if to_float(value) is not None else value
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)

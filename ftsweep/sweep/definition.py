@@ -1,0 +1,256 @@
+"""What a sweep is: its settings (`hydra.sweeper.*`), and the frozen definition built from them.
+
+The definition is everything that decides which trials a study holds: the search space, the fixed
+overrides, objectives and directions, sampler, pruner and constraints. Its canonical JSON names
+the study, so the same command always finds the same study, whatever Optuna version runs it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional
+
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+
+from ftsweep.errors import ConfigError
+from ftsweep.sweep.storage import check_url
+
+MAXIMIZE = ("accuracy", "f1")  # objective names containing these are maximised; everything else minimised
+SAMPLERS = ("auto", "grid", "tpe", "gp", "random", "nsga2", "motpe")  # motpe: the old name of multi-objective TPE
+PRUNERS = ("none", "median", "successive_halving", "hyperband")
+DIRECTIONS = ("maximize", "minimize")
+
+
+@dataclass
+class SweepSettings:
+    """`hydra.sweeper.*`: the one place where a sweep's settings are declared, with their defaults."""
+
+    sampler: str = "auto"  # auto (grid when every swept key is a list, else tpe), grid, tpe, gp, random, nsga2
+    seed: int = 42  # sampler seed
+    direction: Optional[Any] = None  # null: from `objectives` (accuracy and f1 maximised, the rest minimised)
+    storage: Optional[str] = None  # null: sqlite:///multirun/optuna.db; journal:///path.log; postgresql://...
+    study_name: Optional[str] = None  # null: derived from the sweep definition, so the same command resumes
+    n_trials: int = 20  # the study's total (a rerun runs only the remainder); a grid's total is its size
+    n_jobs: int = 1  # trials launched together (use with hydra/launcher=joblib)
+    max_failure_rate: float = 0.5  # stop when more than this fraction of finished trials failed ...
+    min_trials_before_abort: int = 4  # ... once at least this many have finished
+    stale_after_s: Optional[float] = None  # RUNNING trials of other hosts older than this count as dead
+    params: Optional[Dict[str, str]] = None  # search space, in override syntax: {lr: tag(log, interval(1e-5, 1e-3))}
+    custom_search_space: Optional[str] = None  # dotpath of fn(cfg, trial) adding conditional parameters
+    pruner: str = "none"  # none, median, successive_halving, hyperband: stop hopeless trials at an eval
+    pruner_startup_trials: int = 5  # median: no pruning until this many trials completed
+    pruner_warmup_steps: int = 0  # median: no pruning before this optimizer step
+    constraints: Dict[str, float] = field(default_factory=dict)  # budgets {metric: upper bound}; above: infeasible
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise ConfigError(f"hydra.sweeper.{message}")
+
+        need(self.sampler in SAMPLERS, f"sampler must be one of {', '.join(SAMPLERS)}; got '{self.sampler}'")
+        need(self.pruner in PRUNERS, f"pruner must be one of {', '.join(PRUNERS)}; got '{self.pruner}'")
+        need(self.n_trials >= 1, f"n_trials must be >= 1, got {self.n_trials}")
+        need(self.n_jobs >= 1, f"n_jobs must be >= 1, got {self.n_jobs}")
+        need(0.0 <= self.max_failure_rate <= 1.0, f"max_failure_rate must be in [0, 1], got {self.max_failure_rate}")
+        need(self.min_trials_before_abort >= 1, f"min_trials_before_abort must be >= 1, got {self.min_trials_before_abort}")
+        need(self.stale_after_s is None or self.stale_after_s > 0, f"stale_after_s must be > 0, got {self.stale_after_s}")
+        need(self.pruner_startup_trials >= 0 and self.pruner_warmup_steps >= 0,
+             "pruner_startup_trials and pruner_warmup_steps must be >= 0")
+        for name, bound in (self.constraints or {}).items():
+            need(isinstance(bound, (int, float)) and math.isfinite(bound),
+                 f"constraints.{name} must be a number (an upper bound), got {bound!r}")
+        if self.storage is not None:
+            check_url(self.storage)
+
+    @classmethod
+    def from_config(cls, node: Any) -> "SweepSettings":
+        """From the composed `hydra.sweeper` node (interpolations resolved), minus Hydra's `_target_`."""
+        from omegaconf import OmegaConf
+
+        values = OmegaConf.to_container(node, resolve=True)
+        values.pop("_target_", None)
+        try:
+            return cls(**values)
+        except TypeError as exc:
+            raise ConfigError(f"hydra.sweeper: {exc}") from exc
+
+
+def directions_for(objectives: List[str]) -> list[str]:
+    return ["maximize" if any(m in name for m in MAXIMIZE) else "minimize" for name in objectives]
+
+
+def canonical(dist: BaseDistribution) -> dict[str, Any]:
+    """A distribution as plain data that stays the same across Optuna versions (unlike its repr)."""
+    if isinstance(dist, CategoricalDistribution):
+        return {"choices": list(dist.choices)}
+    kind = "int" if isinstance(dist, IntDistribution) else "float"
+    if not isinstance(dist, (IntDistribution, FloatDistribution)):
+        raise ConfigError(f"unsupported search-space distribution {type(dist).__name__}")
+    return {"type": kind, "low": dist.low, "high": dist.high, "log": dist.log, "step": dist.step}
+
+
+def _legacy_repr(dist: BaseDistribution) -> str:
+    """repr() of the same distribution under optuna 2.10, which named studies made by ftsweep 0.1."""
+    if isinstance(dist, CategoricalDistribution):
+        return f"CategoricalDistribution(choices={tuple(dist.choices)!r})"
+    if isinstance(dist, IntDistribution):
+        name = "IntLogUniformDistribution" if dist.log else "IntUniformDistribution"
+        return f"{name}(high={dist.high}, low={dist.low}, step={dist.step})"
+    if dist.log:
+        return f"LogUniformDistribution(high={dist.high}, low={dist.low})"
+    if dist.step is not None:
+        return f"DiscreteUniformDistribution(high={dist.high}, low={dist.low}, q={dist.step})"
+    return f"UniformDistribution(high={dist.high}, low={dist.low})"
+
+
+def _digest(definition: dict[str, Any]) -> str:
+    return "ftsweep-" + hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()[:10]
+
+
+@dataclass(frozen=True)
+class SweepDefinition:
+    space: Dict[str, BaseDistribution]
+    fixed: Dict[str, str]
+    objectives: tuple[str, ...]
+    directions: tuple[str, ...]
+    sampler: str  # resolved: grid, tpe, gp, random or nsga2
+    requested_sampler: str  # as the user wrote it (only the legacy study name needs it)
+    n_trials: int
+    seed: int
+    grid: Optional[tuple[dict, ...]]
+    custom_search_space: Optional[str]
+    pruner: str
+    pruner_startup_trials: int
+    pruner_warmup_steps: int
+    constraints: Dict[str, float] = field(default_factory=dict)
+    study_name_override: Optional[str] = None
+
+    @classmethod
+    def build(cls, settings: SweepSettings, objectives: List[str], arguments: List[str]) -> "SweepDefinition":
+        """From the settings and the command line's sweep arguments; every mistake is a ConfigError here."""
+        from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
+
+        overrides = [f"{k}={v}" for k, v in (settings.params or {}).items()] + list(arguments)
+        try:
+            space, fixed, _deletions = create_params_from_overrides(overrides)
+        except Exception as exc:  # Hydra's override grammar, Optuna's bounds checks
+            raise ConfigError(f"cannot read the sweep's search space: {exc}") from exc
+        space = {k: v for k, v in space.items() if k not in fixed}
+        grid = _grid(space) if settings.sampler in ("auto", "grid") and not settings.custom_search_space else None
+        if settings.sampler == "grid" and grid is None:
+            raise ConfigError("hydra.sweeper.sampler=grid needs every swept key to be a choice list")
+        if not space and not settings.custom_search_space:
+            raise ConfigError("a sweep (-m) needs at least one swept key, e.g. batch_size=8,16 or "
+                              "'lr=tag(log, interval(1e-5, 1e-3))'; to run once, drop -m")
+        objectives = list(objectives)
+        if settings.direction is None:
+            directions = directions_for(objectives)
+        else:
+            directions = [settings.direction] if isinstance(settings.direction, str) else list(settings.direction)
+        if len(directions) != len(objectives) or any(d not in DIRECTIONS for d in directions):
+            raise ConfigError(f"hydra.sweeper.direction must be maximize/minimize, one per objective "
+                              f"{objectives}; got {directions}")
+        sampler = "grid" if grid is not None else settings.sampler
+        if sampler in ("auto", "motpe"):
+            sampler = "tpe"  # TPE handles several objectives itself since optuna 4 (MOTPESampler is gone)
+        if settings.pruner != "none":
+            if len(objectives) > 1:
+                raise ConfigError("Optuna cannot prune a multi-objective study: set hydra.sweeper.pruner=none "
+                                  f"(objectives: {objectives})")
+            if not objectives[0].startswith("eval/"):
+                raise ConfigError(f"pruning needs an eval/ objective reported during training, not {objectives[0]}")
+        return cls(space=space, fixed={k: str(v) for k, v in fixed.items()}, objectives=tuple(objectives),
+                   directions=tuple(directions), sampler=sampler, requested_sampler=settings.sampler,
+                   n_trials=len(grid) if grid is not None else settings.n_trials, seed=settings.seed,
+                   grid=tuple(grid) if grid is not None else None, custom_search_space=settings.custom_search_space,
+                   pruner=settings.pruner, pruner_startup_trials=settings.pruner_startup_trials,
+                   pruner_warmup_steps=settings.pruner_warmup_steps,
+                   constraints={k: float(v) for k, v in (settings.constraints or {}).items()},
+                   study_name_override=settings.study_name)
+
+    # ---- identity
+    def canonical(self) -> dict[str, Any]:
+        """The definition as plain data: what the study name hashes and what the parent run records."""
+        out: dict[str, Any] = {
+            "space": {k: canonical(v) for k, v in sorted(self.space.items())},
+            "fixed": dict(sorted(self.fixed.items())), "objectives": list(self.objectives),
+            "directions": list(self.directions), "sampler": self.sampler, "custom": self.custom_search_space,
+        }
+        if self.pruner != "none":
+            out["pruner"] = self.pruner
+        if self.constraints:
+            out["constraints"] = dict(sorted(self.constraints.items()))
+        return out
+
+    @property
+    def study_name(self) -> str:
+        return self.study_name_override or _digest(self.canonical())
+
+    @property
+    def legacy_study_name(self) -> str:
+        """The name ftsweep 0.1 (optuna 2.10) gave this definition, so an old study is found again."""
+        sampler = "grid" if self.grid is not None else self.requested_sampler
+        old: dict[str, Any] = {
+            "space": {k: _legacy_repr(v) for k, v in sorted(self.space.items())},
+            "fixed": dict(sorted(self.fixed.items())), "directions": list(self.directions),
+            "objectives": list(self.objectives), "sampler": sampler, "custom": self.custom_search_space,
+        }
+        if self.pruner != "none":
+            old["pruner"] = self.pruner
+        return _digest(old)
+
+    # ---- the Optuna objects it implies
+    def make_sampler(self, trials_so_far: int = 0) -> optuna.samplers.BaseSampler:
+        """Seeded, and the seed moves on with the study: a resumed sweep must not propose its first points again."""
+        seed = self.seed + trials_so_far
+        startup = min(10, max(3, self.n_trials // 3))  # TPE/GP need some random trials; not 10 of a 12-trial budget
+        constraints = {"constraints_func": constraint_values} if self.constraints else {}
+        samplers: dict[str, Callable[[], optuna.samplers.BaseSampler]] = {
+            "tpe": lambda: optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, **constraints),
+            "gp": lambda: optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup, **constraints),
+            "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=seed, **constraints),
+            "random": lambda: optuna.samplers.RandomSampler(seed=seed),
+            "grid": lambda: optuna.samplers.RandomSampler(seed=seed),  # grid points are enqueued, fixed
+        }
+        return samplers[self.sampler]()
+
+    def pruner_spec(self) -> dict[str, Any]:
+        return {"name": self.pruner, "startup_trials": self.pruner_startup_trials,
+                "warmup_steps": self.pruner_warmup_steps}
+
+    def feasibility(self, metrics: dict[str, float]) -> list[float]:
+        """Optuna's convention: one value per constraint, <= 0 when the budget is met."""
+        return [metrics.get(name, math.inf) - bound for name, bound in sorted(self.constraints.items())]
+
+
+CONSTRAINTS_ATTR = "constraint_values"  # user attr holding feasibility() of a finished trial
+
+
+def constraint_values(trial: optuna.trial.FrozenTrial) -> list[float]:
+    """Samplers' constraints_func: read back what the sweeper stored before telling the trial."""
+    return list(trial.user_attrs.get(CONSTRAINTS_ATTR, []))
+
+
+def make_pruner(spec: dict[str, Any]) -> optuna.pruners.BasePruner:
+    """The same pruner in the sweeper and in every trial (Optuna pruners keep no state of their own)."""
+    name = spec.get("name", "none")
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=spec["startup_trials"], n_warmup_steps=spec["warmup_steps"])
+    if name == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner()
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner()
+    return optuna.pruners.NopPruner()
+
+
+def _grid(space: Dict[str, BaseDistribution]) -> Optional[list[dict[str, Any]]]:
+    """Every combination, in a fixed order, when every swept key is a discrete choice list."""
+    if not space or not all(isinstance(d, CategoricalDistribution) for d in space.values()):
+        return None
+    names = sorted(space)
+    return [dict(zip(names, values)) for values in itertools.product(*(space[n].choices for n in names))]

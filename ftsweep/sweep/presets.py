@@ -1,0 +1,32 @@
+"""Search spaces of the presets that Optuna's override syntax cannot express (conditional parameters).
+
+Used as `hydra.sweeper.custom_search_space: ftsweep.sweep.presets.pareto_space`: fn(cfg, trial)."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+from optuna.trial import Trial
+
+METHODS = ("full", "lora", "head")
+
+
+def method_lr_range(cfg: DictConfig, method: str) -> tuple[float, float]:
+    """The lr bounds of `method`: an explicit `method.lr_range=` on the command line, else the method's YAML."""
+    from ftsweep.config import CONF_DIR
+
+    for override in cfg.hydra.overrides.task:
+        key, _, value = override.partition("=")
+        if key.lstrip("+") == "method.lr_range":
+            low, high = OmegaConf.create({"v": value}).v if value.startswith("[") else cfg.method.lr_range
+            return float(low), float(high)
+    low, high = OmegaConf.load(CONF_DIR / "method" / f"{method}.yaml").lr_range
+    return float(low), float(high)
+
+
+def pareto_space(cfg: DictConfig, trial: Trial) -> None:
+    """Method, its lr, batch size, and the LoRA rank only where the method is LoRA."""
+    method = trial.suggest_categorical("method", list(METHODS))
+    trial.suggest_float("lr", *method_lr_range(cfg, method), log=True)
+    trial.suggest_categorical("batch_size", [8, 16, 32])
+    if method == "lora":
+        trial.suggest_categorical("method.r", [4, 8, 16])

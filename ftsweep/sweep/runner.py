@@ -1,0 +1,263 @@
+"""One worker of a sweep: claim trials, launch them through Hydra's launcher, tell Optuna the outcome.
+
+- `n_trials` (or the grid size) is the study's total: a rerun only runs the remainder;
+- trials are claimed under a storage-wide lock, so concurrent workers never run one grid point twice;
+- a trial left RUNNING by a dead process is marked FAIL and its parameters run again;
+- a failed trial is recorded and the sweep goes on, unless most trials fail;
+- one MLflow parent run per study; every trial is its child run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import optuna
+from omegaconf import DictConfig
+from optuna.trial import FrozenTrial, Trial, TrialState
+
+from ftsweep import interrupt
+from ftsweep.errors import first_line
+from ftsweep.sweep import results
+from ftsweep.sweep.definition import CONSTRAINTS_ATTR, SweepDefinition, SweepSettings, make_pruner
+from ftsweep.sweep.storage import claim_lock, is_stale, open_storage, worker_attrs
+from ftsweep.sweep.trial_link import OBJECTIVES_ATTR, PARENT_RUN_ATTR, PRUNER_ATTR
+from ftsweep.tracking import Tracker, redact
+
+log = logging.getLogger("ftsweep.sweep")
+OUT_OF_MEMORY = ("OutOfMemoryError", "MemoryError", "out of memory")
+
+
+def trial_id(trial: Trial | FrozenTrial) -> int:
+    """A trial's storage id. Private in Optuna (`_trial_id`), yet every storage call needs it."""
+    return trial._trial_id
+
+
+def job_outcome(ret) -> tuple[Optional[Any], Optional[BaseException]]:
+    """(return value, exception) of a Hydra JobReturn.
+
+    Private on purpose: the public `JobReturn.return_value` re-raises after printing the job's whole
+    override list to stderr, which holds the storage URL (and any password in it)."""
+    from hydra.core.utils import JobStatus
+
+    if ret.status == JobStatus.COMPLETED:
+        return ret._return_value, None
+    return None, ret._return_value
+
+
+class SweepRunner:
+    def __init__(self, settings: SweepSettings, definition: SweepDefinition, config: DictConfig, launcher,
+                 storage_url: str, sweep_dir: Path):
+        self.settings = settings
+        self.d = definition
+        self.config = config
+        self.launcher = launcher
+        self.url = storage_url
+        self.base_dir = sweep_dir
+        self.sweep_dir = sweep_dir
+        self.custom: Optional[Callable] = None
+        if definition.custom_search_space:
+            from hydra.utils import get_method
+
+            self.custom = get_method(definition.custom_search_space)
+
+    # ---- setup
+    def _open(self) -> tuple[optuna.Study, Tracker]:
+        """The study (an old one found by its ftsweep 0.1 name) and its MLflow parent run, under the lock,
+        because two workers creating tables or the same study at once would collide."""
+        with claim_lock(self.url):
+            self.storage = open_storage(self.url)
+            names = {s.study_name for s in self.storage.get_all_studies()}
+            name = self.d.study_name
+            if name not in names and not self.d.study_name_override and self.d.legacy_study_name in names:
+                name = self.d.legacy_study_name
+                log.info("resuming study %s, named by an earlier ftsweep", name)
+            study = optuna.create_study(study_name=name, storage=self.storage,
+                                        pruner=make_pruner(self.d.pruner_spec()), directions=list(self.d.directions),
+                                        load_if_exists=True)
+            study.sampler = self.d.make_sampler(trials_so_far=len(study.get_trials(deepcopy=False)))
+            study.set_user_attr(PRUNER_ATTR, self.d.pruner_spec())
+            study.set_user_attr(OBJECTIVES_ATTR, list(self.d.objectives))
+            self.sweep_dir = self.base_dir / study.study_name
+            return study, self._parent_run(study)
+
+    def _parent_run(self, study: optuna.Study) -> Tracker:
+        """Created by the first worker, reopened by later ones (or created again if this store lacks it)."""
+        tracker = Tracker()
+        run_id = study.user_attrs.get(PARENT_RUN_ATTR)
+        if run_id and tracker.resume(run_id):
+            return tracker
+        tracker.start(self.config.experiment_name or self.config.data.name, run_name=f"sweep-{study.study_name}",
+                      tags={"ftsweep.role": "sweep", "optuna.study_name": study.study_name,
+                            "optuna.storage": redact(self.url), "ftsweep.sweep_dir": str(self.sweep_dir)})
+        definition = self.d.canonical()
+        tracker.log_params({
+            "sweep.study_name": study.study_name, "sweep.storage": self.url, "sweep.sampler": self.d.sampler,
+            "sweep.n_trials": self.d.n_trials, "sweep.seed": self.d.seed,
+            "sweep.objectives": ",".join(self.d.objectives), "sweep.directions": ",".join(self.d.directions),
+            "sweep.search_space": json.dumps(definition["space"]), "sweep.fixed": json.dumps(definition["fixed"]),
+            "sweep.custom_search_space": self.d.custom_search_space or "",
+            "sweep.constraints": json.dumps(self.d.constraints), "sweep.pruner": self.d.pruner,
+        })
+        study.set_user_attr(PARENT_RUN_ATTR, tracker.run_id)
+        return tracker
+
+    # ---- claiming
+    def _fail_for_rerun(self, study: optuna.Study, trial: FrozenTrial, error: str) -> None:
+        """FAIL a trial that did not get to finish, so that it does not count and its parameters run again."""
+        self.storage.set_trial_system_attr(trial_id(trial), results.STALE, True)
+        self.storage.set_trial_user_attr(trial_id(trial), "error", error[:1000])
+        self.storage.set_trial_state_values(trial_id(trial), TrialState.FAIL)
+        if self.d.grid is None:
+            study.enqueue_trial(dict(trial.params))  # the grid re-claims its free points by itself
+
+    def _fail_stale(self, study: optuna.Study) -> None:
+        now = time.time()
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if is_stale(t, self.settings.stale_after_s, now):
+                log.warning("trial %d was left RUNNING by %s, which is gone: marking it FAIL and running its "
+                            "parameters again", t.number, t.user_attrs.get("worker", "an unknown worker"))
+                self._fail_for_rerun(study, t, "worker died (stale RUNNING trial)")
+                if t.user_attrs.get("mlflow_run_id"):
+                    _end_run(t.user_attrs["mlflow_run_id"], "worker died (stale RUNNING trial)")
+
+    def _claim(self, study: optuna.Study) -> list[Trial]:
+        with claim_lock(self.url):
+            self._fail_stale(study)
+            trials = study.get_trials(deepcopy=False)
+            running = [t for t in trials if t.state == TrialState.RUNNING]
+            room = self.d.n_trials - sum(results.counts(t) for t in trials) - len(running)
+            taken = {_key(t.params) for t in trials if results.counts(t) or t.state == TrialState.RUNNING}
+            taken |= {_key(t.system_attrs.get("fixed_params", {})) for t in trials if t.state == TrialState.WAITING}
+            batch = []
+            for _ in range(max(0, min(self.settings.n_jobs, room))):
+                if self.d.grid is not None:
+                    free = [p for p in self.d.grid if _key(p) not in taken]
+                    if not free:
+                        break
+                    taken.add(_key(free[0]))
+                    study.enqueue_trial(free[0])
+                trial = study.ask(fixed_distributions=self.d.space)
+                if self.custom is not None:
+                    self.custom(self.config, trial)
+                for key, value in {"fixed": self.d.fixed, **worker_attrs()}.items():
+                    trial.set_user_attr(key, value)
+                batch.append(trial)
+            return batch
+
+    def _overrides(self, study: optuna.Study, trial: Trial) -> tuple[str, ...]:
+        params = {**self.d.fixed, **trial.params}
+        return (*(f"{k}={v}" for k, v in params.items()),
+                f"sweep.study={study.study_name}", f"sweep.trial_id={trial_id(trial)}", f"sweep.storage='{self.url}'",
+                f"hydra.sweep.subdir={study.study_name}/trial_{trial.number}")
+
+    # ---- results
+    def _tell(self, study: optuna.Study, trial: Trial, ret) -> None:
+        metrics, exc = job_outcome(ret)
+        if isinstance(exc, optuna.TrialPruned):
+            log.info("trial %d pruned: %s", trial.number, exc)
+            study.tell(trial, state=TrialState.PRUNED)
+            return
+        if exc is not None:
+            error = first_line(exc, with_type=True)
+            if any(word in error for word in OUT_OF_MEMORY):
+                trial.set_user_attr("infeasible", "out of memory")  # over any memory budget, and a failure
+        else:
+            values = [metrics.get(name) for name in self.d.objectives]
+            if any(v is None for v in values):
+                missing = [n for n, v in zip(self.d.objectives, values) if v is None]
+                error = f"objective {missing} is not a logged metric; choose from {', '.join(sorted(metrics))}"
+            elif not all(math.isfinite(v) for v in values):
+                error = f"non-finite objective {values}"  # Optuna cannot store NaN
+            else:
+                if self.d.constraints:
+                    trial.set_user_attr(CONSTRAINTS_ATTR, self.d.feasibility(metrics))
+                study.tell(trial, values=[float(v) for v in values])
+                return
+        log.warning("trial %d failed: %s", trial.number, error)
+        trial.set_user_attr("error", error[:1000])
+        study.tell(trial, state=TrialState.FAIL)
+
+    def _too_many_failures(self, study: optuna.Study) -> bool:
+        finished = [t for t in study.get_trials(deepcopy=False) if results.counts(t)]
+        failed = sum(t.state == TrialState.FAIL for t in finished)
+        return (len(finished) >= self.settings.min_trials_before_abort
+                and failed > self.settings.max_failure_rate * len(finished))
+
+    def _finish(self, study: optuna.Study, parent: Tracker) -> dict[str, Any]:
+        result = results.write_results(study, self.d, self.sweep_dir)
+        for name in ("optimization_results.yaml", "trials.csv"):
+            parent.log_artifact(self.sweep_dir / name)
+        children = parent.client.search_runs(
+            [parent.client.get_run(parent.run_id).info.experiment_id],
+            f"tags.`mlflow.parentRunId` = '{parent.run_id}'", max_results=10000)
+        parent.log_metrics(results.sweep_metrics(result, [c.data.metrics for c in children]), step=0)
+        try:  # the report is a view of results already saved: it must never fail the sweep
+            from ftsweep.report import make_report
+
+            log.info("trade-off report: %s", make_report(parent.run_id, out=self.sweep_dir))
+        except Exception as exc:
+            log.warning("could not write the report (%s); rerun python -m ftsweep.report --sweep %s",
+                        first_line(exc, with_type=True), parent.run_id)
+        return result
+
+    def run(self) -> dict[str, Any]:
+        study, parent = self._open()
+        log.info("study %s (%s, %d trials in all, %s) on %s; MLflow parent run %s", study.study_name, self.d.sampler,
+                 self.d.n_trials, "/".join(self.d.directions), redact(self.url), parent.run_id)
+        launched, aborted, batch, job_idx = 0, False, [], 0
+        try:
+            while True:
+                interrupt.check()
+                batch = self._claim(study)
+                if not batch:
+                    break
+                returns = self.launcher.launch([self._overrides(study, t) for t in batch], initial_job_idx=job_idx)
+                job_idx += len(returns)
+                launched += len(returns)
+                for trial, ret in zip(batch, returns):
+                    self._tell(study, trial, ret)
+                batch = []
+                if self._too_many_failures(study):
+                    aborted = True
+                    log.error("stopping: more than %.0f%% of finished trials failed (hydra.sweeper.max_failure_rate)",
+                              100 * self.settings.max_failure_rate)
+                    break
+        except BaseException as exc:  # Ctrl-C, SIGTERM: the trials in flight run again on resume
+            aborted = True
+            for trial in batch:
+                frozen = self.storage.get_trial(trial_id(trial))
+                if frozen.state == TrialState.RUNNING:
+                    log.warning("trial %d interrupted (%s): marked FAIL; the same command runs it again",
+                                trial.number, type(exc).__name__)
+                    self._fail_for_rerun(study, frozen, f"interrupted: {first_line(exc, with_type=True)}")
+            raise
+        finally:
+            result = self._finish(study, parent)
+            others_running = bool(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+            all_failed = result["n_complete"] == 0 and result["n_failed"] > 0
+            if aborted or all_failed:
+                parent.end("FAILED")
+            elif not others_running:
+                parent.end("FINISHED")  # else the worker still running trials closes it
+        if launched == 0:
+            log.info("study %s is already complete (%d of %d trials finished): nothing to run", study.study_name,
+                     result["n_complete"] + result["n_failed"] + result["n_pruned"], self.d.n_trials)
+        results.log_summary(result, self.sweep_dir)
+        result["ok"] = not aborted and not all_failed
+        return result
+
+
+def _key(params: dict[str, Any]) -> str:
+    return json.dumps({k: params[k] for k in sorted(params)}, default=str)
+
+
+def _end_run(run_id: str, error: str) -> None:
+    tracker = Tracker()
+    tracker.run_id = run_id
+    tracker.set_tags({"error": error})
+    tracker.end("KILLED")

@@ -1,0 +1,136 @@
+"""Where a study lives: storage URLs, opening (and upgrading) them, the claim lock and dead workers.
+
+Three kinds of URL:
+- `sqlite:///path.db`: one machine, or a shared filesystem that honours locks;
+- `journal:///path.log`: Optuna's JournalStorage, an append-only file for clusters that share a
+  filesystem but have no database server;
+- any other SQLAlchemy URL (`postgresql://...`): many machines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import shutil
+import socket
+from pathlib import Path
+from typing import Iterator, Optional
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from ftsweep.errors import ConfigError
+from ftsweep.tracking import redact
+
+log = logging.getLogger("ftsweep.sweep")
+
+SQLITE, JOURNAL = "sqlite:///", "journal://"
+
+
+def check_url(url: str) -> None:
+    if "://" not in url:
+        raise ConfigError(f"hydra.sweeper.storage must be a URL: sqlite:///{url}, journal://{url} or "
+                          f"postgresql://user@host/db; got '{url}'")
+
+
+def file_of(url: str) -> Optional[Path]:
+    """The file behind a sqlite or journal URL (relative paths are relative to the working directory)."""
+    if url.startswith(SQLITE):
+        return Path(url[len(SQLITE):])
+    if url.startswith(JOURNAL):
+        return Path(url[len(JOURNAL):])
+    return None
+
+
+def default_url(sweep_dir: Path) -> str:
+    return f"{SQLITE}{(Path(sweep_dir) / 'optuna.db').resolve()}"
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """The storage behind a URL. An RDB written by an older Optuna is upgraded in place for sqlite, after a
+    backup beside it; for a server database the user is told the one command that upgrades it."""
+    check_url(url)
+    path = file_of(url)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    if url.startswith(JOURNAL):
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    # Workers share one sqlite file: wait for its lock rather than failing with "database is locked".
+    kwargs = {"engine_kwargs": {"connect_args": {"timeout": 120}}} if url.startswith(SQLITE) else {}
+    storage = optuna.storages.RDBStorage(url, skip_compatibility_check=True, **kwargs)
+    current, head = storage.get_current_version(), storage.get_head_version()
+    if current != head:
+        if path is None:
+            raise ConfigError(f"the Optuna storage {redact(url)} has schema {current}, older than this Optuna's "
+                              f"{head}; back it up, then run: optuna storage upgrade --storage '{redact(url)}'")
+        backup = path.with_name(f"{path.name}.bak-{current}")
+        if not backup.exists():
+            shutil.copy2(path, backup)
+        storage.upgrade()
+        log.warning("upgraded the Optuna storage %s from schema %s to %s; the old file is kept as %s",
+                    path, current, head, backup)
+    return storage
+
+
+@contextlib.contextmanager
+def claim_lock(url: str) -> Iterator[None]:
+    """Serialise claiming trials across processes (a file lock), and machines (a PostgreSQL advisory lock)."""
+    path = file_of(url)
+    if path is not None:
+        lock = path.with_name(path.name + ".ftsweep-lock")  # not .lock: Optuna's journal uses that name itself
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock, "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+    elif url.startswith("postgresql"):
+        import sqlalchemy
+
+        key = int(hashlib.sha256(b"ftsweep-claim").hexdigest()[:15], 16)
+        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        try:
+            with engine.connect() as conn:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+                try:
+                    yield
+                finally:
+                    conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+        finally:
+            engine.dispose()
+    else:
+        log.warning("no cross-process claim lock for %s: concurrent workers may duplicate a trial", url.split(":")[0])
+        yield
+
+
+def worker_attrs() -> dict[str, object]:
+    """Who runs a trial, so that a dead worker's RUNNING trial can be recognised."""
+    return {"worker": f"{socket.gethostname()}:{os.getpid()}", "host": socket.gethostname(), "pid": os.getpid()}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def is_stale(trial: FrozenTrial, stale_after_s: Optional[float], now: float) -> bool:
+    """A RUNNING trial whose worker is gone: its process is dead (same host) or it is older than stale_after_s."""
+    if trial.state != TrialState.RUNNING:
+        return False
+    attrs = trial.user_attrs
+    if attrs.get("host") == socket.gethostname() and "pid" in attrs:
+        return not _pid_alive(int(attrs["pid"]))
+    if stale_after_s is not None and trial.datetime_start is not None:
+        return now - trial.datetime_start.timestamp() > stale_after_s
+    return False

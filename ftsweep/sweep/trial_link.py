@@ -1,0 +1,56 @@
+"""The trial side of a sweep: one job's link back to its Optuna trial.
+
+A job learns only `sweep.study`, `sweep.trial_id` and `sweep.storage` from its command line; everything
+else (trial number, MLflow parent run, pruner) is read from the study, where the sweeper put it.
+`train()` sees this object only as its `Hooks`: a run id to record, tags, and a stop verdict after
+each evaluation.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import optuna
+
+from ftsweep.loop import Hooks
+from ftsweep.sweep.definition import make_pruner
+from ftsweep.sweep.storage import open_storage
+
+PARENT_RUN_ATTR = "mlflow_parent_run_id"  # study user attrs written by the sweeper
+PRUNER_ATTR = "ftsweep_pruner"
+OBJECTIVES_ATTR = "ftsweep_objectives"
+
+
+class TrialLink(Hooks):
+    def __init__(self, study_name: str, trial_id: int, storage_url: str):
+        self.storage = open_storage(storage_url)
+        self.study = optuna.load_study(study_name=study_name, storage=self.storage)
+        self.trial_id = int(trial_id)
+        attrs = self.study.user_attrs
+        self.number = self.storage.get_trial(self.trial_id).number
+        self.parent_run_id: Optional[str] = attrs.get(PARENT_RUN_ATTR)
+        self.tags = {"optuna.study_name": study_name, "optuna.trial_number": self.number}
+        self.pruner = make_pruner(attrs.get(PRUNER_ATTR, {}))
+        self.objective = (attrs.get(OBJECTIVES_ATTR) or ["eval/accuracy"])[0]
+        self.pruned_at: Optional[int] = None
+
+    @classmethod
+    def from_config(cls, sweep: Any) -> Optional["TrialLink"]:
+        """The link for a job launched by the sweeper; None for a single run."""
+        if sweep is None or sweep.trial_id is None:
+            return None
+        return cls(sweep.study, sweep.trial_id, sweep.storage)
+
+    def on_start(self, run_id: str) -> None:
+        self.storage.set_trial_user_attr(self.trial_id, "mlflow_run_id", run_id)
+
+    def should_stop(self, step: int, evaluation: dict[str, float]) -> Optional[str]:
+        """Report this eval's objective to the trial and ask the study's pruner (Optuna's public pruner API)."""
+        if isinstance(self.pruner, optuna.pruners.NopPruner):
+            return None
+        key = self.objective.split("/", 1)[1]
+        self.storage.set_trial_intermediate_value(self.trial_id, step, float(evaluation[key]))
+        if self.pruner.prune(self.study, self.storage.get_trial(self.trial_id)):
+            self.pruned_at = step
+            return "pruned"
+        return None
