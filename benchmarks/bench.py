@@ -1,5 +1,6 @@
 """`make bench`: ftsweep's training step against a bare PyTorch loop, the Hugging Face Trainer and the
-machine's own matmul limit; padding strategies; every method side by side; eval throughput.
+machine's own matmul limit; padding strategies; every method side by side; eval throughput; GP against TPE
+on one small search (benchmarks/samplers.py).
 
 Everything is measured in this one run, side by side, alternating A/B where two things are compared,
 and reported as median and min-max over repeats. Writes benchmarks/results.json and rewrites the
@@ -401,6 +402,9 @@ def write_readme(results: dict) -> None:
     lines += ["", "| eval case (256 reviews) | samples/s |", "|---|---|"]
     for name, v in r["eval"].items():
         lines.append(f"| {name} | {v['median']:.0f} ({v['min']:.0f}-{v['max']:.0f}) |")
+    from samplers import readme_lines
+
+    lines += readme_lines(r["samplers"])
     readme = HERE / "README.md"
     text = readme.read_text() if readme.exists() else "# Benchmarks\n\n<!-- results -->\n<!-- /results -->\n"
     start, end = text.index("<!-- results -->"), text.index("<!-- /results -->")
@@ -427,6 +431,9 @@ def main() -> int:
     results["methods"] = bench_methods(setup, max(steps // 2, 4))
     results["eval"] = bench_eval(setup, repeats)
     results["before_after"] = bench_before_after(setup, steps, repeats)
+    from samplers import bench_samplers
+
+    results["samplers"] = bench_samplers(args.quick)
     results["meta"]["bench_wall_s"] = time.time() - t0
     out = HERE / ("results_quick.json" if args.quick else "results.json")
     out.write_text(json.dumps(results, indent=2))

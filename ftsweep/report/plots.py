@@ -63,7 +63,7 @@ def make_plots(rows: list[Row], importances: dict[str, float], out: Path, title:
         fig, ax = plt.subplots(figsize=(7, 0.5 * len(importances) + 1.5))
         names = list(importances)[::-1]
         ax.barh(names, [importances[n] for n in names], color="tab:blue")
-        ax.set_xlabel("importance (fANOVA share of accuracy variance)")
+        ax.set_xlabel("importance (Optuna PED-ANOVA, normalised)")
         ax.set_title(f"{title}: parameter importances")
         fig.tight_layout()
         path = out / "param_importances.png"

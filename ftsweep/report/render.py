@@ -65,7 +65,7 @@ def render(parent, rows: list[Row], summary: list[dict], plots: list[Path], impo
                        s["activations_est_mb"], s.get("accuracy_lost_vs_full"), s.get("memory_saved_vs_full_pct"),
                        s.get("time_saved_vs_full_pct")] for s in summary])
     if importances:
-        md += ["", "## Parameter importances (Optuna, fANOVA)", ""]
+        md += ["", "## Parameter importances (Optuna's PED-ANOVA)", ""]
         md += [f"- `{k}`: {v:.3f}" for k, v in importances.items()]
     if plots:
         md += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]

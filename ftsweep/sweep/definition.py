@@ -206,7 +206,7 @@ class SweepDefinition:
 
     # ---- the Optuna objects it implies
     def make_sampler(self, trials_so_far: int = 0) -> optuna.samplers.BaseSampler:
-        """Seeded, and the seed moves on with the study: a resumed sweep must not propose its first points again."""
+        """Seeded, and the seed moves on with the study (see runner._claim)."""
         seed = self.seed + trials_so_far
         startup = min(10, max(3, self.n_trials // 3))  # TPE/GP need some random trials; not 10 of a 12-trial budget
         constraints = {"constraints_func": constraint_values} if self.constraints else {}

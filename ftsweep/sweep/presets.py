@@ -12,12 +12,13 @@ METHODS = ("full", "lora", "head")
 
 def method_lr_range(cfg: DictConfig, method: str) -> tuple[float, float]:
     """The lr bounds of `method`: an explicit `method.lr_range=` on the command line, else the method's YAML."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
     from ftsweep.config import CONF_DIR
 
-    for override in cfg.hydra.overrides.task:
-        key, _, value = override.partition("=")
-        if key.lstrip("+") == "method.lr_range":
-            low, high = OmegaConf.create({"v": value}).v if value.startswith("[") else cfg.method.lr_range
+    for override in OverridesParser.create().parse_overrides(list(cfg.hydra.overrides.task)):
+        if override.get_key_element().lstrip("+") == "method.lr_range" and not override.is_sweep_override():
+            low, high = override.value()
             return float(low), float(high)
     low, high = OmegaConf.load(CONF_DIR / "method" / f"{method}.yaml").lr_range
     return float(low), float(high)

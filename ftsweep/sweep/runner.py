@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -25,7 +26,7 @@ from ftsweep.errors import first_line
 from ftsweep.sweep import results
 from ftsweep.sweep.definition import CONSTRAINTS_ATTR, SweepDefinition, SweepSettings, make_pruner
 from ftsweep.sweep.storage import claim_lock, is_stale, open_storage, worker_attrs
-from ftsweep.sweep.trial_link import OBJECTIVES_ATTR, PARENT_RUN_ATTR, PRUNER_ATTR
+from ftsweep.sweep.trial_link import OBJECTIVES_ATTR, PARENT_RUN_ATTR, PRUNER_ATTR, STORAGE_ENV
 from ftsweep.tracking import Tracker, redact
 
 log = logging.getLogger("ftsweep.sweep")
@@ -79,7 +80,6 @@ class SweepRunner:
             study = optuna.create_study(study_name=name, storage=self.storage,
                                         pruner=make_pruner(self.d.pruner_spec()), directions=list(self.d.directions),
                                         load_if_exists=True)
-            study.sampler = self.d.make_sampler(trials_so_far=len(study.get_trials(deepcopy=False)))
             study.set_user_attr(PRUNER_ATTR, self.d.pruner_spec())
             study.set_user_attr(OBJECTIVES_ATTR, list(self.d.objectives))
             self.sweep_dir = self.base_dir / study.study_name
@@ -135,6 +135,9 @@ class SweepRunner:
             taken |= {_key(t.system_attrs.get("fixed_params", {})) for t in trials if t.state == TrialState.WAITING}
             batch = []
             for _ in range(max(0, min(self.settings.n_jobs, room))):
+                # Seeded by the study's size at this claim (under the lock): reproducible, and neither a resumed
+                # sweep nor a second worker proposes the same start-up points again.
+                study.sampler = self.d.make_sampler(trials_so_far=len(trials) + len(batch))
                 if self.d.grid is not None:
                     free = [p for p in self.d.grid if _key(p) not in taken]
                     if not free:
@@ -150,9 +153,13 @@ class SweepRunner:
             return batch
 
     def _overrides(self, study: optuna.Study, trial: Trial) -> tuple[str, ...]:
+        """The job's command line. Hydra prints and saves it, so the storage URL goes without its password;
+        the job gets the real one from the environment it inherits (see trial_link.storage_url)."""
         params = {**self.d.fixed, **trial.params}
+        os.environ[STORAGE_ENV] = self.url
         return (*(f"{k}={v}" for k, v in params.items()),
-                f"sweep.study={study.study_name}", f"sweep.trial_id={trial_id(trial)}", f"sweep.storage='{self.url}'",
+                f"sweep.study={study.study_name}", f"sweep.trial_id={trial_id(trial)}",
+                f"sweep.storage='{redact(self.url)}'",
                 f"hydra.sweep.subdir={study.study_name}/trial_{trial.number}")
 
     # ---- results

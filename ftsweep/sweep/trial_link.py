@@ -10,8 +10,11 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+import os
+
 import optuna
 
+from ftsweep.errors import ConfigError
 from ftsweep.loop import Hooks
 from ftsweep.sweep.definition import make_pruner
 from ftsweep.sweep.storage import open_storage
@@ -19,6 +22,20 @@ from ftsweep.sweep.storage import open_storage
 PARENT_RUN_ATTR = "mlflow_parent_run_id"  # study user attrs written by the sweeper
 PRUNER_ATTR = "ftsweep_pruner"
 OBJECTIVES_ATTR = "ftsweep_objectives"
+STORAGE_ENV = "FTSWEEP_SWEEP_STORAGE"  # the storage URL with its password, set by the sweeper for its jobs
+
+
+def storage_url(from_command_line: str) -> str:
+    """The real storage URL: the command line carries it redacted when it holds a password."""
+    from ftsweep.tracking import redact
+
+    if "***" not in from_command_line:
+        return from_command_line
+    real = os.environ.get(STORAGE_ENV, "")
+    if redact(real) != from_command_line:
+        raise ConfigError(f"sweep.storage={from_command_line} hides a password and ${STORAGE_ENV} does not hold "
+                          "the matching URL; start trials through the sweeper (python -m ftsweep -m ...)")
+    return real
 
 
 class TrialLink(Hooks):
@@ -39,7 +56,7 @@ class TrialLink(Hooks):
         """The link for a job launched by the sweeper; None for a single run."""
         if sweep is None or sweep.trial_id is None:
             return None
-        return cls(sweep.study, sweep.trial_id, sweep.storage)
+        return cls(sweep.study, sweep.trial_id, storage_url(sweep.storage))
 
     def on_start(self, run_id: str) -> None:
         self.storage.set_trial_user_attr(self.trial_id, "mlflow_run_id", run_id)

@@ -1,7 +1,7 @@
-"""Hydra plugin shim: `hydra/sweeper=ftsweep` (the default in conf/config.yaml).
+"""Hydra plugins: `hydra/sweeper=ftsweep` (the default in conf/config.yaml), and the user's ./conf on the
+search path. Hydra finds both through the `hydra.plugins` entry points in pyproject.toml.
 
-Hydra only loads sweepers from the hydra_plugins namespace; the logic lives in ftsweep/sweep/.
-The settings are ftsweep's own SweepSettings, handed straight through.
+The sweeper's logic lives in ftsweep/sweep/; its settings are ftsweep's own SweepSettings, handed through.
 """
 
 import sys
@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any, List
 
 from hydra.core.config_store import ConfigStore
+from hydra.core.config_search_path import ConfigSearchPath
+from hydra.plugins.search_path_plugin import SearchPathPlugin
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
@@ -67,3 +69,15 @@ class FtsweepSweeper(Sweeper):
             sys.exit(130)
         if not summary["ok"]:
             sys.exit(1)
+
+
+class UserConfSearchPath(SearchPathPlugin):
+    """A ./conf folder in the working directory adds config group options (./conf/data/mydata.yaml is
+    data=mydata) beside ftsweep's own. Only when it exists: Hydra warns about a missing search path."""
+
+    def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
+        from ftsweep.config import CONF_DIR
+
+        user = Path("conf").resolve()
+        if user.is_dir() and user != CONF_DIR.resolve():
+            search_path.append(provider="ftsweep-user", path=f"file://{user}")
