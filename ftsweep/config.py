@@ -245,6 +245,26 @@ class SweepInfo:
     storage: Optional[str] = None
 
 
+# --------------------------------------------------------------------------- the final metrics of a run
+# What train() returns and logs at the end (README, "the contract"): the names `objectives` and
+# `hydra.sweeper.constraints` may use. The CUDA and compile entries appear only on CUDA / with compile=true.
+FINAL_METRICS = frozenset({
+    "eval/accuracy", "eval/f1_macro", "eval/loss",
+    "perf/step_time_ms", "perf/step_time_p90_ms", "perf/samples_per_s", "perf/tokens_per_s", "perf/train_time_s",
+    "perf/eval_time_s", "perf/effective_batch_size", "perf/compile_time_s",
+    "train/steps", "train/total_steps",
+    "params/trainable", "params/total", "params/trainable_pct",
+    "mem/peak_mb", "mem/cpu_peak_rss_mb", "mem/cuda_peak_allocated_mb", "mem/cuda_peak_reserved_mb",
+    "mem/params_mb", "mem/grads_mb", "mem/optimizer_state_mb", "mem/baseline_mb", "mem/activations_est_mb",
+})
+
+
+def check_metric_names(names, what: str) -> None:
+    unknown = [n for n in names if n not in FINAL_METRICS]
+    _check(not unknown, f"{what}: {', '.join(unknown)} is not a metric a run logs; choose from "
+                        f"{', '.join(sorted(FINAL_METRICS))}")
+
+
 # --------------------------------------------------------------------------- top level
 @dataclass
 class TrainConfig:
@@ -283,6 +303,7 @@ class TrainConfig:
         _check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
                f"device must be auto, cpu or cuda[:N], got '{self.device}'")
         _check(len(self.objectives) >= 1, "objectives must name at least one metric")
+        check_metric_names(self.objectives, "objectives")
 
 
 def register_configs() -> None:

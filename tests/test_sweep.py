@@ -103,6 +103,7 @@ def test_a_hydra_range_keeps_its_exclusive_end():
     ({}, ["lr=tag(log, interval(0, 1e-3))"], "cannot read the sweep's search space"),
     ({"direction": "up"}, ["a=1,2"], "hydra.sweeper.direction must be maximize/minimize"),
     ({"pruner": "median"}, ["a=1,2"], "pruning needs an eval/ objective"),
+    ({"constraints": {"mem/peak": 3000}}, ["a=1,2"], "hydra.sweeper.constraints: mem/peak is not a metric a run logs"),
 ])
 def test_bad_sweep_settings_are_one_config_error(settings, arguments, message):
     objectives = ["mem/peak_mb"] if settings.get("pruner") == "median" else ["eval/accuracy"]
@@ -516,6 +517,7 @@ def test_pareto_time_search_has_three_directions_and_a_front(cli, toy):
 
 @pytest.mark.parametrize("args, message", [
     (["batch_size=8"], "a sweep (-m) needs at least one swept key"),
+    (["batch_size=8,16", "objectives=[eval/acc]"], "objectives: eval/acc is not a metric a run logs"),
     (["batch_size=8,16", "hydra.sweeper.sampler=bayes"], "hydra.sweeper.sampler must be one of"),
     (["batch_size=8,16", "hydra.sweeper.storage=multirun/x.db"], "hydra.sweeper.storage must be a URL"),
     (["'lr=tag(log, interval(0, 1e-3))'"], "cannot read the sweep's search space"),

@@ -148,6 +148,22 @@ def test_memory_breakdown_adds_up_and_effective_batch_is_logged(tiny_cfg):
     assert m["perf/effective_batch_size"] == 32
 
 
+def test_a_run_returns_exactly_the_metric_names_of_the_contract(tiny_cfg):
+    from ftsweep.config import FINAL_METRICS
+
+    returned = set(train(tiny_cfg("max_steps=2")))
+    cuda_or_compile = {"mem/cuda_peak_allocated_mb", "mem/cuda_peak_reserved_mb", "perf/compile_time_s"}
+    assert returned == FINAL_METRICS - cuda_or_compile
+
+
+def test_a_misspelt_objective_fails_before_any_run(tiny_cfg):
+    with pytest.raises(FtsweepError, match="objectives: eval/acc is not a metric a run logs"):
+        train(tiny_cfg("objectives=[eval/acc]"))
+    from tests.conftest import run_statuses
+
+    assert run_statuses() == []  # no MLflow run was created
+
+
 def test_bf16_runs_and_logs_on_cpu(tiny_cfg):
     m = train(tiny_cfg("precision=bf16", "max_steps=3"))
     _, run = only_run()

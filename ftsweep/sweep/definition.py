@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, List, Optional
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
+from ftsweep.config import check_metric_names
 from ftsweep.errors import ConfigError
 from ftsweep.sweep.storage import check_url
 
@@ -64,6 +65,7 @@ class SweepSettings:
         for name, bound in (self.constraints or {}).items():
             need(isinstance(bound, (int, float)) and math.isfinite(bound),
                  f"constraints.{name} must be a number (an upper bound), got {bound!r}")
+        check_metric_names(self.constraints or {}, "hydra.sweeper.constraints")
         if self.storage is not None:
             check_url(self.storage)
 
@@ -148,6 +150,7 @@ class SweepDefinition:
             raise ConfigError("a sweep (-m) needs at least one swept key, e.g. batch_size=8,16 or "
                               "'lr=tag(log, interval(1e-5, 1e-3))'; to run once, drop -m")
         objectives = list(objectives)
+        check_metric_names(objectives, "objectives")
         if settings.direction is None:
             directions = directions_for(objectives)
         else:
