@@ -414,7 +414,19 @@ def write_readme(results: dict) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer steps and repeats: a smoke run, not for quoting")
+    ap.add_argument("--only-samplers", action="store_true",
+                    help="rerun only GP vs TPE and replace that section of results.json (dated on its own)")
     args = ap.parse_args()
+    if args.only_samplers:
+        from samplers import bench_samplers
+
+        results = json.loads((HERE / "results.json").read_text())
+        t0 = time.time()
+        results["samplers"] = bench_samplers(quick=False)
+        results["samplers"].update(date=dt.date.today().isoformat(), wall_s=time.time() - t0, cpu=cpu_model())
+        (HERE / "results.json").write_text(json.dumps(results, indent=2))
+        write_readme(results)
+        return 0
     steps, repeats = (4, 1) if args.quick else (10, 3)
     t0 = time.time()
     import transformers

@@ -1,7 +1,8 @@
 """GP against TPE on the same small search, run as a user runs it: `python -m ftsweep -m ...` subprocesses.
 
-LoRA on the embedded MiniLM, lr on a log scale over [1e-5, 1e-2], a small IMDB slice and a few steps per
-trial, so that a trial costs seconds and lr decides the accuracy. Same seeds, same trial count for both
+A linear probe (method=head) on the embedded MiniLM over BBC News topics (5 classes), lr on a log scale over
+[1e-5, 1], 480 training articles and 30 steps per trial: a trial costs seconds, and lr decides the accuracy
+(measured: 0.82 at lr 3e-2, 0.25 at lr 1e-4). On IMDB no lr learned anything in so few steps. Same seeds, same trial count for both
 samplers; each sweep gets its own Optuna storage and MLflow store. Reports the best-so-far accuracy after
 each trial, per seed, and its mean over seeds.
 """
@@ -17,8 +18,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SEARCH = ["method=lora", "lr=tag(log, interval(1e-5, 1e-2))", "data.max_train_samples=160",
-          "data.max_eval_samples=200", "data.max_length=64", "max_steps=10", "progress_bar=false"]
+SEARCH = ["data=bbc_news", "method=head", "lr=tag(log, interval(1e-5, 1.0))", "data.max_train_samples=480",
+          "data.max_eval_samples=300", "data.max_length=64", "max_steps=30", "progress_bar=false"]
 
 
 def best_so_far(values: list[float]) -> list[float]:
@@ -66,8 +67,9 @@ def bench_samplers(quick: bool) -> dict:
 def readme_lines(r: dict) -> list[str]:
     n = r["n_trials"]
     shown = sorted({r["startup_trials"], n // 2, n})
+    when = f" Measured {r['date']} on {r['cpu']} in {r['wall_s']:.0f} s (`--only-samplers`)." if "date" in r else ""
     lines = ["", f"GP against TPE (`hydra.sweeper.sampler=gp|tpe`), {n} trials each, seeds {r['seeds']}, the first "
-             f"{r['startup_trials']} trials random start-up for both: `{r['search']}`.", "",
+             f"{r['startup_trials']} trials random start-up for both: `{r['search']}`.{when}", "",
              "| sampler | " + " | ".join(f"mean best accuracy after {k}" for k in shown) + " | per seed, final | wall s |",
              "|---|" + "---|" * len(shown) + "---|---|"]
     for name in ("tpe", "gp"):

@@ -209,8 +209,11 @@ class SweepDefinition:
 
     # ---- the Optuna objects it implies
     def make_sampler(self, trials_so_far: int = 0) -> optuna.samplers.BaseSampler:
-        """Seeded, and the seed moves on with the study (see runner._claim)."""
-        seed = self.seed + trials_so_far
+        """Seeded, and the seed moves on with the study (see runner._claim). SeedSequence keeps the streams of
+        (seed, k) apart: a plain seed + k would make seed 1's second trial seed 2's first."""
+        import numpy as np
+
+        seed = int(np.random.SeedSequence([self.seed, trials_so_far]).generate_state(1)[0])
         startup = min(10, max(3, self.n_trials // 3))  # TPE/GP need some random trials; not 10 of a 12-trial budget
         constraints = {"constraints_func": constraint_values} if self.constraints else {}
         samplers: dict[str, Callable[[], optuna.samplers.BaseSampler]] = {
