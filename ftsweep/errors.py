@@ -21,6 +21,11 @@ class TrainingError(FtsweepError):
     """Training diverged (NaN or inf loss)."""
 
 
+def is_out_of_memory(error: str) -> bool:
+    """Whether a one-line error (see first_line) says a run ran out of CUDA or host memory."""
+    return any(word in error for word in ("OutOfMemoryError", "MemoryError", "out of memory"))
+
+
 def first_line(exc: BaseException, with_type: bool = False) -> str:
     """The first line of an exception's message (its type when it has none): a failure shown in one line."""
     lines = str(exc).strip().splitlines()

@@ -112,17 +112,20 @@ def log_inputs(tracker: Tracker, raw: DictConfig, overrides: list[str] | None, s
                         "train_samples": len(splits.train_texts), "eval_samples": len(splits.eval_texts)})
 
 
+def param_counts(model) -> dict[str, float]:
+    trainable, total = model_mod.count_params(model)
+    return {"params/trainable": trainable, "params/total": total, "params/trainable_pct": 100.0 * trainable / total}
+
+
 def finish(tc: TrainConfig, tracker: Tracker, result: FitResult, model, optimizer, memory: PeakMemory,
-           splits: data_mod.TextSplits, total_steps: int, out_dir: Path) -> dict[str, float]:
+           splits: data_mod.TextSplits, total_steps: int, params: dict[str, float], out_dir: Path) -> dict[str, float]:
     """What came out: metrics (on disk first, then MLflow), the classification report, the confusion matrix."""
     ev = result.final_eval
-    trainable, total = model_mod.count_params(model)
     metrics = {f"eval/{k}": ev[k] for k in ("accuracy", "f1_macro", "loss")}
     metrics.update(result.perf())
     metrics["perf/effective_batch_size"] = tc.batch_size * tc.grad_accum_steps
     metrics["train/steps"], metrics["train/total_steps"] = result.steps, total_steps
-    metrics.update({"params/trainable": trainable, "params/total": total,
-                    "params/trainable_pct": 100.0 * trainable / total})
+    metrics.update(params)
     metrics.update(memory_breakdown(memory.stop(), model, result.grads_mb, optimizer, memory))
     if result.stop_reason:
         tracker.set_tags({result.stop_reason: "true", f"{result.stop_reason}_at_step": result.stopped_at})
@@ -164,8 +167,8 @@ def train(cfg: DictConfig | TrainConfig, output_dir: str | Path | None = None, o
         log_inputs(tracker, raw, overrides, splits)
         loaders = setup_data(tc, splits, tokenizer)
         model = setup_model(tc, splits, tokenizer, loaders.total_steps, device)
-        trainable, total = model_mod.count_params(model)
-        tracker.log_metrics({"params/trainable": trainable, "params/total": total}, step=0)
+        params = param_counts(model)
+        tracker.log_metrics(params, step=0)
         optimizer = build_optimizer(model, tc.optimizer, tc.lr)
         scheduler = build_scheduler(optimizer, tc.optimizer, loaders.total_steps)
         settings = LoopSettings(
@@ -175,7 +178,7 @@ def train(cfg: DictConfig | TrainConfig, output_dir: str | Path | None = None, o
             compile=tc.compile, progress=tc.progress_bar)
         result = fit(model, loaders.train, loaders.eval, optimizer, scheduler, settings, device, hooks=hooks,
                      log=tracker.log_metrics, step_hook=model_mod.step_hook(model))
-        metrics = finish(tc, tracker, result, model, optimizer, memory, splits, loaders.total_steps, out_dir)
+        metrics = finish(tc, tracker, result, model, optimizer, memory, splits, loaders.total_steps, params, out_dir)
         tracker.end("FINISHED")
         return metrics
     except BaseException as exc:

@@ -12,7 +12,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.conftest import toy_rows, write_csv
+from tests.conftest import run_statuses, toy_rows, write_csv
 
 
 def start(cli, *args: str) -> subprocess.Popen:
@@ -58,7 +58,7 @@ def test_signal_during_a_single_run_ends_it_killed_and_keeps_its_metrics(cli, tm
     assert time.time() - t0 < 15
     assert proc.returncode != 0
     assert "MLflow run is marked KILLED" in err and "Traceback" not in err
-    assert [s for (s,) in query(db, "select status from runs")] == ["KILLED"]
+    assert run_statuses() == ["KILLED"]
     assert query(db, "select count(*) from metrics where key='train/loss'")[0][0] >= 2  # kept
     leftovers = [p for p in (tmp_path / "out").rglob("*") if p.name.startswith(".") and p.suffix == ".tmp"]
     cache = Path(os.environ["FTSWEEP_CACHE"])
@@ -91,7 +91,7 @@ def test_sigterm_during_a_sweep_fails_the_trial_and_the_same_command_resumes(cli
     assert resumed.returncode == 0, err[-3000:]
     trials = optuna.load_study(study_name=summary.study_name, storage=storage).get_trials()
     assert sorted(t.params["batch_size"] for t in trials if t.state.name == "COMPLETE") == [8, 16]
-    assert "RUNNING" not in [s for (s,) in query(db, "select status from runs")]
+    assert "RUNNING" not in run_statuses()
 
 
 def test_unreachable_tracking_server_is_one_clear_line_before_training(cli, tmp_path, monkeypatch):

@@ -8,6 +8,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from ftsweep.errors import is_out_of_memory
+
 log = logging.getLogger("ftsweep.report")
 
 
@@ -106,7 +108,7 @@ def mark_budget(rows: list[Row], constraints: dict[str, float]) -> None:
     """A row is over budget when a constrained metric is above its bound; a run that ran out of memory is too."""
     for r in rows:
         r.over_budget = [k for k, bound in constraints.items() if r.get(k) is not None and r.get(k) > bound]
-        if constraints and any(w in r.error for w in ("OutOfMemoryError", "MemoryError", "out of memory")):
+        if constraints and is_out_of_memory(r.error):
             r.over_budget.append("out of memory")
 
 

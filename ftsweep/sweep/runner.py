@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from ftsweep import interrupt
-from ftsweep.errors import first_line
+from ftsweep.errors import first_line, is_out_of_memory
 from ftsweep.sweep import results
 from ftsweep.sweep.definition import CONSTRAINTS_ATTR, SweepDefinition, SweepSettings, make_pruner
 from ftsweep.sweep.storage import claim_lock, is_stale, open_storage, worker_attrs
@@ -30,7 +30,6 @@ from ftsweep.sweep.trial_link import OBJECTIVES_ATTR, PARENT_RUN_ATTR, PRUNER_AT
 from ftsweep.tracking import Tracker, redact
 
 log = logging.getLogger("ftsweep.sweep")
-OUT_OF_MEMORY = ("OutOfMemoryError", "MemoryError", "out of memory")
 
 
 def trial_id(trial: Trial | FrozenTrial) -> int:
@@ -154,9 +153,8 @@ class SweepRunner:
 
     def _overrides(self, study: optuna.Study, trial: Trial) -> tuple[str, ...]:
         """The job's command line. Hydra prints and saves it, so the storage URL goes without its password;
-        the job gets the real one from the environment it inherits (see trial_link.storage_url)."""
+        the job gets the real one from the environment it inherits (set in run(); see trial_link.storage_url)."""
         params = {**self.d.fixed, **trial.params}
-        os.environ[STORAGE_ENV] = self.url
         return (*(f"{k}={v}" for k, v in params.items()),
                 f"sweep.study={study.study_name}", f"sweep.trial_id={trial_id(trial)}",
                 f"sweep.storage='{redact(self.url)}'",
@@ -171,7 +169,7 @@ class SweepRunner:
             return
         if exc is not None:
             error = first_line(exc, with_type=True)
-            if any(word in error for word in OUT_OF_MEMORY):
+            if is_out_of_memory(error):
                 trial.set_user_attr("infeasible", "out of memory")  # over any memory budget, and a failure
         else:
             values = [metrics.get(name) for name in self.d.objectives]
@@ -214,6 +212,7 @@ class SweepRunner:
 
     def run(self) -> dict[str, Any]:
         study, parent = self._open()
+        os.environ[STORAGE_ENV] = self.url
         log.info("study %s (%s, %d trials in all, %s) on %s; MLflow parent run %s", study.study_name, self.d.sampler,
                  self.d.n_trials, "/".join(self.d.directions), redact(self.url), parent.run_id)
         launched, aborted, batch, job_idx = 0, False, [], 0
