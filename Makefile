@@ -8,8 +8,9 @@ ARGS   ?=
 PORT   ?= 5000
 DASH_PORT ?= 8080
 STORAGE ?= sqlite:///multirun/optuna.db
+N      ?= 500
 
-.PHONY: help install lock run test test-fast bench ui dashboard report clean
+.PHONY: help install lock run test test-fast fuzz bench ui dashboard report clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -40,6 +41,9 @@ test: $(STAMP) ## run the whole test suite, slow tests included
 
 test-fast: $(STAMP) ## the fast tests only
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
+
+fuzz: $(STAMP) ## the entry-point fuzzer with a random, larger budget (N=500 cases)
+	FTSWEEP_FUZZ_EXAMPLES=$(N) FTSWEEP_FUZZ_RANDOM=1 $(PY) -m pytest -q tests/test_fuzz.py --hypothesis-show-statistics
 
 bench: $(STAMP) ## benchmarks (minutes): writes benchmarks/results.json and benchmarks/README.md
 	$(PY) benchmarks/bench.py $(ARGS)

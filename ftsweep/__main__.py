@@ -10,6 +10,11 @@ import logging
 import os
 import sys
 
+from ftsweep import interrupt
+
+if __name__ == "__main__":
+    interrupt.install()  # before the slow imports below: a Ctrl-C during start-up is a clean stop too
+
 # Quieter start-up: no tokenizer fork warnings, no artifact progress bars in logs.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -22,9 +27,8 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from ftsweep import interrupt  # noqa: E402
 from ftsweep.config import CONF_DIR  # noqa: E402  (importing it registers the schemas)
-from ftsweep.errors import FtsweepError  # noqa: E402
+from ftsweep.errors import FtsweepError, describe_config_error  # noqa: E402
 
 log = logging.getLogger("ftsweep")
 SUMMARY = ("eval/accuracy", "eval/f1_macro", "perf/step_time_ms", "perf/train_time_s", "mem/cpu_peak_rss_mb",
@@ -62,11 +66,31 @@ def app(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-def main() -> None:
+def main(install_signals: bool = True) -> None:
     """`python -m ftsweep` and the `ftsweep` console script alike: SIGTERM (kill, a scheduler's
-    preemption) takes Ctrl-C's path, so runs end KILLED and trials FAIL and rerun."""
-    interrupt.install()
-    app()
+    preemption) takes Ctrl-C's path, so runs end KILLED and trials FAIL and rerun. Every mistake on the
+    command line, Hydra's included, is one `ftsweep: error:` line and exit 2."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if install_signals:
+        interrupt.install()
+    # Hydra re-raises instead of printing its own report (several lines, exit 1), so errors end up here.
+    previous = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        app()
+    except (HydraException, OmegaConfBaseException) as exc:
+        print(f"ftsweep: error: {describe_config_error(exc)}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt as exc:  # before a run exists (start-up, composing the config)
+        print(f"ftsweep: interrupted ({exc or 'Ctrl-C'}) before anything started", file=sys.stderr)
+        sys.exit(130)
+    finally:
+        if previous is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = previous
 
 
 if __name__ == "__main__":

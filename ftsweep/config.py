@@ -216,6 +216,9 @@ class DataConfig:
             value = getattr(self, key)
             _check(value is None or value >= 1, f"data.{key} must be >= 1 or null, got {value}")
         _check(0.0 < self.eval_fraction < 1.0, f"data.eval_fraction must be in (0, 1), got {self.eval_fraction}")
+        _check(0 <= self.split_seed < 2**32, f"data.split_seed must be in [0, 2**32), got {self.split_seed}")
+        _check(self.text_column != self.label_column,
+               f"data.text_column and data.label_column are both '{self.text_column}': a model would read the answer")
 
 
 @dataclass
@@ -299,6 +302,8 @@ class TrainConfig:
         _check(self.max_steps is None or self.max_steps >= 1, f"max_steps must be >= 1 or null, got {self.max_steps}")
         _check(self.eval_every_steps is None or self.eval_every_steps >= 1,
                f"eval_every_steps must be >= 1 or null, got {self.eval_every_steps}")
+        # numpy's and torch's generators take 32-bit unsigned seeds.
+        _check(0 <= self.seed < 2**32, f"seed must be in [0, 2**32), got {self.seed}")
         _check(self.log_every_steps >= 1, f"log_every_steps must be >= 1, got {self.log_every_steps}")
         _check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
                f"device must be auto, cpu or cuda[:N], got '{self.device}'")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
 import re
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from ftsweep import assets
 from ftsweep.config import DataConfig, HubDataConfig, LocalDataConfig, Truncation
 from ftsweep.errors import DataError, first_line
 
+log = logging.getLogger("ftsweep.data")
 
 @dataclass
 class TextSplits:
@@ -67,14 +69,18 @@ def _decode_bbc(raw: bytes) -> str:
 
 
 def read_table(path: str, encoding: str = "utf-8") -> pd.DataFrame:
-    """Read csv, tsv, json, jsonl or parquet, chosen by the file's extension."""
+    """Read csv, tsv, json, jsonl or parquet, chosen by the file's extension. Cells are read as written:
+    `NA`, `null` or `None` are values (a class may be called that), not missing ones."""
     p = Path(path)
+    if p.is_dir():
+        raise DataError(f"data file {path} is a folder; give a .csv, .tsv, .json, .jsonl or .parquet file")
     if not p.is_file():
         raise DataError(f"data file not found: {path}")
     suffix = p.suffix.lower()
+    literal = {"dtype": str, "keep_default_na": False, "na_filter": False, "encoding": encoding}
     readers = {
-        ".csv": lambda: pd.read_csv(p, encoding=encoding),
-        ".tsv": lambda: pd.read_csv(p, sep="\t", encoding=encoding),
+        ".csv": lambda: pd.read_csv(p, sep=_separator(p, encoding), **literal),
+        ".tsv": lambda: pd.read_csv(p, sep="\t", **literal),
         ".json": lambda: _read_json(p, encoding, lines=False),
         ".jsonl": lambda: _read_json(p, encoding, lines=True),
         ".parquet": lambda: pd.read_parquet(p),
@@ -90,6 +96,8 @@ def read_table(path: str, encoding: str = "utf-8") -> pd.DataFrame:
             f"{path} is not valid {encoding} (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
             f"set data.encoding to the file's encoding, e.g. data.encoding=latin-1"
         ) from exc
+    except LookupError as exc:  # an encoding name Python does not know
+        raise DataError(f"data.encoding={encoding} is not an encoding Python knows (e.g. utf-8, latin-1)") from exc
     except pd.errors.EmptyDataError as exc:
         raise DataError(f"{path} is empty") from exc
     except (ValueError, pd.errors.ParserError, OSError) as exc:
@@ -100,12 +108,25 @@ def read_table(path: str, encoding: str = "utf-8") -> pd.DataFrame:
     return df
 
 
+def _separator(p: Path, encoding: str) -> str:
+    """`,` unless the header line has none and has tabs, semicolons or pipes (a TSV or an Excel export saved as .csv)."""
+    with open(p, "rb") as f:
+        header = f.readline().decode(encoding, errors="replace")
+    if "," in header:
+        return ","
+    for sep, name in (("\t", "tab"), (";", "semicolon"), ("|", "pipe")):
+        if sep in header:
+            log.warning("%s has no comma in its header line: read as %s-separated", p, name)
+            return sep
+    return ","
+
+
 def _read_json(p: Path, encoding: str, lines: bool) -> pd.DataFrame:
     # Decode ourselves so that a wrong encoding is reported as such, not as bad JSON.
     from io import StringIO
 
     text = p.read_bytes().decode(encoding)
-    df = pd.read_json(StringIO(text), lines=lines)
+    df = pd.read_json(StringIO(text), lines=lines, dtype=False)  # values as written
     if not isinstance(df, pd.DataFrame):
         raise ValueError("expected a list of records")
     return df
@@ -133,19 +154,19 @@ def _read_hub(cfg: HubDataConfig) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     return train, eval_
 
 
-def _read(cfg: DataConfig) -> tuple[pd.DataFrame, pd.DataFrame | None, str]:
-    """The raw train table, the eval table if the source has one, and a name for messages."""
+def _read(cfg: DataConfig) -> tuple[pd.DataFrame, pd.DataFrame | None, str, str]:
+    """The raw train table, the eval table if the source has one, and names for each in messages."""
     if isinstance(cfg, LocalDataConfig):
         train = read_table(cfg.train_file, cfg.encoding)
         eval_ = read_table(cfg.eval_file, cfg.encoding) if cfg.eval_file else None
-        return train, eval_, cfg.train_file
+        return train, eval_, cfg.train_file, cfg.eval_file or cfg.train_file
     if isinstance(cfg, HubDataConfig):
         train, eval_ = _read_hub(cfg)
-        return train, eval_, cfg.path
+        return train, eval_, f"{cfg.path} ({cfg.train_split})", f"{cfg.path} ({cfg.eval_split})"
     builtin = {"imdb": _read_imdb, "bbc_news": _read_bbc_news}
     if cfg.name not in builtin:
         raise DataError(f"unknown data set '{cfg.name}'; built in: {', '.join(builtin)}, or data=local / data=hub")
-    return builtin[cfg.name](), None, cfg.name
+    return builtin[cfg.name](), None, cfg.name, cfg.name
 
 
 # --------------------------------------------------------------------------- checking
@@ -157,19 +178,30 @@ def _columns(df: pd.DataFrame, cfg: DataConfig, source: str) -> tuple[list[str],
                 f"set data.{role}_column"
             )
     texts, labels = df[cfg.text_column], df[cfg.label_column]
-    if labels.isna().any():
-        raise DataError(f"{source}: {int(labels.isna().sum())} rows have no label in column '{cfg.label_column}'")
-    if texts.isna().any() or not all(isinstance(t, str) for t in texts):
-        bad = int(texts.isna().sum()) or sum(not isinstance(t, str) for t in texts)
-        raise DataError(f"{source}: {bad} rows have a missing or non-text value in column '{cfg.text_column}'")
+    if isinstance(texts, pd.DataFrame) or isinstance(labels, pd.DataFrame):
+        raise DataError(f"{source}: more than one column is named '{cfg.text_column}' or '{cfg.label_column}'")
+    for i, value in enumerate(labels):
+        if isinstance(value, (list, tuple, dict, set, np.ndarray)):
+            raise DataError(f"{source}: column '{cfg.label_column}' holds a {type(value).__name__} in row {i + 1}; "
+                            f"a label must be a single value (one class per row)")
+    missing = labels.isna() | labels.map(lambda v: isinstance(v, str) and not v.strip())
+    if missing.any():
+        raise DataError(f"{source}: {int(missing.sum())} rows have no label in column '{cfg.label_column}' "
+                        f"(first: row {int(np.flatnonzero(missing.to_numpy())[0]) + 1})")
+    bad = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
+    if bad:
+        raise DataError(f"{source}: {len(bad)} rows have an empty or non-text value in column '{cfg.text_column}' "
+                        f"(first: row {bad[0] + 1})")
     return texts.tolist(), labels.tolist()
 
 
-def _label_key(value) -> tuple[int, object]:
-    # Sort numbers numerically and everything else as text, so ids are stable.
+def _label_key(value) -> tuple[int, int, str]:
+    # Sort whole numbers numerically (also when a CSV gives them as text) and everything else as text: stable ids.
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        return (0, int(value))
-    return (1, str(value))
+        return (0, int(value), str(value))
+    if isinstance(value, str) and re.fullmatch(r"-?\d{1,18}", value):
+        return (0, int(value), value)
+    return (1, 0, str(value))
 
 
 def stratified_split(labels: Sequence[int], eval_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -191,7 +223,7 @@ def stratified_split(labels: Sequence[int], eval_fraction: float, seed: int) -> 
 
 def load_splits(cfg: DataConfig) -> TextSplits:
     """Read, check, split and cap the data; labels become ids 0..K-1."""
-    train_df, eval_df, source = _read(cfg)
+    train_df, eval_df, source, eval_source = _read(cfg)
     texts, raw_labels = _columns(train_df, cfg, source)
     classes = sorted(set(raw_labels), key=_label_key)
     if len(classes) < 2:
@@ -200,13 +232,17 @@ def load_splits(cfg: DataConfig) -> TextSplits:
 
     if eval_df is None:
         train_idx, eval_idx = stratified_split([label_id[c] for c in raw_labels], cfg.eval_fraction, cfg.split_seed)
+        if not eval_idx:
+            counts = ", ".join(f"{c} {raw_labels.count(c)}" for c in classes)
+            raise DataError(f"{source}: too few rows to hold out an eval set ({counts}); the stratified split needs "
+                            f"at least 2 rows of a class. Add rows, or give an eval set (data.eval_file)")
         eval_texts, eval_raw = [texts[i] for i in eval_idx], [raw_labels[i] for i in eval_idx]
         texts, raw_labels = [texts[i] for i in train_idx], [raw_labels[i] for i in train_idx]
     else:
-        eval_texts, eval_raw = _columns(eval_df, cfg, f"{source} (eval)")
+        eval_texts, eval_raw = _columns(eval_df, cfg, eval_source)
         unseen = sorted({str(c) for c in eval_raw if c not in label_id})
         if unseen:
-            raise DataError(f"eval labels never seen in training: {', '.join(unseen[:5])}")
+            raise DataError(f"{eval_source}: eval labels never seen in training: {', '.join(unseen[:5])}")
         # A given eval file keeps its order; a capped slice of it must still mix classes.
         order = np.random.RandomState(cfg.split_seed).permutation(len(eval_texts))
         eval_texts, eval_raw = [eval_texts[i] for i in order], [eval_raw[i] for i in order]
@@ -214,7 +250,7 @@ def load_splits(cfg: DataConfig) -> TextSplits:
     n_train = cfg.max_train_samples or len(texts)
     n_eval = cfg.max_eval_samples or len(eval_texts)
     if len(eval_texts) == 0:
-        raise DataError(f"{source}: the eval split is empty")
+        raise DataError(f"{eval_source}: the eval split is empty")
     return TextSplits(
         train_texts=texts[:n_train],
         train_labels=[label_id[c] for c in raw_labels[:n_train]],

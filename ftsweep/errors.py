@@ -32,3 +32,22 @@ def first_line(exc: BaseException, with_type: bool = False) -> str:
     if not lines:
         return type(exc).__name__
     return f"{type(exc).__name__}: {lines[0]}" if with_type else lines[0]
+
+
+def describe_config_error(exc: BaseException) -> str:
+    """Hydra's and OmegaConf's composition errors in one line: what failed, why, and the valid choices."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    message = lines[0].rstrip(".") if lines else type(exc).__name__
+    if "Available options" in str(exc):  # a group option that does not exist, e.g. method=lorra
+        start = next(i for i, line in enumerate(lines) if line.startswith("Available options")) + 1
+        options = []
+        for line in lines[start:]:
+            if line.startswith("Config search path"):
+                break
+            if not line.startswith("base_"):  # the schemas, not choices a user means
+                options.append(line)
+        message += f"; choose from {', '.join(options)}"
+    cause = exc.__cause__
+    if cause is not None and first_line(cause) not in message:
+        message += f": {first_line(cause)}"
+    return message

@@ -5,11 +5,14 @@ config choice; the training loop never branches on the method.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
+import logging
 import re
+import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -25,6 +28,16 @@ HEAD_MODULES = ("classifier", "pre_classifier", "score")
 def resolve_path(cfg: ModelConfig) -> str:
     """A hub id or folder from name_or_path, else the folder that `package` ships (checksum-checked)."""
     if cfg.name_or_path:
+        local = Path(cfg.name_or_path).expanduser()
+        # A hub id is `org/name`; anything that starts like a path, or exists, is a folder on this machine.
+        if cfg.name_or_path.startswith(("/", ".", "~")) or local.exists():
+            if not local.is_dir():
+                raise ModelError(f"model.name_or_path={cfg.name_or_path}: "
+                                 f"{'not a folder' if local.exists() else 'no such folder'}")
+            if not (local / "config.json").is_file():
+                raise ModelError(f"model.name_or_path={cfg.name_or_path} is not a Hugging Face model folder "
+                                 f"(no config.json); save one with model.save_pretrained(folder)")
+            return str(local)
         return cfg.name_or_path
     try:
         module = importlib.import_module(cfg.package)
@@ -44,32 +57,66 @@ def load_tokenizer(cfg: ModelConfig):
     from transformers import AutoTokenizer
 
     path = resolve_path(cfg)
-    try:
-        return AutoTokenizer.from_pretrained(path, use_fast=True)
-    except (OSError, ValueError) as exc:
-        raise ModelError(_not_found(cfg, path, exc)) from exc
+    with _quiet_hub():
+        try:
+            return AutoTokenizer.from_pretrained(path, use_fast=True)
+        except (OSError, ValueError) as exc:
+            raise ModelError(_not_found(cfg, path, exc)) from exc
+
+
+def _hf_config(cfg: ModelConfig):
+    from transformers import AutoConfig
+
+    path = resolve_path(cfg)
+    with _quiet_hub():
+        try:
+            return AutoConfig.from_pretrained(path)
+        except (OSError, ValueError) as exc:
+            raise ModelError(_not_found(cfg, path, exc)) from exc
 
 
 def max_positions(cfg: ModelConfig) -> int:
     """How many tokens the model can take (used to reject data.max_length early)."""
     if isinstance(cfg, TinyModelConfig):
         return cfg.max_position_embeddings
-    from transformers import AutoConfig
-
-    path = resolve_path(cfg)
-    try:
-        config = AutoConfig.from_pretrained(path)
-    except (OSError, ValueError) as exc:
-        raise ModelError(_not_found(cfg, path, exc)) from exc
+    config = _hf_config(cfg)
     n = getattr(config, "max_position_embeddings", None) or 512
     # RoBERTa reserves two positions for its padding offset.
     return n - 2 if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert") else n
 
 
+def check_fits(method_cfg: MethodConfig, cfg: ModelConfig) -> None:
+    """A method setting that the model's shape makes pointless, found before any weights load."""
+    ranks = {"method.r": getattr(method_cfg, "r", None), "method.init_r": getattr(method_cfg, "init_r", None)}
+    ranks = {k: v for k, v in ranks.items() if v is not None}
+    if not ranks:
+        return
+    hidden = cfg.hidden_size if isinstance(cfg, TinyModelConfig) else getattr(_hf_config(cfg), "hidden_size", None)
+    for key, r in ranks.items():
+        if hidden is not None and r > hidden:
+            raise ModelError(f"{key}={r} is above model '{cfg.name}' hidden size {hidden}: the adapted layers "
+                             f"have rank at most {hidden}, so a larger LoRA only costs more; use {key} <= {hidden}")
+
+
+@contextlib.contextmanager
+def _quiet_hub() -> Iterator[None]:
+    """No screenful of retry warnings while a hub id is tried offline: the failure is reported in one line."""
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    hub_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        hub_log.setLevel(level)
+
+
 def _not_found(cfg: ModelConfig, path: str, exc: Exception) -> str:
     first = first_line(exc)
-    return (f"could not load model '{cfg.name}' from {path}: {first}. Offline, point model.name_or_path "
-            f"at a local Hugging Face folder")
+    what = f"model.name_or_path={cfg.name_or_path}" if cfg.name_or_path else f"model '{cfg.name}' from {path}"
+    hint = ("; offline, point model.name_or_path at a local Hugging Face folder" if not Path(path).exists() else "")
+    return f"could not load {what}: {first}{hint}"
 
 
 def _quantization(method_cfg: MethodConfig) -> dict:

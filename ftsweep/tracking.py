@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
 from ftsweep.errors import FtsweepError, first_line
+from ftsweep.locks import SQLITE, url_lock
 
 T = TypeVar("T")
 MAX_PARAM_LEN = 6000  # MLflow's limit on a param value (older servers: 500)
@@ -23,6 +24,45 @@ MAX_PARAM_LEN = 6000  # MLflow's limit on a param value (older servers: 500)
 def default_tracking_uri() -> str:
     """MLFLOW_TRACKING_URI when set, else a sqlite store in the current folder (the ./mlruns file store is deprecated)."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_ready: set[str] = set()  # stores this process has already checked and initialised
+
+
+def check_store(uri: str) -> None:
+    """Store URIs that MLflow would reject late, slowly or with a traceback: one line naming the URI and the fix."""
+    fix = "set MLFLOW_TRACKING_URI to sqlite:///path/to/mlflow.db or an http:// MLflow server"
+    if uri.startswith("file:") or ("://" not in uri and not uri.startswith("databricks")):
+        raise FtsweepError(f"MLflow tracking store {uri} is a file store, which MLflow no longer supports; {fix}")
+    if not uri.startswith(SQLITE):
+        return
+    path = Path(uri[len(SQLITE):])
+    if path.is_dir():
+        raise FtsweepError(f"MLflow tracking store {uri}: {path} is a folder, not a database file; {fix}")
+    if path.is_file() and path.stat().st_size > 0:
+        with open(path, "rb") as f:
+            if f.read(len(_SQLITE_MAGIC)) != _SQLITE_MAGIC:
+                raise FtsweepError(f"MLflow tracking store {uri}: {path} is not an SQLite database; {fix}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+
+def open_client(uri: str):
+    """An MlflowClient on a checked store. Creating the client creates (or migrates) a new store's tables, which
+    is not safe when several processes start on one new store at once, so that happens under a lock."""
+    from mlflow.tracking import MlflowClient
+
+    check_store(uri)
+    try:
+        with url_lock(uri, "mlflow-init"):
+            client = MlflowClient(uri)
+            if uri not in _ready:
+                client.search_experiments(max_results=1)  # a server that is not MLflow fails here, not mid-run
+                _ready.add(uri)
+    except Exception as exc:
+        reason = first_line(exc).split(" Response body:")[0]  # not a page of HTML from a server that is not MLflow
+        raise FtsweepError(f"MLflow tracking store {uri} is not usable: {reason}") from exc
+    return client
 
 
 def _artifact_root(tracking_uri: str) -> str | None:
@@ -65,10 +105,8 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 class Tracker:
     def __init__(self, tracking_uri: str | None = None):
-        from mlflow.tracking import MlflowClient
-
         self.tracking_uri = tracking_uri or default_tracking_uri()
-        self.client = MlflowClient(self.tracking_uri)
+        self.client = open_client(self.tracking_uri)
         self.run_id: str | None = None
 
     def experiment_id(self, name: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import ftsweep
-from ftsweep import artifacts
+from ftsweep import artifacts, interrupt
 from ftsweep import data as data_mod
 from ftsweep import model as model_mod
 from ftsweep.config import LoraMethodConfig, Precision, TrainConfig, validate
@@ -28,6 +29,8 @@ from ftsweep.loop import (FitResult, Hooks, LoopSettings, build_optimizer, build
                           total_optimizer_steps)
 from ftsweep.metrics import PeakMemory, classification_report, memory_breakdown
 from ftsweep.tracking import Tracker, flatten
+
+log = logging.getLogger("ftsweep")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -57,20 +60,39 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def prepare(cfg: TrainConfig, device: torch.device) -> tuple[data_mod.TextSplits, Any]:
-    """Every check a user can fix: method, precision, data, tokenizer, lengths. No weights are loaded."""
+def check_settings(cfg: TrainConfig, device: torch.device) -> None:
+    """The checks that need neither data nor weights: method, precision, lengths against the model's."""
     model_mod.check_method(cfg.method, device)
+    model_mod.check_fits(cfg.method, cfg.model)
     if cfg.precision == Precision.fp16 and device.type != "cuda":
         raise ConfigError(f"precision=fp16 needs CUDA (its GradScaler and kernels); this run's device is {device.type}. "
                           f"Use precision=bf16 or fp32")
-    splits = data_mod.load_splits(cfg.data)
     extra = model_mod.extra_positions(cfg.method)
     limit = model_mod.max_positions(cfg.model) - extra
     if cfg.data.max_length > limit:
         raise ConfigError(f"data.max_length={cfg.data.max_length} is above model '{cfg.model.name}' limit of {limit} "
                           f"tokens" + (" with this method's virtual tokens" if extra else ""))
+
+
+def prepare(cfg: TrainConfig, device: torch.device) -> tuple[data_mod.TextSplits, Any]:
+    """Every check a user can fix, then the data and tokenizer. No weights are loaded."""
+    check_settings(cfg, device)
+    splits = data_mod.load_splits(cfg.data)
     tokenizer = model_mod.load_tokenizer(cfg.model)
     return splits, tokenizer
+
+
+def check(cfg: DictConfig | TrainConfig, deep: bool = True) -> TrainConfig:
+    """What train() checks before its run exists, without training. `deep` also opens the tracking store and
+    reads the data and tokenizer. A sweep checks its jobs with this before it creates anything."""
+    tc = validate(cfg)
+    device = resolve_device(tc.device)
+    if deep:
+        Tracker().experiment_id(tc.experiment_name or tc.data.name)
+        prepare(tc, device)
+    else:
+        check_settings(tc, device)
+    return tc
 
 
 @dataclass
@@ -81,6 +103,9 @@ class Loaders:
 
 
 def setup_data(tc: TrainConfig, splits: data_mod.TextSplits, tokenizer) -> Loaders:
+    if tc.batch_size > len(splits.train_texts):
+        log.warning("batch_size=%d is above the %d training examples: each epoch is one batch of %d",
+                    tc.batch_size, len(splits.train_texts), len(splits.train_texts))
     train_ids = data_mod.tokenize(splits.train_texts, tokenizer, tc.data.max_length, tc.data.truncation)
     eval_ids = data_mod.tokenize(splits.eval_texts, tokenizer, tc.data.max_length, tc.data.truncation)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -123,7 +148,8 @@ def finish(tc: TrainConfig, tracker: Tracker, result: FitResult, model, optimize
     ev = result.final_eval
     metrics = {f"eval/{k}": ev[k] for k in ("accuracy", "f1_macro", "loss")}
     metrics.update(result.perf())
-    metrics["perf/effective_batch_size"] = tc.batch_size * tc.grad_accum_steps
+    # A batch_size above the data set's size is allowed (one batch per epoch); the batch that trains is smaller.
+    metrics["perf/effective_batch_size"] = min(tc.batch_size, len(splits.train_texts)) * tc.grad_accum_steps
     metrics["train/steps"], metrics["train/total_steps"] = result.steps, total_steps
     metrics.update(params)
     metrics.update(memory_breakdown(memory.stop(), model, result.grads_mb, optimizer, memory))
@@ -152,9 +178,11 @@ def train(cfg: DictConfig | TrainConfig, output_dir: str | Path | None = None, o
     device = resolve_device(tc.device)
     memory = PeakMemory(device).start()
     seed_everything(tc.seed)
-    splits, tokenizer = prepare(tc, device)
-
     tracker = tracker or Tracker()
+    tracker.experiment_id(tc.experiment_name or tc.data.name)  # a store that cannot work fails before data loads
+    splits, tokenizer = prepare(tc, device)
+    interrupt.check()  # a Ctrl-C during start-up stops here, before a run exists
+
     tags = {"method": tc.method.name, "model": tc.model.name, "dataset": tc.data.name, "device": device.type,
             "git_commit": _git_commit(), "ftsweep_version": ftsweep.__version__, **hooks.tags}
     tracker.start(experiment=tc.experiment_name or tc.data.name, run_name=run_name(tc), tags=tags,
@@ -182,10 +210,11 @@ def train(cfg: DictConfig | TrainConfig, output_dir: str | Path | None = None, o
         tracker.end("FINISHED")
         return metrics
     except BaseException as exc:
-        try:
-            tracker.set_tags({"error": first_line(exc, with_type=True), "error_type": type(exc).__name__})
-        finally:
-            tracker.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        with interrupt.deferred():  # a second Ctrl-C must not leave the run RUNNING
+            try:
+                tracker.set_tags({"error": first_line(exc, with_type=True), "error_type": type(exc).__name__})
+            finally:
+                tracker.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
     finally:
         memory.stop()

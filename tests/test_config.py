@@ -46,6 +46,10 @@ def test_lora_options_are_overridable():
     ("optimizer.warmup_ratio=1.5", "warmup_ratio"),
     ("method=lora method.r=0", "method.r must be >= 1"),
     ("device=tpu", "device must be"),
+    ("seed=-1", r"seed must be in \[0, 2\*\*32\)"),
+    ("seed=4294967296", r"seed must be in \[0, 2\*\*32\)"),
+    ("data.split_seed=-1", r"data.split_seed must be in \[0, 2\*\*32\)"),
+    ("data=local data.train_file=x.csv data.text_column=label", "data.text_column and data.label_column are both 'label'"),
 ])
 def test_out_of_range_values_fail_validation(override, message):
     cfg = compose_cfg(*override.split())

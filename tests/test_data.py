@@ -138,3 +138,60 @@ def test_loader_order_is_seeded():
     ids = [[1, i] for i in range(50)]
     order = lambda seed: torch.cat([b["input_ids"][:, 1] for b in make_loader(ids, [0] * 50, 8, 0, True, seed)]).tolist()  # noqa: E731
     assert order(1) == order(1) and order(1) != order(2)
+
+
+# --------------------------------------------------------------------------- read literally, name the right file
+@pytest.mark.parametrize("ext", ["csv", "tsv"])
+def test_label_values_that_look_missing_are_classes_as_written(tmp_path, ext):
+    names = ["NA", "null", "None", "nan", "N/A"]
+    rows = [(text, names[i % 5]) for i, (text, _) in enumerate(toy_rows(50))] + [("NA", "null"), ("null", "NA")]
+    path = tmp_path / f"d.{ext}"
+    pd.DataFrame(rows, columns=["text", "label"]).to_csv(path, index=False, sep="," if ext == "csv" else "\t")
+    s = load_splits(local(path))
+    assert sorted(s.label_names) == sorted(names)  # five classes, none dropped as missing
+    assert len(s.train_texts) + len(s.eval_texts) == 52
+    assert "NA" in s.train_texts + s.eval_texts and "null" in s.train_texts + s.eval_texts  # texts as written
+
+
+def test_an_empty_label_cell_is_missing_and_named_with_its_row(tmp_path):
+    path = put(tmp_path / "d.csv", b"text,label\ngood,pos\nbad,\nfine,neg\n")
+    with pytest.raises(DataError, match=r"1 rows have no label in column 'label' \(first: row 2\)"):
+        load_splits(local(path))
+
+
+def test_an_eval_file_error_names_the_eval_file(tmp_path):
+    train = write_csv(tmp_path / "train.csv", toy_rows(20))
+    ev = write_csv(tmp_path / "eval.csv", toy_rows(10), header=("body", "label"))
+    with pytest.raises(DataError, match=f"^{ev}: no text column 'text'"):
+        load_splits(local(train, eval_file=str(ev)))
+    unseen = write_csv(tmp_path / "unseen.csv", [("meh", "neutral"), ("good", "pos")])
+    with pytest.raises(DataError, match=f"^{unseen}: eval labels never seen"):
+        load_splits(local(train, eval_file=str(unseen)))
+
+
+def test_a_folder_given_as_a_data_file_says_it_is_a_folder(tmp_path):
+    (tmp_path / "data.csv").mkdir()
+    with pytest.raises(DataError, match="data.csv is a folder"):
+        load_splits(local(tmp_path / "data.csv"))
+
+
+def test_a_list_valued_label_column_is_one_line(tmp_path):
+    path = tmp_path / "d.parquet"
+    pd.DataFrame({"text": ["a", "b", "c"], "label": [["x"], ["y"], ["x", "y"]]}).to_parquet(path)
+    with pytest.raises(DataError, match=r"column 'label' holds a \w+ in row 1; a label must be a single value"):
+        load_splits(local(path))
+
+
+@pytest.mark.parametrize("sep", ["\t", ";"])
+def test_a_tab_or_semicolon_file_saved_as_csv_is_detected(tmp_path, sep):
+    path = tmp_path / "d.csv"
+    pd.DataFrame(toy_rows(40), columns=["text", "label"]).to_csv(path, index=False, sep=sep)
+    s = load_splits(local(path))
+    assert s.label_names == ["neg", "pos"] and len(s.train_texts) + len(s.eval_texts) == 40
+
+
+def test_a_data_set_too_small_to_split_says_so_and_what_to_do(tmp_path):
+    path = write_csv(tmp_path / "d.csv", [("good", "pos"), ("bad", "neg"), ("meh", "neutral")])
+    with pytest.raises(DataError, match=r"too few rows to hold out an eval set \(neg 1, neutral 1, pos 1\).*"
+                                         r"data.eval_file"):
+        load_splits(local(path))

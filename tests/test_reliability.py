@@ -6,6 +6,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -158,3 +159,105 @@ def test_disk_full_while_writing_artifacts_fails_clearly_and_keeps_the_metrics(t
     run = client.search_runs([client.get_experiment_by_name("local").experiment_id])[0]
     assert run.info.status == "FAILED" and "No space left" in run.data.tags["error"]
     assert "eval/accuracy" in run.data.metrics and (tmp_path / "out" / "metrics.json").exists()
+
+
+# --------------------------------------------------------------------------- round 2: concurrency, signals, stores
+class Watched:
+    """A CLI process whose output (stdout and stderr together) is read line by line as it comes."""
+
+    def __init__(self, cli, *args: str):
+        self.proc = cli.popen(*args)
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True)
+        self.reader.start()
+
+    def wait_for(self, marker: str, count: int = 1, timeout: float = 240) -> None:
+        wait_for(lambda: sum(marker in line for line in self.lines) >= count or self.proc.poll() is not None,
+                 f"'{marker}' in the output", timeout)
+
+    def finish(self, timeout: float = 600) -> tuple[int, str]:
+        self.proc.wait(timeout=timeout)
+        self.reader.join(timeout=10)
+        return self.proc.returncode, "".join(self.lines)
+
+
+def assert_clean_end(code: int, output: str, allowed=(0, 130)) -> None:
+    assert code in allowed, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    assert len([line for line in output.splitlines() if line.startswith("ftsweep: error:")]) <= 1
+    assert "RUNNING" not in run_statuses(), output[-3000:]
+
+
+def test_processes_started_together_on_a_new_store_all_succeed(cli, tmp_path):
+    """Three single runs and a sweep, started at the same moment on an MLflow store that does not exist yet."""
+    toy = write_csv(tmp_path / "toy.csv", toy_rows(48))
+    args = ["model=tiny", "data=local", f"data.train_file={toy}", "progress_bar=false", "max_steps=2"]
+    procs = [Watched(cli, *args, f"seed={i}", f"hydra.run.dir=out{i}") for i in range(3)]
+    procs.append(Watched(cli, "-m", *args, "batch_size=4,8"))
+    for code, output in [proc.finish() for proc in procs]:  # all ended before any store is checked
+        assert_clean_end(code, output, allowed=(0,))
+    assert sorted(run_statuses()) == ["FINISHED"] * 6  # 3 runs, a parent and its 2 trials
+
+
+def sweep_args(tmp_path: Path) -> list[str]:
+    toy = write_csv(tmp_path / "toy.csv", toy_rows(48))
+    return ["-m", "model=tiny", "data=local", f"data.train_file={toy}", "progress_bar=false", "max_steps=3",
+            "batch_size=4,8"]
+
+
+def completed_trials(tmp_path: Path) -> list[int]:
+    storage = f"sqlite:///{tmp_path / 'multirun' / 'optuna.db'}"
+    [summary] = optuna.get_all_study_summaries(storage)
+    trials = optuna.load_study(study_name=summary.study_name, storage=storage).get_trials()
+    return sorted(t.params["batch_size"] for t in trials if t.state.name == "COMPLETE")
+
+
+@pytest.mark.parametrize("phase, marker, count", [
+    ("start-up (imports, composing the config)", None, 0),
+    ("creating the study and its parent run", "A new study created", 1),
+    ("a trial loading its data and model", "Launching 1 jobs", 1),
+    ("a trial's artifacts and its tell", "perf/step_time_ms", 1),
+    ("writing the results and the report", "perf/step_time_ms", 2),  # the last trial has just ended
+])
+def test_ctrl_c_at_any_phase_of_a_sweep_ends_cleanly_and_the_command_resumes(cli, tmp_path, phase, marker, count):
+    args = sweep_args(tmp_path)
+    watched = Watched(cli, *args)
+    if marker is None:
+        time.sleep(0.5)
+    else:
+        watched.wait_for(marker, count)
+    watched.proc.send_signal(signal.SIGINT)
+    assert_clean_end(*watched.finish())
+    assert_clean_end(*Watched(cli, *args).finish(), allowed=(0,))
+    assert completed_trials(tmp_path) == [4, 8]
+
+
+def test_a_second_ctrl_c_while_the_sweep_finishes_still_writes_its_results(cli, tmp_path):
+    args = [*sweep_args(tmp_path), "max_steps=100000", "epochs=100000"]
+    watched = Watched(cli, *args)
+    wait_for(lambda: mlflow_db().exists() and
+             query(mlflow_db(), "select count(*) from metrics where key='train/loss'")[0][0] >= 1, "a trial to log")
+    watched.proc.send_signal(signal.SIGINT)
+    watched.wait_for("marked FAIL")
+    watched.proc.send_signal(signal.SIGINT)  # the impatient second Ctrl-C, while results are being written
+    code, output = watched.finish()
+    assert_clean_end(code, output, allowed=(130,))
+    [sweep_dir] = [p for p in (tmp_path / "multirun").iterdir() if p.is_dir()]
+    assert (sweep_dir / "trials.csv").exists() and (sweep_dir / "report.md").exists()
+    assert sorted(run_statuses()) == ["FAILED", "KILLED"]  # the parent and the interrupted trial
+
+
+def test_a_sweep_on_a_tracking_server_that_is_not_mlflow_stops_before_any_study(cli, tmp_path, monkeypatch):
+    server = subprocess.Popen([sys.executable, "-m", "http.server", "0", "--bind", "127.0.0.1"], cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        line = server.stdout.readline()  # "Serving HTTP on 127.0.0.1 port N ..."
+        port = int(line.split(" port ")[1].split()[0])
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+        code, output = Watched(cli, *sweep_args(tmp_path)).finish()
+    finally:
+        server.terminate()
+    assert code == 2 and "Traceback" not in output
+    [line] = [l for l in output.splitlines() if l.startswith("ftsweep: error:")]
+    assert f"MLflow tracking store http://127.0.0.1:{port} is not usable" in line and "<" not in line
+    assert not (tmp_path / "multirun" / "optuna.db").exists()

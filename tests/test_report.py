@@ -198,3 +198,44 @@ def test_mlflow_ui_in_a_real_browser(cli, chromium):
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=30)
+
+
+# --------------------------------------------------------------------------- reading the Optuna study back
+def test_importances_on_the_users_categorical_grid():
+    """`-m method=full,lora batch_size=8,16,32` once failed with `setting an array element with a sequence`."""
+    import optuna
+
+    from ftsweep.report.rows import study_importances
+
+    study = optuna.create_study(direction="maximize")
+    dists = {"method": optuna.distributions.CategoricalDistribution(["full", "lora"]),
+             "batch_size": optuna.distributions.CategoricalDistribution([8, 16, 32])}
+    for i, (method, bs) in enumerate((m, b) for m in ("full", "lora") for b in (8, 16, 32)):
+        acc = 0.8 + (0.05 if method == "full" else 0.0) + 0.001 * bs + 0.0001 * i
+        study.add_trial(optuna.trial.create_trial(params={"method": method, "batch_size": bs},
+                                                  distributions=dists, value=acc))
+    importances = study_importances(study)
+    assert set(importances) == {"method", "batch_size"}
+    assert sum(importances.values()) == pytest.approx(1.0)  # normalised, as the report's bar chart shows them
+
+
+class Parent:
+    def __init__(self, tags):
+        self.data = type("Data", (), {"tags": tags})()
+
+
+def test_the_report_reads_a_study_whose_password_mlflow_never_saw(postgres_server, monkeypatch):
+    """The server trusts loopback, so it accepts any password (and none): the one hidden in MLflow is not needed."""
+    import optuna
+
+    from ftsweep.report.rows import load_study
+    from ftsweep.tracking import redact
+
+    url = postgres_server().replace("postgresql://postgres@", "postgresql://postgres:s3cret@")
+    optuna.create_study(study_name="s", storage=url).add_trial(optuna.trial.create_trial(value=1.0))
+    parent = Parent({"optuna.storage": redact(url), "optuna.study_name": "s"})
+    monkeypatch.delenv("FTSWEEP_SWEEP_STORAGE", raising=False)
+    assert len(load_study(parent).get_trials()) == 1  # as PGPASSWORD or ~/.pgpass would supply it
+    monkeypatch.setenv("FTSWEEP_SWEEP_STORAGE", url)
+    assert len(load_study(parent).get_trials()) == 1  # the sweep's own report, with the real URL at hand
+    assert len(load_study(parent, storage=url).get_trials()) == 1  # --storage

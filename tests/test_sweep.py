@@ -521,6 +521,11 @@ def test_pareto_time_search_has_three_directions_and_a_front(cli, toy):
     (["batch_size=8,16", "hydra.sweeper.sampler=bayes"], "hydra.sweeper.sampler must be one of"),
     (["batch_size=8,16", "hydra.sweeper.storage=multirun/x.db"], "hydra.sweeper.storage must be a URL"),
     (["'lr=tag(log, interval(0, 1e-3))'"], "cannot read the sweep's search space"),
+    # every job the sweep would launch is composed and checked first: keys, values, data
+    (["lrr=1e-3,2e-3"], "Could not override 'lrr': Key 'lrr' not in 'TrainConfig'"),
+    (["batch_size=8,0"], "batch_size must be >= 1, got 0"),
+    (["batch_size=8,16", "seed=-1"], "seed must be in [0, 2**32), got -1"),
+    (["batch_size=8,16", "data.text_column=body"], "no text column 'body'"),
 ])
 def test_bad_sweep_settings_stop_before_any_study_or_run_with_one_line(cli, toy, args, message):
     proc = cli.sweep(*base(toy), *[a.strip("'") for a in args])

@@ -148,6 +148,12 @@ def test_memory_breakdown_adds_up_and_effective_batch_is_logged(tiny_cfg):
     assert m["perf/effective_batch_size"] == 32
 
 
+def test_a_batch_larger_than_the_data_set_trains_one_batch_per_epoch_and_says_so(tiny_cfg, caplog):
+    m = train(tiny_cfg("batch_size=1000", "epochs=2"))  # the toy set has 128 training rows
+    assert m["perf/effective_batch_size"] == 128 and m["train/steps"] == 2
+    assert "batch_size=1000 is above the 128 training examples" in caplog.text
+
+
 def test_a_run_returns_exactly_the_metric_names_of_the_contract(tiny_cfg):
     from ftsweep.config import FINAL_METRICS
 

@@ -1,6 +1,6 @@
 """The trade-off report: turn a sweep into a decision (accuracy vs time vs memory).
 
-    python -m ftsweep.report [--sweep PARENT_RUN_ID] [--experiment NAME] [--out DIR] [--no-html]
+    python -m ftsweep.report [--sweep PARENT_RUN_ID] [--experiment NAME] [--out DIR] [--storage URL] [--no-html]
 
 rows.py reads the sweep's parent and child runs from MLflow (MLFLOW_TRACKING_URI), plus trials that
 failed before they had an MLflow run from the Optuna study; analysis.py finds the fronts and the
@@ -15,14 +15,14 @@ from typing import Optional
 
 
 def make_report(parent_run_id: Optional[str] = None, experiment: Optional[str] = None, out: Optional[Path] = None,
-                html_too: bool = True) -> Path:
+                html_too: bool = True, storage: Optional[str] = None) -> Path:
     """Write the report of a sweep (default: the latest) into `out` (default: the sweep's own folder) and log
     it as artifacts of the sweep's parent run; returns the path of report.md."""
     from ftsweep.artifacts import write_text
     from ftsweep.report.analysis import mark_pareto, method_summary
     from ftsweep.report.plots import make_plots
     from ftsweep.report.render import render, to_html
-    from ftsweep.report.rows import collect, find_sweep, study_importances
+    from ftsweep.report.rows import collect, find_sweep, load_study, study_importances
     from ftsweep.tracking import Tracker
 
     client = Tracker().client
@@ -30,9 +30,10 @@ def make_report(parent_run_id: Optional[str] = None, experiment: Optional[str] =
     study = parent.data.tags.get("optuna.study_name", parent.info.run_id)
     out = Path(out or parent.data.tags.get("ftsweep.sweep_dir") or Path("multirun") / study)
     out.mkdir(parents=True, exist_ok=True)
-    rows = collect(client, parent)
+    optuna_study = load_study(parent, storage)
+    rows = collect(client, parent, optuna_study)
     mark_pareto(rows)
-    importances = study_importances(parent)
+    importances = study_importances(optuna_study)
     plots = make_plots(rows, importances, out, study)
     text = render(parent, rows, method_summary(rows), plots, importances)
     write_text(out / "report.md", text)

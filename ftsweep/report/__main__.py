@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from ftsweep.errors import FtsweepError
 from ftsweep.report import __doc__ as DOC, make_report
 
 
@@ -15,9 +16,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--sweep", help="the sweep's MLflow parent run id (default: the latest sweep)")
     ap.add_argument("--experiment", help="look for the latest sweep in this experiment only")
     ap.add_argument("--out", type=Path, help="output folder (default: the sweep's folder, multirun/<study>)")
+    ap.add_argument("--storage", help="the study's Optuna storage URL, when MLflow holds it with a hidden password")
     ap.add_argument("--no-html", action="store_true", help="write report.md only")
     args = ap.parse_args(argv)
-    path = make_report(args.sweep, args.experiment, args.out, html_too=not args.no_html)
+    try:
+        path = make_report(args.sweep, args.experiment, args.out, html_too=not args.no_html, storage=args.storage)
+    except FtsweepError as exc:  # a tracking store that cannot work
+        print(f"ftsweep.report: error: {exc}", file=sys.stderr)
+        return 2
     print(f"report written to {path}")
     return 0
 

@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from ftsweep.errors import is_out_of_memory
+from ftsweep.errors import first_line, is_out_of_memory
 
 log = logging.getLogger("ftsweep.report")
 
@@ -80,7 +80,7 @@ def latest_sweep(client, experiment: Optional[str]) -> Any:
     return runs[0]
 
 
-def collect(client, parent) -> list[Row]:
+def collect(client, parent, study=None) -> list[Row]:
     children = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
                                   max_results=10000)
     rows = []
@@ -94,7 +94,7 @@ def collect(client, parent) -> list[Row]:
                         state="PRUNED" if tags.get("pruned") == "true" else run.info.status,
                         run_id=run.info.run_id, error=tags.get("error", "")))
         seen.add(run.info.run_id)
-    rows.extend(_optuna_only_failures(parent, seen))
+    rows.extend(optuna_only_failures(study, seen))
     mark_budget(rows, constraints_of(parent))
     return rows
 
@@ -112,21 +112,39 @@ def mark_budget(rows: list[Row], constraints: dict[str, float]) -> None:
             r.over_budget.append("out of memory")
 
 
-def _optuna_only_failures(parent, seen: set[str]) -> list[Row]:
-    """Trials that failed before an MLflow run existed (a bad value, say): only Optuna knows them."""
+def load_study(parent, storage: Optional[str] = None) -> Any:
+    """The sweep's Optuna study, or None (with the reason logged) when its storage cannot be read from here.
+
+    MLflow keeps the storage URL with its password hidden (`***`). The real URL is `storage` (the report's
+    --storage), else $FTSWEEP_SWEEP_STORAGE when it matches, else the URL without a password, which a
+    PostgreSQL server accepts with PGPASSWORD or ~/.pgpass."""
+    import os
+
+    from ftsweep.sweep.trial_link import STORAGE_ENV
+    from ftsweep.tracking import redact
+
     tags = parent.data.tags
-    storage, study_name = tags.get("optuna.storage"), tags.get("optuna.study_name")
-    if not storage or not study_name or "***" in storage:
-        return []
+    recorded, study_name = tags.get("optuna.storage"), tags.get("optuna.study_name")
+    if not study_name or not (recorded or storage):
+        return None
+    url = storage or recorded
+    if "***" in url:
+        env = os.environ.get(STORAGE_ENV, "")
+        url = env if env and redact(env) == recorded else url.replace(":***@", "@")
     import optuna
 
     try:
-        study = optuna.load_study(study_name=study_name, storage=storage)
-    except Exception as exc:  # the storage may live on another machine
-        log.warning("could not read Optuna study %s: %s", study_name, exc)
-        return []
+        return optuna.load_study(study_name=study_name, storage=url)
+    except Exception as exc:  # the storage may live on another machine, or need its password
+        hint = " (its password is hidden in MLflow: pass --storage URL or set PGPASSWORD)" if "***" in recorded else ""
+        log.warning("could not read Optuna study %s at %s%s: %s", study_name, redact(url), hint, first_line(exc))
+        return None
+
+
+def optuna_only_failures(study, seen: set[str]) -> list[Row]:
+    """Trials that failed before an MLflow run existed (a bad value, say): only Optuna knows them."""
     rows = []
-    for t in study.get_trials(deepcopy=False):
+    for t in study.get_trials(deepcopy=False) if study is not None else []:
         if t.state.name != "FAIL" or t.user_attrs.get("mlflow_run_id") in seen:
             continue
         params = {**t.user_attrs.get("fixed", {}), **{k: str(v) for k, v in t.params.items()}}
@@ -135,21 +153,20 @@ def _optuna_only_failures(parent, seen: set[str]) -> list[Row]:
     return rows
 
 
-def study_importances(parent) -> dict[str, float]:
-    tags = parent.data.tags
-    if not tags.get("optuna.storage") or "***" in tags["optuna.storage"]:
+def study_importances(study) -> dict[str, float]:
+    """Optuna's importances (PED-ANOVA) over the completed trials; {} when there is too little to say."""
+    if study is None:
         return {}
     import optuna
 
     try:
-        study = optuna.load_study(study_name=tags["optuna.study_name"], storage=tags["optuna.storage"])
         complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
         varying = {k for t in complete for k in t.params if len({str(u.params.get(k)) for u in complete}) > 1}
         if len(complete) < 4 or not varying or len(study.directions) > 1:
             return {}
         return optuna.importance.get_param_importances(study)
     except Exception as exc:  # importances are a bonus: never fail the report for them
-        log.warning("parameter importances unavailable: %s", exc)
+        log.warning("parameter importances unavailable: %s", first_line(exc))
         return {}
 
 

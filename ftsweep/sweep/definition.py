@@ -176,6 +176,21 @@ class SweepDefinition:
                    constraints={k: float(v) for k, v in (settings.constraints or {}).items()},
                    study_name_override=settings.study_name)
 
+    def probe_points(self) -> list[dict[str, Any]]:
+        """Parameter sets that together try every choice and both ends of every range once: enough to find
+        an unknown key or a bad value in any trial before the sweep starts (not the whole grid)."""
+        ends = {k: list(d.choices) if isinstance(d, CategoricalDistribution) else [d.low, d.high]
+                for k, d in self.space.items()}
+        base = {k: values[0] for k, values in ends.items()}
+        points, seen = [base], {json.dumps(base, sort_keys=True, default=str)}
+        for key, values in ends.items():
+            for value in values[1:]:
+                point = {**base, key: value}
+                if (ident := json.dumps(point, sort_keys=True, default=str)) not in seen:
+                    seen.add(ident)
+                    points.append(point)
+        return points
+
     # ---- identity
     def canonical(self) -> dict[str, Any]:
         """The definition as plain data: what the study name hashes and what the parent run records."""

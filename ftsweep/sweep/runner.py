@@ -211,7 +211,8 @@ class SweepRunner:
         return result
 
     def run(self) -> dict[str, Any]:
-        study, parent = self._open()
+        with interrupt.deferred():  # a study without its parent run would be a half-made sweep
+            study, parent = self._open()
         os.environ[STORAGE_ENV] = self.url
         log.info("study %s (%s, %d trials in all, %s) on %s; MLflow parent run %s", study.study_name, self.d.sampler,
                  self.d.n_trials, "/".join(self.d.directions), redact(self.url), parent.run_id)
@@ -235,21 +236,23 @@ class SweepRunner:
                     break
         except BaseException as exc:  # Ctrl-C, SIGTERM: the trials in flight run again on resume
             aborted = True
-            for trial in batch:
-                frozen = self.storage.get_trial(trial_id(trial))
-                if frozen.state == TrialState.RUNNING:
-                    log.warning("trial %d interrupted (%s): marked FAIL; the same command runs it again",
-                                trial.number, type(exc).__name__)
-                    self._fail_for_rerun(study, frozen, f"interrupted: {first_line(exc, with_type=True)}")
+            with interrupt.deferred():
+                for trial in batch:
+                    frozen = self.storage.get_trial(trial_id(trial))
+                    if frozen.state == TrialState.RUNNING:
+                        log.warning("trial %d interrupted (%s): marked FAIL; the same command runs it again",
+                                    trial.number, type(exc).__name__)
+                        self._fail_for_rerun(study, frozen, f"interrupted: {first_line(exc, with_type=True)}")
             raise
         finally:
-            result = self._finish(study, parent)
-            others_running = bool(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-            all_failed = result["n_complete"] == 0 and result["n_failed"] > 0
-            if aborted or all_failed:
-                parent.end("FAILED")
-            elif not others_running:
-                parent.end("FINISHED")  # else the worker still running trials closes it
+            with interrupt.deferred():  # results, report and the parent run's end are written whatever comes
+                result = self._finish(study, parent)
+                others_running = bool(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+                all_failed = result["n_complete"] == 0 and result["n_failed"] > 0
+                if aborted or all_failed:
+                    parent.end("FAILED")
+                elif not others_running:
+                    parent.end("FINISHED")  # else the worker still running trials closes it
         if launched == 0:
             log.info("study %s is already complete (%d of %d trials finished): nothing to run", study.study_name,
                      result["n_complete"] + result["n_failed"] + result["n_pruned"], self.d.n_trials)

@@ -10,8 +10,6 @@ Three kinds of URL:
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
 import logging
 import os
 import shutil
@@ -23,26 +21,17 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from ftsweep.errors import ConfigError
+from ftsweep.locks import JOURNAL, SQLITE, file_of, url_lock
 from ftsweep.tracking import redact
 
 log = logging.getLogger("ftsweep.sweep")
 
-SQLITE, JOURNAL = "sqlite:///", "journal://"
 
 
 def check_url(url: str) -> None:
     if "://" not in url:
         raise ConfigError(f"hydra.sweeper.storage must be a URL: sqlite:///{url}, journal://{url} or "
                           f"postgresql://user@host/db; got '{url}'")
-
-
-def file_of(url: str) -> Optional[Path]:
-    """The file behind a sqlite or journal URL (relative paths are relative to the working directory)."""
-    if url.startswith(SQLITE):
-        return Path(url[len(SQLITE):])
-    if url.startswith(JOURNAL):
-        return Path(url[len(JOURNAL):])
-    return None
 
 
 def default_url(sweep_dir: Path) -> str:
@@ -80,32 +69,10 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
 @contextlib.contextmanager
 def claim_lock(url: str) -> Iterator[None]:
     """Serialise claiming trials across processes (a file lock), and machines (a PostgreSQL advisory lock)."""
-    path = file_of(url)
-    if path is not None:
-        lock = path.with_name(path.name + ".ftsweep-lock")  # not .lock: Optuna's journal uses that name itself
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        with open(lock, "w") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
-    elif url.startswith("postgresql"):
-        import sqlalchemy
-
-        key = int(hashlib.sha256(b"ftsweep-claim").hexdigest()[:15], 16)
-        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
-        try:
-            with engine.connect() as conn:
-                conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
-                try:
-                    yield
-                finally:
-                    conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-        finally:
-            engine.dispose()
-    else:
-        log.warning("no cross-process claim lock for %s: concurrent workers may duplicate a trial", url.split(":")[0])
+    with url_lock(url, "ftsweep") as locked:
+        if not locked:
+            log.warning("no cross-process claim lock for %s: concurrent workers may duplicate a trial",
+                        url.split(":")[0])
         yield
 
 

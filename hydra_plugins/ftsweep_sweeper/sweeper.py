@@ -45,10 +45,12 @@ class FtsweepSweeper(Sweeper):
         from hydra.core.plugins import Plugins
 
         self.config = config
+        self.config_loader = hydra_context.config_loader
         self.launcher = Plugins.instance().instantiate_launcher(
             config=config, hydra_context=hydra_context, task_function=task_function)
 
     def sweep(self, arguments: List[str]) -> None:
+        from ftsweep import interrupt
         from ftsweep.errors import FtsweepError
         from ftsweep.sweep.definition import SweepDefinition
         from ftsweep.sweep.runner import SweepRunner
@@ -57,6 +59,8 @@ class FtsweepSweeper(Sweeper):
         try:
             settings = SweepSettings.from_config(self.config.hydra.sweeper)
             definition = SweepDefinition.build(settings, list(self.config.objectives), arguments)
+            self._check_jobs(definition)
+            interrupt.check()  # a Ctrl-C during start-up stops here, before a study or run exists
             sweep_dir = Path(str(self.config.hydra.sweep.dir))
             runner = SweepRunner(settings, definition, self.config, self.launcher,
                                  settings.storage or default_url(sweep_dir), sweep_dir)
@@ -69,6 +73,28 @@ class FtsweepSweeper(Sweeper):
             sys.exit(130)
         if not summary["ok"]:
             sys.exit(1)
+
+
+    def _check_jobs(self, definition) -> None:
+        """Compose the jobs this sweep will launch and check them as a single run checks itself, before any
+        study, storage file or MLflow run exists: an unknown key, a bad value, unusable data or an unusable
+        tracking store is one line now instead of N failed trials. The first job also reads its data."""
+        from hydra.errors import HydraException
+        from omegaconf import open_dict
+        from omegaconf.errors import OmegaConfBaseException
+
+        from ftsweep.errors import ConfigError, describe_config_error
+        from ftsweep.train import check
+
+        for i, point in enumerate(definition.probe_points()):
+            overrides = [f"{k}={v}" for k, v in {**definition.fixed, **point}.items()]
+            try:
+                job = self.config_loader.load_sweep_config(self.config, overrides)
+            except (HydraException, OmegaConfBaseException) as exc:
+                raise ConfigError(describe_config_error(exc)) from exc
+            with open_dict(job):
+                del job["hydra"]
+            check(job, deep=i == 0)
 
 
 class UserConfSearchPath(SearchPathPlugin):

@@ -1,0 +1,56 @@
+"""Exclusive locks across processes and machines, for the one store behind a URL.
+
+Two uses: claiming a sweep's trials (ftsweep/sweep/storage.py), and creating a fresh MLflow store, whose
+table creation and migrations collide when two processes start on a new sqlite file at once
+(`table _alembic_tmp_experiments already exists`, `duplicate column name`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+from pathlib import Path
+from typing import Iterator, Optional
+
+SQLITE, JOURNAL = "sqlite:///", "journal://"
+
+
+def file_of(url: str) -> Optional[Path]:
+    """The file behind a sqlite or journal URL (relative paths are relative to the working directory)."""
+    for prefix in (SQLITE, JOURNAL):
+        if url.startswith(prefix):
+            return Path(url[len(prefix):])
+    return None
+
+
+@contextlib.contextmanager
+def url_lock(url: str, purpose: str) -> Iterator[bool]:
+    """Hold an exclusive lock named `purpose` on the store behind `url`: a file lock beside a sqlite or journal
+    file, a PostgreSQL advisory lock on a server database. Yields False (no lock) for other stores."""
+    path = file_of(url)
+    if path is not None:
+        lock = path.with_name(f"{path.name}.{purpose}-lock")  # never `.lock`: Optuna's journal uses that name
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock, "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield True
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+    elif url.startswith("postgresql"):
+        import sqlalchemy
+
+        key = int(hashlib.sha256(purpose.encode()).hexdigest()[:15], 16)
+        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        try:
+            with engine.connect() as conn:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+                try:
+                    yield True
+                finally:
+                    conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+        finally:
+            engine.dispose()
+    else:
+        yield False
