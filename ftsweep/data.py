@@ -251,6 +251,10 @@ def load_splits(cfg: DataConfig) -> TextSplits:
     n_eval = cfg.max_eval_samples or len(eval_texts)
     if len(eval_texts) == 0:
         raise DataError(f"{eval_source}: the eval split is empty")
+    absent = [str(c) for c in classes if c not in set(eval_raw[:n_eval])]
+    if absent:
+        log.warning("the eval set (%d rows) has no example of class %s: its accuracy says nothing about it",
+                    min(n_eval, len(eval_texts)), ", ".join(absent[:5]))
     return TextSplits(
         train_texts=texts[:n_train],
         train_labels=[label_id[c] for c in raw_labels[:n_train]],

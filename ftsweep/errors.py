@@ -1,5 +1,10 @@
 """Errors a user can fix. The entry point prints them as one line and exits non-zero."""
 
+import contextlib
+import logging
+import warnings
+from typing import Iterator
+
 
 class FtsweepError(Exception):
     """Bad input: the message says what is wrong and how to fix it."""
@@ -51,3 +56,19 @@ def describe_config_error(exc: BaseException) -> str:
     if cause is not None and first_line(cause) not in message:
         message += f": {first_line(cause)}"
     return message
+
+
+@contextlib.contextmanager
+def quiet_logs(*loggers: str, warnings_too: bool = False) -> Iterator[None]:
+    """Libraries' INFO chatter and retry warnings silenced around a call whose failure ftsweep reports in one line."""
+    saved = [(logging.getLogger(name), logging.getLogger(name).level) for name in loggers]
+    for logger, _ in saved:
+        logger.setLevel(logging.ERROR if warnings_too else logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            if warnings_too:
+                warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in saved:
+            logger.setLevel(level)

@@ -5,21 +5,18 @@ config choice; the training loop never branches on the method.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib
-import logging
 import re
-import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from ftsweep.config import (AdaLoraMethodConfig, FreezeMethodConfig, IA3MethodConfig, LoraMethodConfig, MethodConfig,
                             ModelConfig, PromptTuningMethodConfig, QLoraMethodConfig, TinyModelConfig)
-from ftsweep.errors import ModelError, first_line
+from ftsweep.errors import ModelError, first_line, quiet_logs
 
 # Names of classification-head modules across BERT-family models (peft uses the same list for SEQ_CLS).
 HEAD_MODULES = ("classifier", "pre_classifier", "score")
@@ -57,7 +54,7 @@ def load_tokenizer(cfg: ModelConfig):
     from transformers import AutoTokenizer
 
     path = resolve_path(cfg)
-    with _quiet_hub():
+    with quiet_logs("huggingface_hub", warnings_too=True):  # no screenful of retries; one line
         try:
             return AutoTokenizer.from_pretrained(path, use_fast=True)
         except (OSError, ValueError) as exc:
@@ -68,7 +65,7 @@ def _hf_config(cfg: ModelConfig):
     from transformers import AutoConfig
 
     path = resolve_path(cfg)
-    with _quiet_hub():
+    with quiet_logs("huggingface_hub", warnings_too=True):  # no screenful of retries; one line
         try:
             return AutoConfig.from_pretrained(path)
         except (OSError, ValueError) as exc:
@@ -98,22 +95,8 @@ def check_fits(method_cfg: MethodConfig, cfg: ModelConfig) -> None:
                              f"have rank at most {hidden}, so a larger LoRA only costs more; use {key} <= {hidden}")
 
 
-@contextlib.contextmanager
-def _quiet_hub() -> Iterator[None]:
-    """No screenful of retry warnings while a hub id is tried offline: the failure is reported in one line."""
-    hub_log = logging.getLogger("huggingface_hub")
-    level = hub_log.level
-    hub_log.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        hub_log.setLevel(level)
-
-
 def _not_found(cfg: ModelConfig, path: str, exc: Exception) -> str:
-    first = first_line(exc)
+    first = first_line(exc).rstrip(".")
     what = f"model.name_or_path={cfg.name_or_path}" if cfg.name_or_path else f"model '{cfg.name}' from {path}"
     hint = ("; offline, point model.name_or_path at a local Hugging Face folder" if not Path(path).exists() else "")
     return f"could not load {what}: {first}{hint}"

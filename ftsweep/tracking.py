@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
-from ftsweep.errors import FtsweepError, first_line
+from ftsweep.errors import FtsweepError, first_line, quiet_logs
 from ftsweep.locks import SQLITE, url_lock
 
 T = TypeVar("T")
@@ -54,7 +54,7 @@ def open_client(uri: str):
 
     check_store(uri)
     try:
-        with url_lock(uri, "mlflow-init"):
+        with url_lock(uri, "mlflow-init"), quiet_logs("mlflow.store.db.utils", "alembic"):
             client = MlflowClient(uri)
             if uri not in _ready:
                 client.search_experiments(max_results=1)  # a server that is not MLflow fails here, not mid-run

@@ -165,6 +165,7 @@ def half_written(folder: Path) -> list[str]:
             and not p.name.startswith((".hydra", ".ftsweep"))]
 
 
+@pytest.mark.slow  # about a minute: 25 whole runs of the entry point
 @pytest.mark.filterwarnings("ignore")
 @settings(max_examples=EXAMPLES, deadline=None, derandomize=not RANDOM, database=None, print_blob=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,

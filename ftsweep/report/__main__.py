@@ -21,7 +21,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = ap.parse_args(argv)
     try:
         path = make_report(args.sweep, args.experiment, args.out, html_too=not args.no_html, storage=args.storage)
-    except FtsweepError as exc:  # a tracking store that cannot work
+    except FtsweepError as exc:  # no such sweep, a tracking store that cannot work
         print(f"ftsweep.report: error: {exc}", file=sys.stderr)
         return 2
     print(f"report written to {path}")

@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from ftsweep.errors import first_line, is_out_of_memory
+from ftsweep.errors import FtsweepError, first_line, is_out_of_memory
 
 log = logging.getLogger("ftsweep.report")
 
@@ -57,9 +57,9 @@ def find_sweep(client, run_id: Optional[str], experiment: Optional[str]) -> Any:
     try:
         run = client.get_run(run_id)
     except MlflowException:
-        raise SystemExit(f"ftsweep.report: error: no run '{run_id}' in the tracking store {client.tracking_uri}")
+        raise FtsweepError(f"no run '{run_id}' in the tracking store {client.tracking_uri}")
     if run.data.tags.get("ftsweep.role") != "sweep":
-        raise SystemExit(f"ftsweep.report: error: run '{run_id}' is not a sweep's parent run (it has no "
+        raise FtsweepError(f"run '{run_id}' is not a sweep's parent run (it has no "
                          "ftsweep.role=sweep tag); pass the id of a `sweep-ftsweep-...` run")
     return run
 
@@ -68,14 +68,14 @@ def latest_sweep(client, experiment: Optional[str]) -> Any:
     if experiment:
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
-            raise SystemExit(f"ftsweep.report: error: no MLflow experiment named '{experiment}'")
+            raise FtsweepError(f"no MLflow experiment named '{experiment}'")
         experiments = [exp.experiment_id]
     else:
         experiments = [e.experiment_id for e in client.search_experiments()]
     runs = client.search_runs(experiments, "tags.`ftsweep.role` = 'sweep'", order_by=["attributes.start_time DESC"],
                               max_results=1)
     if not runs:
-        raise SystemExit("ftsweep.report: error: no sweep found in the tracking store; run `python -m ftsweep -m ...` "
+        raise FtsweepError("no sweep found in the tracking store; run `python -m ftsweep -m ...` "
                          "first, or pass --sweep PARENT_RUN_ID")
     return runs[0]
 
