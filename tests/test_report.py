@@ -239,3 +239,17 @@ def test_the_report_reads_a_study_whose_password_mlflow_never_saw(postgres_serve
     monkeypatch.setenv("FTSWEEP_SWEEP_STORAGE", url)
     assert len(load_study(parent).get_trials()) == 1  # the sweep's own report, with the real URL at hand
     assert len(load_study(parent, storage=url).get_trials()) == 1  # --storage
+
+
+def test_a_sweep_over_models_is_summarised_per_method_and_model_against_full_on_the_same_model():
+    rows = []
+    for i, (model, method, acc, mem) in enumerate([("minilm", "full", 0.84, 900), ("minilm", "lora", 0.82, 600),
+                                                   ("mpnet_base", "full", 0.90, 3000), ("mpnet_base", "lora", 0.89, 1500)]):
+        r = row(i, method, acc, mem, 100)
+        r.model, r.group = model, f"{method} ({model})"
+        rows.append(r)
+    summary = {s["method"]: s for s in method_summary(rows)}
+    assert sorted(summary) == ["full (minilm)", "full (mpnet_base)", "lora (minilm)", "lora (mpnet_base)"]
+    assert summary["lora (mpnet_base)"]["accuracy_lost_vs_full"] == pytest.approx(0.01)
+    assert summary["lora (mpnet_base)"]["memory_saved_vs_full_pct"] == pytest.approx(50.0)
+    assert summary["lora (minilm)"]["memory_saved_vs_full_pct"] == pytest.approx(100 * (1 - 600 / 900))

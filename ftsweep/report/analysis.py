@@ -35,21 +35,24 @@ def _median(values: list[Optional[float]]) -> Optional[float]:
 
 
 def method_summary(rows: list[Row]) -> list[dict[str, Any]]:
+    """One line per method (per method and model when the sweep spans models), compared with `full` on the
+    same model."""
     ok = [r for r in rows if r.ok]
-    methods = sorted({r.method for r in ok})
+    groups = sorted({r.group or r.method for r in ok})
     out = []
-    for m in methods:
-        mine = [r for r in ok if r.method == m]
+    for g in groups:
+        mine = [r for r in ok if (r.group or r.method) == g]
         out.append({
-            "method": m, "trials": len(mine), "best_accuracy": max(r.accuracy for r in mine),
+            "method": g, "base": mine[0].method, "model": mine[0].model, "trials": len(mine),
+            "best_accuracy": max(r.accuracy for r in mine),
             "median_step_ms": _median([r.get("perf/step_time_ms") for r in mine]),
             "median_peak_mb": _median([r.peak_mb for r in mine]),
             "trainable_pct": _median([r.get("params/trainable_pct") for r in mine]),
             **{k.split("/")[1]: _median([r.get(k) for r in mine]) for k in
                ("mem/params_mb", "mem/grads_mb", "mem/optimizer_state_mb", "mem/activations_est_mb")},
         })
-    full = next((s for s in out if s["method"] == "full"), None)
     for s in out:
+        full = next((f for f in out if f["base"] == "full" and f["model"] == s["model"]), None)
         if full is None or s is full:
             continue
         s["accuracy_lost_vs_full"] = full["best_accuracy"] - s["best_accuracy"]

@@ -24,7 +24,7 @@ def make_plots(rows: list[Row], importances: dict[str, float], out: Path, title:
     ok = [r for r in rows if r.ok]
     if not ok:
         return []
-    methods = sorted({r.method for r in ok})
+    methods = sorted({r.group or r.method for r in ok})
     colors = {m: plt.cm.tab10(i % 10) for i, m in enumerate(methods)}
     markers = {m: METHOD_MARKERS[i % len(METHOD_MARKERS)] for i, m in enumerate(methods)}
     device = memory_label(ok)
@@ -34,7 +34,7 @@ def make_plots(rows: list[Row], importances: dict[str, float], out: Path, title:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         usable = [r for r in ok if x_of(r) is not None]
         for m in methods:
-            pts = [(x_of(r), r.accuracy) for r in usable if r.method == m]
+            pts = [(x_of(r), r.accuracy) for r in usable if (r.group or r.method) == m]
             if pts:
                 ax.scatter(*zip(*pts), label=m, color=colors[m], marker=markers[m], s=55, alpha=0.85,
                            edgecolors="black", linewidths=0.5)

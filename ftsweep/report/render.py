@@ -35,7 +35,7 @@ def render(parent, rows: list[Row], summary: list[dict], plots: list[Path], impo
     md += ["## All trials (sorted by accuracy; ★ = on the Pareto front of accuracy vs memory / time)", ""]
     md += table(["trial", "method", *hyper, "accuracy", "f1_macro", "step ms", "train s", peak_name,
                   "trainable", "trainable %", "Pareto", *(["budget"] if budget else []), "state", "run id"],
-                 [[r.trial, r.method, *(r.params.get(k) for k in hyper), r.accuracy, r.get("eval/f1_macro"),
+                 [[r.trial, r.group or r.method, *(r.params.get(k) for k in hyper), r.accuracy, r.get("eval/f1_macro"),
                    r.get("perf/step_time_ms"), r.get("perf/train_time_s"), r.peak_mb,
                    int(r.get("params/trainable") or 0), r.get("params/trainable_pct"),
                    ("★ " + "+".join(r.pareto)) if r.pareto else "",

@@ -24,6 +24,8 @@ class Row:
     state: str
     run_id: str = ""
     error: str = ""
+    model: str = ""
+    group: str = ""  # what the report compares: the method, or "method (model)" when a sweep spans models
     pareto: list[str] = field(default_factory=list)
     over_budget: list[str] = field(default_factory=list)  # the constraints this trial broke
 
@@ -90,12 +92,16 @@ def collect(client, parent, study=None) -> list[Row]:
         number = tags.get("optuna.trial_number")
         rows.append(Row(trial=int(number) if number is not None else None,
                         method=run.data.params.get("method.name", tags.get("method", "?")),
+                        model=run.data.params.get("model.name", tags.get("model", "")),
                         params=dict(run.data.params), metrics=dict(run.data.metrics),
                         state="PRUNED" if tags.get("pruned") == "true" else run.info.status,
                         run_id=run.info.run_id, error=tags.get("error", "")))
         seen.add(run.info.run_id)
     rows.extend(optuna_only_failures(study, seen))
     mark_budget(rows, constraints_of(parent))
+    several_models = len({r.model for r in rows if r.model}) > 1
+    for r in rows:
+        r.group = f"{r.method} ({r.model})" if several_models and r.model else r.method
     return rows
 
 
@@ -148,7 +154,8 @@ def optuna_only_failures(study, seen: set[str]) -> list[Row]:
         if t.state.name != "FAIL" or t.user_attrs.get("mlflow_run_id") in seen:
             continue
         params = {**t.user_attrs.get("fixed", {}), **{k: str(v) for k, v in t.params.items()}}
-        rows.append(Row(trial=t.number, method=str(params.get("method", "?")), params=params, metrics={},
+        rows.append(Row(trial=t.number, method=str(params.get("method", "?")), model=str(params.get("model", "")),
+                        params=params, metrics={},
                         state="FAILED", error=t.user_attrs.get("error", "")))
     return rows
 
