@@ -257,7 +257,7 @@ FINAL_METRICS = frozenset({
     "eval/accuracy", "eval/f1_macro", "eval/loss",
     "perf/step_time_ms", "perf/step_time_p90_ms", "perf/samples_per_s", "perf/tokens_per_s", "perf/train_time_s",
     "perf/eval_time_s", "perf/effective_batch_size", "perf/compile_time_s",
-    "train/steps", "train/total_steps",
+    "train/steps", "train/total_steps", "train/stopped_early", "train/best_step",
     "params/trainable", "params/total", "params/trainable_pct",
     "mem/peak_mb", "mem/cpu_peak_rss_mb", "mem/cuda_peak_allocated_mb", "mem/cuda_peak_reserved_mb",
     "mem/params_mb", "mem/grads_mb", "mem/optimizer_state_mb", "mem/baseline_mb", "mem/activations_est_mb",
@@ -268,6 +268,31 @@ def check_metric_names(names, what: str) -> None:
     unknown = [n for n in names if n not in FINAL_METRICS]
     _check(not unknown, f"{what}: {', '.join(unknown)} is not a metric a run logs; choose from "
                         f"{', '.join(sorted(FINAL_METRICS))}")
+
+
+# --------------------------------------------------------------------------- keeping, stopping, resuming
+class SaveModel(str, Enum):
+    best = "best"  # a single run keeps its model; a sweep keeps (logs, registers) only its best trial's
+    all = "all"  # every run and every trial logs its model
+    none = "none"
+
+
+EVAL_METRICS = ("eval/accuracy", "eval/f1_macro", "eval/loss")
+
+
+@dataclass
+class EarlyStoppingConfig:
+    patience: Optional[int] = None  # evaluations without improvement before stopping; null: off
+    metric: str = "eval/accuracy"  # eval/accuracy or eval/f1_macro (maximised), eval/loss (minimised)
+    min_delta: float = 0.0  # an improvement smaller than this does not count
+
+    def __post_init__(self) -> None:
+        _check(self.patience is None or self.patience >= 1,
+               f"early_stopping.patience must be >= 1 or null, got {self.patience}")
+        _check(self.metric in EVAL_METRICS,
+               f"early_stopping.metric must be one of {', '.join(EVAL_METRICS)}, got '{self.metric}'")
+        _check(math.isfinite(self.min_delta) and self.min_delta >= 0,
+               f"early_stopping.min_delta must be >= 0, got {self.min_delta}")
 
 
 # --------------------------------------------------------------------------- top level
@@ -294,6 +319,10 @@ class TrainConfig:
     run_name: Optional[str] = None  # null: built from method and hyper-parameters
     objectives: List[str] = field(default_factory=lambda: ["eval/accuracy"])
     progress_bar: bool = True
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    save_model: SaveModel = SaveModel.best
+    checkpoint_every_steps: Optional[int] = None  # also on SIGTERM/Ctrl-C when set; null: no checkpoints
+    resume: Optional[str] = None  # an MLflow run id or a checkpoint folder to continue from
     sweep: SweepInfo = field(default_factory=SweepInfo)
 
     def __post_init__(self) -> None:
@@ -309,6 +338,8 @@ class TrainConfig:
         _check(self.log_every_steps >= 1, f"log_every_steps must be >= 1, got {self.log_every_steps}")
         _check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
                f"device must be auto, cpu or cuda[:N], got '{self.device}'")
+        _check(self.checkpoint_every_steps is None or self.checkpoint_every_steps >= 1,
+               f"checkpoint_every_steps must be >= 1 or null, got {self.checkpoint_every_steps}")
         _check(len(self.objectives) >= 1, "objectives must name at least one metric")
         check_metric_names(self.objectives, "objectives")
 

@@ -109,6 +109,50 @@ class Hooks:
         return None
 
 
+class EarlyStopping:
+    """Stop a run against its own past: after `patience` evaluations without improvement on `metric`. The
+    weights of the best evaluation are kept (trainable tensors only: the rest never change) and restored at
+    the end, so the final eval and the saved model are the best ones. Pruning, by contrast, stops a trial
+    against other trials."""
+
+    def __init__(self, patience: Optional[int], metric: str = "eval/accuracy", min_delta: float = 0.0):
+        self.patience, self.key, self.min_delta = patience, metric.split("/", 1)[1], min_delta
+        self.sign = -1.0 if metric == "eval/loss" else 1.0
+        self.best: Optional[float] = None
+        self.best_step, self.bad, self.best_eval = -1, 0, {}
+        self.best_weights: dict[str, torch.Tensor] = {}
+
+    def update(self, model: nn.Module, step: int, evaluation: dict) -> bool:
+        """Record an evaluation; True when training should stop."""
+        value = self.sign * evaluation[self.key]
+        if self.best is None or value > self.best + self.min_delta:
+            self.best, self.best_step, self.bad, self.best_eval = value, step, 0, evaluation
+            if self.patience is not None:
+                self.best_weights = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+            return False
+        self.bad += 1
+        return self.patience is not None and self.bad >= self.patience
+
+    def restore(self, model: nn.Module, result: "FitResult") -> None:
+        """Put the best evaluation's weights back; its evaluation becomes the final one (same weights, same eval)."""
+        if self.patience is None or self.best_step in (-1, result.last_eval_step):
+            result.best_step = result.last_eval_step
+            return
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name in self.best_weights:
+                    param.copy_(self.best_weights[name])
+        result.final_eval, result.best_step = self.best_eval, self.best_step
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "best_step": self.best_step, "bad": self.bad, "best_eval": self.best_eval,
+                "best_weights": self.best_weights}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.best_step, self.bad = state["best"], state["best_step"], state["bad"]
+        self.best_eval, self.best_weights = state["best_eval"], state["best_weights"]
+
+
 @dataclass
 class LoopSettings:
     total_steps: int  # optimizer steps
@@ -121,6 +165,10 @@ class LoopSettings:
     precision: Precision = Precision.fp32
     compile: bool = False
     progress: bool = True
+    early_stopping: Optional[int] = None  # patience, in evaluations
+    early_stopping_metric: str = "eval/accuracy"
+    early_stopping_min_delta: float = 0.0
+    checkpoint_every_steps: Optional[int] = None  # with a `checkpoint` callback: also written on Ctrl-C/SIGTERM
 
 
 @dataclass
@@ -136,7 +184,8 @@ class FitResult:
     grads_mb: float = 0.0  # gradient tensors at the first optimizer step
     compiled: bool = False
     stopped_at: Optional[int] = None  # the step after whose evaluation a hook stopped training
-    stop_reason: Optional[str] = None  # what the hook said, e.g. "pruned"
+    stop_reason: Optional[str] = None  # what stopped it: "pruned" (a hook), "stopped_early" (early stopping)
+    best_step: int = -1  # the step whose weights the final eval (and a saved model) used
 
     def perf(self) -> dict[str, float]:
         out = step_time_stats(self.step_times_s)
@@ -153,14 +202,15 @@ class FitResult:
 
 
 def _evaluate_and_ask(model, eval_loader, device, s: LoopSettings, hooks: Hooks, log: LogFn, result: FitResult,
-                      step: int) -> None:
+                      step: int, early: EarlyStopping) -> None:
     t0 = time.perf_counter()
     ev = evaluate(model, eval_loader, device, s.num_labels, s.precision)
     result.eval_time_s += time.perf_counter() - t0
     result.final_eval, result.last_eval_step = ev, step
     log({f"eval/{k}": ev[k] for k in ("accuracy", "f1_macro", "loss")}, step)
+    stop_early = early.update(model, step, ev)
     if step < s.total_steps:
-        reason = hooks.should_stop(step, ev)
+        reason = hooks.should_stop(step, ev) or ("stopped_early" if stop_early else None)
         if reason:
             result.stopped_at, result.stop_reason = step, reason
 
@@ -197,54 +247,141 @@ def _optimizer_step(train_model, micro: list[dict], optimizer, scheduler, traina
     return loss_sum
 
 
+@dataclass
+class Position:
+    """Where training is: enough, with the RNG states, to continue exactly where it stopped."""
+
+    epoch: int = 0
+    batches: int = 0  # batches drawn from this epoch's loader
+    loader: Any = None  # the train loader's shuffling state at the start of this epoch
+
+
+def _loader_state(loader: DataLoader) -> Any:
+    sampler = loader.batch_sampler
+    if hasattr(sampler, "epoch"):  # LengthGroupedBatchSampler: seed + epoch decide the order
+        return {"epoch": sampler.epoch}
+    return {"generator": loader.generator.get_state()} if loader.generator is not None else {}
+
+
+def _set_loader_state(loader: DataLoader, state: Any) -> None:
+    if "epoch" in state:
+        loader.batch_sampler.epoch = state["epoch"]
+    elif "generator" in state:
+        loader.generator.set_state(state["generator"])
+
+
+def rng_states() -> dict:
+    import random
+
+    states = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    import random
+
+    torch.set_rng_state(states["torch"])
+    np.random.set_state(states["numpy"])
+    random.setstate(states["python"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
 def fit(model: nn.Module, train_loader: DataLoader, eval_loader: DataLoader, optimizer: torch.optim.Optimizer,
         scheduler, s: LoopSettings, device: torch.device, hooks: Optional[Hooks] = None,
-        log: LogFn = lambda metrics, step: None, step_hook: Optional[Callable[[int], None]] = None) -> FitResult:
+        log: LogFn = lambda metrics, step: None, step_hook: Optional[Callable[[int], None]] = None,
+        checkpoint: Optional[Callable[[dict], None]] = None, resume: Optional[dict] = None) -> FitResult:
     """Train for s.total_steps optimizer steps; `model` is evaluated as is, a compiled copy does the training.
 
-    After each evaluation `hooks.should_stop` may end training early (a pruner's verdict)."""
+    After each evaluation `hooks.should_stop` may end training early (a pruner's verdict), and so may early
+    stopping. `checkpoint(state)` receives the loop's whole state every s.checkpoint_every_steps steps and on
+    Ctrl-C/SIGTERM; `resume` (such a state, with model and optimizer already restored) continues from it."""
     hooks = hooks or Hooks()
     result = FitResult(compiled=s.compile)
+    early = EarlyStopping(s.early_stopping, s.early_stopping_metric, s.early_stopping_min_delta)
     train_model = torch.compile(model, dynamic=True) if s.compile else model  # dynamic: padding varies per batch
     # fp16 needs loss scaling to keep small gradients from flushing to zero; bf16 has fp32's range.
     scaler = torch.amp.GradScaler(device.type) if s.precision == Precision.fp16 else None
     trainable = [p for p in model.parameters() if p.requires_grad]
     loss_sum, loss_count = torch.zeros((), device=device), 0  # summed on device: no per-step host sync
+    pos = Position()
+    if resume is not None:
+        pos = resume["position"]
+        result = resume["result"]
+        early.load_state_dict(resume["early_stopping"])
+        loss_sum, loss_count = torch.tensor(resume["loss_sum"], device=device), resume["loss_count"]
+        if scaler is not None and resume.get("scaler"):
+            scaler.load_state_dict(resume["scaler"])
+
+    def state() -> dict:
+        return {"position": Position(pos.epoch, pos.batches, pos.loader), "result": result,
+                "early_stopping": early.state_dict(), "loss_sum": float(loss_sum.item()), "loss_count": loss_count,
+                "scaler": scaler.state_dict() if scaler is not None else None, "rng": rng_states()}
+
+    in_step = False
     model.train()
-    bar = tqdm(total=s.total_steps, desc="training", unit="step", disable=not s.progress, leave=False)
-    for _epoch in range(s.epochs):
-        batches = iter(train_loader)
-        while result.steps < s.total_steps and result.stopped_at is None:
-            interrupt.check()
-            micro = [b for _, b in zip(range(s.grad_accum_steps), batches)]
-            if not micro:
-                break  # epoch done
-            t0 = time.perf_counter()
-            loss_sum += _optimizer_step(train_model, micro, optimizer, scheduler, trainable, scaler, device, s,
-                                        result, step_hook)
-            loss_count += len(micro)
-            _sync(device)
-            result.step_times_s.append(time.perf_counter() - t0)
-            result.train_time_s += result.step_times_s[-1]
-            result.steps += 1
-            step = result.steps
-            bar.update(1)
-            if step % s.log_every_steps == 0 or step == s.total_steps:
-                mean_loss = (loss_sum / loss_count).item()
-                if not math.isfinite(mean_loss):
-                    raise TrainingError(f"training diverged: loss became {mean_loss} by step {step}; "
-                                        f"lower lr or keep optimizer.max_grad_norm set")
-                log({"train/loss": mean_loss, "train/lr": scheduler.get_last_lr()[0]}, step)
-                bar.set_postfix(loss=f"{mean_loss:.4f}", samples_s=f"{result.samples / result.train_time_s:.1f}")
-                loss_sum.zero_()
-                loss_count = 0
-            if s.eval_every_steps and step % s.eval_every_steps == 0:
-                _evaluate_and_ask(model, eval_loader, device, s, hooks, log, result, step)
-        if result.last_eval_step != result.steps:
-            _evaluate_and_ask(model, eval_loader, device, s, hooks, log, result, result.steps)  # epoch end
-        if result.steps >= s.total_steps or result.stopped_at is not None:
-            break
-    bar.close()
+    bar = tqdm(total=s.total_steps, initial=result.steps, desc="training", unit="step", disable=not s.progress,
+               leave=False)
+    try:
+        for epoch in range(pos.epoch, s.epochs):
+            if resume is not None and epoch == pos.epoch:
+                _set_loader_state(train_loader, pos.loader)  # the same shuffle as before the interruption,
+                batches = iter(train_loader)
+                for _ in range(pos.batches):  # the same place in it,
+                    next(batches)
+                set_rng_states(resume["rng"])  # and the same dropout masks from here on
+                if s.eval_every_steps and result.steps % s.eval_every_steps == 0 and result.steps > 0 \
+                        and result.last_eval_step != result.steps:  # stopped inside that evaluation
+                    _evaluate_and_ask(model, eval_loader, device, s, hooks, log, result, result.steps, early)
+            else:
+                pos.epoch, pos.batches, pos.loader = epoch, 0, _loader_state(train_loader)
+                batches = iter(train_loader)
+            while result.steps < s.total_steps and result.stopped_at is None:
+                interrupt.check()
+                micro = [b for _, b in zip(range(s.grad_accum_steps), batches)]
+                if not micro:
+                    break  # epoch done
+                pos.batches += len(micro)
+                in_step = True  # a second signal could cut this step in half: no checkpoint of that
+                t0 = time.perf_counter()
+                loss_sum += _optimizer_step(train_model, micro, optimizer, scheduler, trainable, scaler, device, s,
+                                            result, step_hook)
+                loss_count += len(micro)
+                _sync(device)
+                result.step_times_s.append(time.perf_counter() - t0)
+                result.train_time_s += result.step_times_s[-1]
+                result.steps += 1
+                in_step = False
+                step = result.steps
+                bar.update(1)
+                if step % s.log_every_steps == 0 or step == s.total_steps:
+                    mean_loss = (loss_sum / loss_count).item()
+                    if not math.isfinite(mean_loss):
+                        raise TrainingError(f"training diverged: loss became {mean_loss} by step {step}; "
+                                            f"lower lr or keep optimizer.max_grad_norm set")
+                    log({"train/loss": mean_loss, "train/lr": scheduler.get_last_lr()[0]}, step)
+                    bar.set_postfix(loss=f"{mean_loss:.4f}", samples_s=f"{result.samples / result.train_time_s:.1f}")
+                    loss_sum.zero_()
+                    loss_count = 0
+                if s.eval_every_steps and step % s.eval_every_steps == 0:
+                    _evaluate_and_ask(model, eval_loader, device, s, hooks, log, result, step, early)
+                if checkpoint is not None and s.checkpoint_every_steps and step % s.checkpoint_every_steps == 0 \
+                        and step < s.total_steps:
+                    checkpoint(state())
+            if result.last_eval_step != result.steps:
+                _evaluate_and_ask(model, eval_loader, device, s, hooks, log, result, result.steps, early)  # epoch end
+            if result.steps >= s.total_steps or result.stopped_at is not None:
+                break
+    except KeyboardInterrupt:
+        if checkpoint is not None and s.checkpoint_every_steps and not in_step:
+            with interrupt.deferred():
+                checkpoint(state())  # at a step boundary (or inside an eval, which is redone on resume)
+        raise
+    finally:
+        bar.close()
+    early.restore(model, result)
     return result
 
 

@@ -20,7 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import ftsweep
-from ftsweep import artifacts, interrupt
+from ftsweep import artifacts, checkpoint, interrupt
 from ftsweep import data as data_mod
 from ftsweep import model as model_mod
 from ftsweep.config import LoraMethodConfig, Precision, TrainConfig, validate
@@ -125,9 +125,9 @@ def setup_model(tc: TrainConfig, splits: data_mod.TextSplits, tokenizer, total_s
     return model
 
 
-def log_inputs(tracker: Tracker, raw: DictConfig, overrides: list[str] | None, splits: data_mod.TextSplits) -> None:
+def log_inputs(tracker: Tracker, raw: DictConfig, resolved: dict, overrides: list[str] | None,
+               splits: data_mod.TextSplits) -> None:
     """What went in: the resolved config as params and YAML, the overrides, the label map."""
-    resolved = OmegaConf.to_container(raw, resolve=True, enum_to_str=True)
     tracker.log_params(flatten(resolved))
     tracker.log_text(OmegaConf.to_yaml(raw, resolve=True), "config.yaml")
     tracker.log_text("\n".join(overrides or []) + "\n", "overrides.txt")
@@ -151,6 +151,8 @@ def finish(tc: TrainConfig, tracker: Tracker, result: FitResult, model, optimize
     # A batch_size above the data set's size is allowed (one batch per epoch); the batch that trains is smaller.
     metrics["perf/effective_batch_size"] = min(tc.batch_size, len(splits.train_texts)) * tc.grad_accum_steps
     metrics["train/steps"], metrics["train/total_steps"] = result.steps, total_steps
+    metrics["train/stopped_early"] = float(result.stop_reason == "stopped_early")
+    metrics["train/best_step"] = result.best_step  # the weights the final eval used (early stopping restores)
     metrics.update(params)
     metrics.update(memory_breakdown(memory.stop(), model, result.grads_mb, optimizer, memory))
     if result.stop_reason:
@@ -174,40 +176,68 @@ def train(cfg: DictConfig | TrainConfig, output_dir: str | Path | None = None, o
     """Fine-tune as configured; return the final metrics (all logged to MLflow)."""
     raw = cfg if isinstance(cfg, DictConfig) else OmegaConf.structured(cfg)
     tc = validate(cfg)
+    resolved = OmegaConf.to_container(raw, resolve=True, enum_to_str=True)
     hooks = hooks or Hooks()
     device = resolve_device(tc.device)
     memory = PeakMemory(device).start()
     seed_everything(tc.seed)
     tracker = tracker or Tracker()
     tracker.experiment_id(tc.experiment_name or tc.data.name)  # a store that cannot work fails before data loads
+    ck = None
+    if tc.resume:
+        where = checkpoint.locate(tc.resume, tracker.client)
+        ck = checkpoint.load(where)
+        checkpoint.check_same_config(ck, resolved, where)
     splits, tokenizer = prepare(tc, device)
     interrupt.check()  # a Ctrl-C during start-up stops here, before a run exists
 
-    tags = {"method": tc.method.name, "model": tc.model.name, "dataset": tc.data.name, "device": device.type,
-            "git_commit": _git_commit(), "ftsweep_version": ftsweep.__version__, **hooks.tags}
-    tracker.start(experiment=tc.experiment_name or tc.data.name, run_name=run_name(tc), tags=tags,
-                  parent_run_id=hooks.parent_run_id)
+    # A resumed run goes on in its own MLflow run when the store still has it, else in a new one that says so.
+    resumed = ck is not None and tracker.resume(ck["run_id"])
+    if not resumed:
+        tags = {"method": tc.method.name, "model": tc.model.name, "dataset": tc.data.name, "device": device.type,
+                "git_commit": _git_commit(), "ftsweep_version": ftsweep.__version__, **hooks.tags}
+        if ck is not None:
+            tags["ftsweep.resumed_from"] = ck["run_id"]
+        tracker.start(experiment=tc.experiment_name or tc.data.name, run_name=run_name(tc), tags=tags,
+                      parent_run_id=hooks.parent_run_id)
     out_dir = Path(output_dir) if output_dir else Path(tempfile.mkdtemp(prefix="ftsweep-"))
     out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = (out_dir / "checkpoint" / checkpoint.FILE).resolve()
     model = None
     try:
         hooks.on_start(tracker.run_id)
-        log_inputs(tracker, raw, overrides, splits)
+        if not resumed:
+            log_inputs(tracker, raw, resolved, overrides, splits)
+        if tc.checkpoint_every_steps:
+            tracker.set_tags({checkpoint.RUN_TAG: str(ckpt_path)})
         loaders = setup_data(tc, splits, tokenizer)
         model = setup_model(tc, splits, tokenizer, loaders.total_steps, device)
         params = param_counts(model)
-        tracker.log_metrics(params, step=0)
+        if not resumed:
+            tracker.log_metrics(params, step=0)
         optimizer = build_optimizer(model, tc.optimizer, tc.lr)
         scheduler = build_scheduler(optimizer, tc.optimizer, loaders.total_steps)
+        if ck is not None:
+            checkpoint.restore(model, optimizer, scheduler, ck)
         settings = LoopSettings(
             total_steps=loaders.total_steps, epochs=tc.epochs, num_labels=splits.num_labels,
             grad_accum_steps=tc.grad_accum_steps, max_grad_norm=tc.optimizer.max_grad_norm,
             eval_every_steps=tc.eval_every_steps, log_every_steps=tc.log_every_steps, precision=tc.precision,
-            compile=tc.compile, progress=tc.progress_bar)
+            compile=tc.compile, progress=tc.progress_bar, early_stopping=tc.early_stopping.patience,
+            early_stopping_metric=tc.early_stopping.metric, early_stopping_min_delta=tc.early_stopping.min_delta,
+            checkpoint_every_steps=tc.checkpoint_every_steps)
+
+        def save_checkpoint(loop_state: dict) -> None:
+            checkpoint.save(ckpt_path, model, optimizer, scheduler, loop_state, tracker.run_id,
+                            ck["overrides"] if ck else overrides or [], resolved)
+
         result = fit(model, loaders.train, loaders.eval, optimizer, scheduler, settings, device, hooks=hooks,
-                     log=tracker.log_metrics, step_hook=model_mod.step_hook(model))
+                     log=tracker.log_metrics, step_hook=model_mod.step_hook(model),
+                     checkpoint=save_checkpoint if tc.checkpoint_every_steps else None,
+                     resume=ck["loop"] if ck else None)
         metrics = finish(tc, tracker, result, model, optimizer, memory, splits, loaders.total_steps, params, out_dir)
         tracker.end("FINISHED")
+        ckpt_path.unlink(missing_ok=True)  # finished: nothing to resume
         return metrics
     except BaseException as exc:
         with interrupt.deferred():  # a second Ctrl-C must not leave the run RUNNING

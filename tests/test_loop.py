@@ -81,3 +81,33 @@ def test_a_hook_that_says_stop_ends_training_after_that_eval_and_says_why(tiny_t
     assert hooks.asked == [3, 6]  # asked after each eval, and not again once it said stop
     assert (result.steps, result.stopped_at, result.stop_reason) == (6, 6, "pruned")
     assert len(result.step_times_s) == 6 < total
+
+
+# --------------------------------------------------------------------------- early stopping
+def test_early_stopping_stops_after_patience_and_restores_the_best_weights():
+    from ftsweep.loop import EarlyStopping, FitResult
+
+    model = torch.nn.Linear(2, 2)
+    early = EarlyStopping(patience=2, metric="eval/accuracy")
+    assert not early.update(model, 1, {"accuracy": 0.7})
+    best = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    assert not early.update(model, 2, {"accuracy": 0.6})  # one evaluation without improvement
+    assert early.update(model, 3, {"accuracy": 0.7})  # two: stop (a tie is not an improvement)
+    result = FitResult(final_eval={"accuracy": 0.7, "step": 3}, last_eval_step=3)
+    early.restore(model, result)
+    assert torch.equal(model.weight, best) and result.best_step == 1 and result.final_eval == {"accuracy": 0.7}
+
+
+def test_early_stopping_on_loss_minimises_and_without_patience_keeps_the_last_weights():
+    from ftsweep.loop import EarlyStopping, FitResult
+
+    model = torch.nn.Linear(2, 2)
+    early = EarlyStopping(patience=None, metric="eval/loss")
+    for step, loss in ((1, 0.5), (2, 0.4), (3, 0.6)):
+        assert not early.update(model, step, {"loss": loss})
+    assert early.best_step == 2 and early.best_weights == {}  # tracked, but nothing copied or restored
+    result = FitResult(last_eval_step=3)
+    early.restore(model, result)
+    assert result.best_step == 3

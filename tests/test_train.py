@@ -209,3 +209,68 @@ def test_compile_reports_compile_time_apart_from_step_time(tiny_cfg):
     m = train(tiny_cfg("compile=true", "max_steps=6", "log_every_steps=1"))
     assert m["perf/compile_time_s"] > 0
     assert m["perf/step_time_ms"] / 1000 < m["perf/compile_time_s"]
+
+
+# --------------------------------------------------------------------------- early stopping, checkpoints, resume
+def test_early_stopping_stops_a_flat_run_and_records_it(tiny_cfg):
+    m = train(tiny_cfg("lr=1e-12", "max_steps=20", "eval_every_steps=2", "early_stopping.patience=2"))
+    assert m["train/stopped_early"] == 1.0 and m["train/best_step"] == 2 and m["train/steps"] == 6
+    _, run = only_run()
+    assert run.data.tags["stopped_early"] == "true" and run.data.tags["stopped_early_at_step"] == "6"
+
+
+def histories(run_id: str, *keys: str) -> dict[str, list[tuple[int, float]]]:
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    return {k: sorted((m.step, m.value) for m in client.get_metric_history(run_id, k)) for k in keys}
+
+
+@pytest.mark.parametrize("extra", [("method=full",), ("method=lora", "data.group_by_length=true", "grad_accum_steps=2")])
+def test_a_run_interrupted_at_step_k_and_resumed_matches_an_uninterrupted_one(tiny_cfg, tmp_path, monkeypatch, extra):
+    """SIGTERM at step 9, in the second epoch (as the signal handler records it), then `resume=`: the same losses,
+    evals and accuracy, bit for bit."""
+    from ftsweep import interrupt, loop
+
+    args = ("epochs=3", "max_steps=12", "log_every_steps=1", "eval_every_steps=4", "checkpoint_every_steps=5", *extra)
+    whole = train(tiny_cfg(*args), output_dir=tmp_path / "whole")
+    whole_id = json.loads((tmp_path / "whole" / "metrics.json").read_text())["run_id"]
+    assert not (tmp_path / "whole" / "checkpoint" / "checkpoint.pt").exists()  # finished: removed
+
+    steps = []
+    real_step = loop._optimizer_step
+
+    def step_then_signal(*a, **kw):
+        out = real_step(*a, **kw)
+        steps.append(1)
+        if len(steps) == 9:
+            interrupt._requested.append("SIGTERM")  # what the handler does when SIGTERM arrives mid-step
+        return out
+
+    monkeypatch.setattr(loop, "_optimizer_step", step_then_signal)
+    monkeypatch.setattr(interrupt, "_requested", [])
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_cfg(*args), output_dir=tmp_path / "cut")
+    monkeypatch.setattr(loop, "_optimizer_step", real_step)
+    interrupt._requested.clear()
+    ckpt = tmp_path / "cut" / "checkpoint"
+    assert (ckpt / "checkpoint.pt").exists()
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    cut_id = [r for r in client.search_runs([client.get_experiment_by_name("local").experiment_id])
+              if r.info.run_id != whole_id][0].info.run_id
+    assert client.get_run(cut_id).info.status == "KILLED"
+
+    resumed = train(tiny_cfg(*args, f"resume={ckpt}"), output_dir=tmp_path / "resumed")
+    assert client.get_run(cut_id).info.status == "FINISHED"  # the same MLflow run, continued
+    keys = ("train/loss", "eval/accuracy", "eval/loss")
+    assert histories(cut_id, *keys) == histories(whole_id, *keys)
+    assert resumed["eval/accuracy"] == whole["eval/accuracy"] and resumed["train/steps"] == whole["train/steps"] == 12
+
+
+def test_resume_refuses_a_changed_config_and_a_run_without_a_checkpoint(tiny_cfg, tmp_path):
+    from ftsweep.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="resume=/nope: no checkpoint there"):
+        train(tiny_cfg("max_steps=2", "resume=/nope"))
+    train(tiny_cfg("max_steps=2"), output_dir=tmp_path / "done")
+    run_id = json.loads((tmp_path / "done" / "metrics.json").read_text())["run_id"]
+    with pytest.raises(ConfigError, match=f"resume={run_id}: it never wrote a checkpoint"):
+        train(tiny_cfg("max_steps=2", f"resume={run_id}"))
