@@ -43,6 +43,8 @@ def app(cfg: DictConfig) -> dict[str, float]:
     sweep_job = hc.mode == RunMode.MULTIRUN
     try:
         link = None
+        if cfg.resume and not sweep_job:
+            cfg = _with_resumed_settings(cfg, list(hc.overrides.task))
         if cfg.sweep.trial_id is not None:
             from ftsweep.sweep.trial_link import TrialLink
 
@@ -64,6 +66,16 @@ def app(cfg: DictConfig) -> dict[str, float]:
         raise optuna.TrialPruned(f"pruned at step {link.pruned_at}")  # its MLflow run has ended FINISHED
     log.info("  ".join(f"{k}={metrics[k]:.4g}" for k in SUMMARY if k in metrics))
     return metrics
+
+
+def _with_resumed_settings(cfg: DictConfig, task_overrides: list[str]) -> DictConfig:
+    """`python -m ftsweep resume=RUN_ID` alone: the interrupted run's overrides, with the command line's on top."""
+    from ftsweep import checkpoint
+    from ftsweep.config import compose_config
+    from ftsweep.tracking import Tracker
+
+    where = checkpoint.locate(cfg.resume, Tracker().client)
+    return compose_config(*checkpoint.overrides_of(where), *task_overrides)
 
 
 def main(install_signals: bool = True) -> None:

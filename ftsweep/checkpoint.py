@@ -34,6 +34,16 @@ def save(path: Path, model: nn.Module, optimizer, scheduler, loop_state: dict, r
              "model": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad},
              "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "loop": loop_state}
     artifacts.atomic_write(path, lambda f: torch.save(state, f), binary=True)
+    # Beside it, small: what `python -m ftsweep resume=...` needs to compose the same config again.
+    artifacts.write_json(path.with_suffix(".json"), {"run_id": run_id, "overrides": list(overrides)})
+
+
+def overrides_of(path: Path) -> list[str]:
+    """The command-line overrides of the run that wrote this checkpoint."""
+    import json
+
+    meta = path.with_suffix(".json")
+    return json.loads(meta.read_text())["overrides"] if meta.is_file() else []
 
 
 def locate(value: str, tracking_client=None) -> Path:

@@ -373,9 +373,13 @@ CONF_DIR = _conf_dir()
 
 
 def compose_config(*overrides: str) -> DictConfig:
-    """conf/config.yaml with overrides, as `python -m ftsweep` would compose it (for scripts and tests)."""
+    """conf/config.yaml with overrides, as `python -m ftsweep` would compose it (for scripts and tests; inside
+    the running app, with the app's own search path)."""
     from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
 
+    if GlobalHydra.instance().is_initialized():
+        return compose(config_name="config", overrides=list(overrides))
     with initialize_config_dir(config_dir=str(CONF_DIR)):
         return compose(config_name="config", overrides=list(overrides))
 

@@ -183,7 +183,7 @@ def train(cfg: DictConfig | TrainConfig, output_dir: str | Path | None = None, o
     seed_everything(tc.seed)
     tracker = tracker or Tracker()
     tracker.experiment_id(tc.experiment_name or tc.data.name)  # a store that cannot work fails before data loads
-    ck = None
+    ck, where = None, None
     if tc.resume:
         where = checkpoint.locate(tc.resume, tracker.client)
         ck = checkpoint.load(where)
@@ -237,7 +237,9 @@ def train(cfg: DictConfig | TrainConfig, output_dir: str | Path | None = None, o
                      resume=ck["loop"] if ck else None)
         metrics = finish(tc, tracker, result, model, optimizer, memory, splits, loaders.total_steps, params, out_dir)
         tracker.end("FINISHED")
-        ckpt_path.unlink(missing_ok=True)  # finished: nothing to resume
+        for done in {ckpt_path, where or ckpt_path}:  # finished: nothing to resume (the one resumed from included)
+            done.unlink(missing_ok=True)
+            done.with_suffix(".json").unlink(missing_ok=True)
         return metrics
     except BaseException as exc:
         with interrupt.deferred():  # a second Ctrl-C must not leave the run RUNNING

@@ -261,3 +261,26 @@ def test_a_sweep_on_a_tracking_server_that_is_not_mlflow_stops_before_any_study(
     [line] = [l for l in output.splitlines() if l.startswith("ftsweep: error:")]
     assert f"MLflow tracking store http://127.0.0.1:{port} is not usable" in line and "<" not in line
     assert not (tmp_path / "multirun" / "optuna.db").exists()
+
+
+def test_sigterm_writes_a_checkpoint_and_resume_with_the_run_id_alone_finishes_that_run(cli, tmp_path):
+    toy = write_csv(tmp_path / "toy.csv", toy_rows(64))
+    proc = start(cli, "model=tiny", "data=local", f"data.train_file={toy}", "progress_bar=false", "epochs=1000",
+                 "max_steps=200", "log_every_steps=5", "checkpoint_every_steps=20")
+    db = mlflow_db()
+    wait_for(lambda: db.exists() and query(db, "select count(*) from metrics where key='train/loss'")[0][0] >= 6,
+             "a checkpoint's worth of steps")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err
+    [(run_id, status)] = query(db, "select run_uuid, status from runs")
+    assert status == "KILLED"
+    [(checkpoint,)] = query(db, f"select value from tags where run_uuid='{run_id}' and key='ftsweep.checkpoint'")
+    assert Path(checkpoint).is_file()
+
+    resumed = cli.run(f"resume={run_id}", "progress_bar=false")  # the rest of the settings come from the checkpoint
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert query(db, "select run_uuid, status from runs") == [(run_id, "FINISHED")]
+    steps = [s for (s,) in query(db, f"select step from metrics where run_uuid='{run_id}' and key='train/loss'")]
+    assert sorted(steps) == list(range(5, 201, 5))  # every logged step exactly once, before and after the cut
+    assert not Path(checkpoint).exists()  # finished: removed
