@@ -169,6 +169,17 @@ def _read(cfg: DataConfig) -> tuple[pd.DataFrame, pd.DataFrame | None, str, str]
     return builtin[cfg.name](), None, cfg.name, cfg.name
 
 
+def sources(cfg: DataConfig) -> tuple[str, str]:
+    """Where the train and eval data were read from, for the record (MLflow's dataset inputs)."""
+    if isinstance(cfg, LocalDataConfig):
+        return str(Path(cfg.train_file).resolve()), str(Path(cfg.eval_file or cfg.train_file).resolve())
+    if isinstance(cfg, HubDataConfig):
+        return cfg.path, cfg.path
+    asset = {"imdb": assets.IMDB, "bbc_news": assets.BBC_NEWS}.get(cfg.name)
+    source = str(assets.cache_dir() / asset.name) if asset else cfg.name
+    return source, source
+
+
 # --------------------------------------------------------------------------- checking
 def _columns(df: pd.DataFrame, cfg: DataConfig, source: str) -> tuple[list[str], list]:
     for role, col in (("text", cfg.text_column), ("label", cfg.label_column)):

@@ -230,6 +230,8 @@ def _prompt_tuning(model: nn.Module, cfg: PromptTuningMethodConfig, total_steps:
     return _peft(model, prompt, "method=prompt_tuning")
 
 
+PEFT_METHODS = ("lora", "qlora", "adalora", "ia3", "prompt_tuning")  # they train an adapter on a frozen base
+
 METHODS: dict[str, Callable[[nn.Module, Any, int], nn.Module]] = {
     "full": lambda model, cfg, total_steps: model,
     "head": lambda model, cfg, total_steps: _train_only(model, lambda name: False),

@@ -171,6 +171,19 @@ class Tracker:
         batch = [RunTag(k, redact(str(v))[:5000]) for k, v in tags.items()]
         _retry(lambda: self.client.log_batch(self.run_id, tags=batch))
 
+    def log_dataset(self, df, name: str, source: str, context: str, targets: str = "label") -> None:
+        """A data set as an MLflow dataset input (name, digest, source, schema): the run page's Datasets column."""
+        import warnings
+
+        import mlflow.data
+        from mlflow.entities import DatasetInput, InputTag
+
+        with warnings.catch_warnings():  # a source string MLflow could read two ways: it picks the local one
+            warnings.simplefilter("ignore")
+            dataset = mlflow.data.from_pandas(df, source=source, name=name, targets=targets)
+        entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])
+        _retry(lambda: self.client.log_inputs(self.run_id, datasets=[entity]))
+
     def log_artifact(self, path: str | Path) -> None:
         self.client.log_artifact(self.run_id, str(path))
 

@@ -16,14 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 import ftsweep
-from ftsweep import artifacts, checkpoint, interrupt
+from ftsweep import artifacts, checkpoint, interrupt, keep
 from ftsweep import data as data_mod
 from ftsweep import model as model_mod
-from ftsweep.config import LoraMethodConfig, Precision, TrainConfig, validate
+from ftsweep.config import LoraMethodConfig, Precision, SaveModel, TinyModelConfig, TrainConfig, validate
 from ftsweep.errors import ConfigError, FtsweepError, first_line
 from ftsweep.loop import (FitResult, Hooks, LoopSettings, build_optimizer, build_scheduler, fit, seed_everything,
                           total_optimizer_steps)
@@ -116,23 +117,32 @@ def setup_data(tc: TrainConfig, splits: data_mod.TextSplits, tokenizer) -> Loade
     return Loaders(train, evaluation, total_optimizer_steps(len(train), tc.grad_accum_steps, tc.epochs, tc.max_steps))
 
 
-def setup_model(tc: TrainConfig, splits: data_mod.TextSplits, tokenizer, total_steps: int, device: torch.device):
-    model = model_mod.to_device(model_mod.build(tc.model, tc.method, splits.label_names, tokenizer, total_steps),
-                                device)
+def setup_model(tc: TrainConfig, splits: data_mod.TextSplits, tokenizer, total_steps: int, device: torch.device,
+                out_dir: Path):
+    base = model_mod.load_model(tc.model, splits.label_names, tokenizer, tc.method)
+    if isinstance(tc.model, TinyModelConfig) and tc.method.name in model_mod.PEFT_METHODS \
+            and tc.save_model != SaveModel.none:
+        keep.save_base(base, out_dir / "base_model")  # random weights: a kept adapter needs them on disk
+    model = model_mod.to_device(model_mod.apply_method(base, tc.method, total_steps), device)
     if tc.gradient_checkpointing:
         # Non-reentrant checkpointing also works when the embeddings are frozen (LoRA, prompt tuning).
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
 
 
-def log_inputs(tracker: Tracker, raw: DictConfig, resolved: dict, overrides: list[str] | None,
+def log_inputs(tracker: Tracker, tc: TrainConfig, raw: DictConfig, resolved: dict, overrides: list[str] | None,
                splits: data_mod.TextSplits) -> None:
-    """What went in: the resolved config as params and YAML, the overrides, the label map."""
+    """What went in: the resolved config as params and YAML, the overrides, the label map, the data sets."""
     tracker.log_params(flatten(resolved))
     tracker.log_text(OmegaConf.to_yaml(raw, resolve=True), "config.yaml")
     tracker.log_text("\n".join(overrides or []) + "\n", "overrides.txt")
     label_map = dict(enumerate(splits.label_names))
     tracker.log_json(label_map, "label_map.json")
+    train_source, eval_source = data_mod.sources(tc.data)
+    for context, texts, labels, source in (("train", splits.train_texts, splits.train_labels, train_source),
+                                           ("eval", splits.eval_texts, splits.eval_labels, eval_source)):
+        frame = pd.DataFrame({"text": texts, "label": [splits.label_names[i] for i in labels]})
+        tracker.log_dataset(frame, f"{tc.data.name}-{context}", source, context)
     tracker.log_params({"label_map": json.dumps(label_map), "num_labels": splits.num_labels,
                         "train_samples": len(splits.train_texts), "eval_samples": len(splits.eval_texts)})
 
@@ -171,6 +181,26 @@ def finish(tc: TrainConfig, tracker: Tracker, result: FitResult, model, optimize
     return metrics
 
 
+def keep_model(tc: TrainConfig, tracker: Tracker, model, tokenizer, splits: data_mod.TextSplits,
+               out_dir: Path) -> None:
+    """save_model: a single run keeps its model (best or all); a sweep's trial logs it only for `all`, and for
+    `best` leaves a folder that the sweeper logs and registers if this trial wins (ftsweep/sweep/runner.py)."""
+    if tc.save_model == SaveModel.none:
+        return
+    model = model.to("cpu")
+    try:
+        if tc.sweep.trial_id is not None and tc.save_model == SaveModel.best:
+            keep.save_folder(model, tokenizer, out_dir / keep.MODEL_NAME, splits.eval_texts)
+            return
+        uri = keep.log_model(tracker.tracking_uri, tracker.run_id, model, tokenizer, splits.eval_texts,
+                             splits.label_names)
+        tracker.set_tags({"ftsweep.model_uri": uri})
+        log.info("model kept: %s (also runs:/%s/%s)", uri, tracker.run_id, keep.MODEL_NAME)
+    except OSError as exc:  # disk full, read-only artifact store: the metrics are already safe
+        raise FtsweepError(f"could not keep the model ({exc.strerror or exc}); its metrics are logged and saved "
+                           f"in {out_dir / 'metrics.json'}") from exc
+
+
 def train(cfg: DictConfig | TrainConfig, output_dir: str | Path | None = None, overrides: list[str] | None = None,
           tracker: Tracker | None = None, hooks: Hooks | None = None) -> dict[str, float]:
     """Fine-tune as configured; return the final metrics (all logged to MLflow)."""
@@ -207,11 +237,11 @@ def train(cfg: DictConfig | TrainConfig, output_dir: str | Path | None = None, o
     try:
         hooks.on_start(tracker.run_id)
         if not resumed:
-            log_inputs(tracker, raw, resolved, overrides, splits)
+            log_inputs(tracker, tc, raw, resolved, overrides, splits)
         if tc.checkpoint_every_steps:
             tracker.set_tags({checkpoint.RUN_TAG: str(ckpt_path)})
         loaders = setup_data(tc, splits, tokenizer)
-        model = setup_model(tc, splits, tokenizer, loaders.total_steps, device)
+        model = setup_model(tc, splits, tokenizer, loaders.total_steps, device, out_dir)
         params = param_counts(model)
         if not resumed:
             tracker.log_metrics(params, step=0)
@@ -236,6 +266,7 @@ def train(cfg: DictConfig | TrainConfig, output_dir: str | Path | None = None, o
                      checkpoint=save_checkpoint if tc.checkpoint_every_steps else None,
                      resume=ck["loop"] if ck else None)
         metrics = finish(tc, tracker, result, model, optimizer, memory, splits, loaders.total_steps, params, out_dir)
+        keep_model(tc, tracker, model, tokenizer, splits, out_dir)
         tracker.end("FINISHED")
         for done in {ckpt_path, where or ckpt_path}:  # finished: nothing to resume (the one resumed from included)
             done.unlink(missing_ok=True)

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -201,6 +202,13 @@ class SweepRunner:
             [parent.client.get_run(parent.run_id).info.experiment_id],
             f"tags.`mlflow.parentRunId` = '{parent.run_id}'", max_results=10000)
         parent.log_metrics(results.sweep_metrics(result, [c.data.metrics for c in children]), step=0)
+        save_model = self.config.get("save_model", "none")
+        if getattr(save_model, "value", save_model) != "none":
+            try:  # the results above are already safe whatever happens here
+                self._keep_best_model(result, children, parent, delete_others=getattr(save_model, "value",
+                                                                                      save_model) == "best")
+            except Exception as exc:
+                log.warning("could not keep the best trial's model: %s", first_line(exc, with_type=True))
         try:  # the report is a view of results already saved: it must never fail the sweep
             from ftsweep.report import make_report
 
@@ -209,6 +217,43 @@ class SweepRunner:
             log.warning("could not write the report (%s); rerun python -m ftsweep.report --sweep %s",
                         first_line(exc, with_type=True), parent.run_id)
         return result
+
+    def _keep_best_model(self, result: dict[str, Any], children: list, parent: Tracker, delete_others: bool) -> None:
+        """save_model=best: log the best trial's model (on the objective; for a Pareto search, the report's
+        answer: the most accurate feasible trial) to its run, register it as `ftsweep-<experiment>@best`, and
+        delete the other trials' model folders. save_model=all: every trial logged its own; register the best."""
+        from ftsweep import keep
+
+        finished = {c.info.run_id: c for c in children if c.info.status == "FINISHED"
+                    and c.data.tags.get("pruned") != "true"}
+        best_id = result.get("best_mlflow_run_id")
+        if len(self.d.objectives) > 1 or best_id not in finished:
+            feasible = [c for c in finished.values() if self._feasible(c)]
+            best_id = max(feasible, key=lambda c: c.data.metrics.get("eval/accuracy", -1.0)).info.run_id \
+                if feasible else None
+        if best_id is None:
+            return
+        best = finished[best_id]
+        folder = self.sweep_dir / f"trial_{best.data.tags.get('optuna.trial_number')}" / keep.MODEL_NAME
+        uri = best.data.tags.get("ftsweep.model_uri")
+        if uri is None and folder.is_dir():
+            model, tokenizer = keep.load_folder(folder)
+            labels = [model.config.id2label[i] for i in range(len(model.config.id2label))]
+            uri = keep.log_model(parent.tracking_uri, best_id, model, tokenizer, keep.examples_of(folder), labels)
+            parent.client.set_tag(best_id, "ftsweep.model_uri", uri)
+        if uri is None:
+            return  # trials of an earlier sweep without models
+        experiment = parent.client.get_experiment(best.info.experiment_id).name
+        registered = keep.register(parent.tracking_uri, uri, best_id, keep.registered_name(experiment))
+        parent.set_tags({"ftsweep.best_model": registered, "ftsweep.best_run_id": best_id})
+        log.info("best trial's model: %s (run %s)", registered, best_id)
+        if delete_others:
+            for other in self.sweep_dir.glob(f"trial_*/{keep.MODEL_NAME}"):
+                if other != folder:
+                    shutil.rmtree(other, ignore_errors=True)
+
+    def _feasible(self, run) -> bool:
+        return all(run.data.metrics.get(k, math.inf) <= bound for k, bound in self.d.constraints.items())
 
     def run(self) -> dict[str, Any]:
         with interrupt.deferred():  # a study without its parent run would be a half-made sweep

@@ -1,0 +1,135 @@
+"""Keeping a fine-tuned model: a folder on disk, an MLflow model that MLflow itself loads and serves, and a
+registered version with the alias `best`.
+
+A full fine-tune is saved whole. LoRA and the other peft methods keep their adapter only (and the head),
+with the path of the base folder they were trained on; MLflow's transformers flavor records that path, so
+`mlflow.pyfunc.load_model` and `mlflow models serve` still load the model in one call. The tiny test model
+has no weights folder of its own, so its random base is written beside the run first.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+log = logging.getLogger("ftsweep")
+
+MODEL_NAME = "model"  # the logged model's name in its run
+ALIAS = "best"
+
+
+def is_peft(model) -> bool:
+    return hasattr(model, "peft_config")
+
+
+def base_folder(model) -> Optional[str]:
+    """The local folder a peft model's base comes from (None for a full model)."""
+    if not is_peft(model):
+        return None
+    return next(iter(model.peft_config.values())).base_model_name_or_path
+
+
+def save_base(base_model, folder: Path) -> None:
+    """Write a base model that exists only in memory (the tiny random BERT) and point its config at the folder,
+    so that an adapter trained on it records where its base is."""
+    base_model.save_pretrained(folder)
+    base_model.config._name_or_path = str(folder.resolve())
+    base_model.name_or_path = str(folder.resolve())
+
+
+EXAMPLES = "input_example.json"
+
+
+def save_folder(model, tokenizer, folder: Path, examples: list[str]) -> Path:
+    """The model (or its adapter), its tokenizer and two example inputs as a Hugging Face folder."""
+    from ftsweep.artifacts import write_json
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # transformers' deprecation notices inside peft's save
+        model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    write_json(folder / EXAMPLES, list(examples[:2]))
+    return folder
+
+
+def examples_of(folder: Path) -> list[str]:
+    import json
+
+    path = Path(folder) / EXAMPLES
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def load_folder(folder: str | Path):
+    """(model, tokenizer) from a folder written by save_folder: a full model or an adapter on its base."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    folder = Path(folder)
+    if (folder / "adapter_config.json").is_file():
+        from peft import AutoPeftModelForSequenceClassification
+
+        model = AutoPeftModelForSequenceClassification.from_pretrained(folder)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(folder)
+    return model.eval(), AutoTokenizer.from_pretrained(folder)
+
+
+def log_model(tracking_uri: str, run_id: str, model, tokenizer, examples: list[str],
+              label_names: list[str]) -> str:
+    """Log to an existing (possibly finished) run as an MLflow transformers model; returns its models:/ URI."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    import ftsweep
+
+    client = MlflowClient(tracking_uri)
+    mlflow.set_tracking_uri(tracking_uri)
+    # The logged model belongs to the run's experiment (without this MLflow files it under experiment 0).
+    mlflow.set_experiment(experiment_id=client.get_run(run_id).info.experiment_id)
+    import torch
+    import transformers
+
+    # Explicit requirements: MLflow's inferred default imports torchvision, which ftsweep does not need.
+    requirements = [f"mlflow=={mlflow.__version__}", f"transformers=={transformers.__version__}",
+                    f"torch=={torch.__version__.split('+')[0]}", f"ftsweep=={ftsweep.__version__}"]
+    extra: dict[str, Any] = {}
+    if is_peft(model):
+        import peft
+
+        requirements.append(f"peft=={peft.__version__}")
+        extra["base_model_path"] = base_folder(model)
+    from ftsweep.errors import quiet_logs
+
+    with warnings.catch_warnings(), quiet_logs("mlflow.transformers", "mlflow.models"):
+        warnings.simplefilter("ignore", FutureWarning)
+        info = mlflow.transformers.log_model(
+            transformers_model={"model": model, "tokenizer": tokenizer}, name=MODEL_NAME, task="text-classification",
+            input_example=list(examples[:2]) or None, run_id=run_id, pip_requirements=requirements,
+            metadata={"label_map": dict(enumerate(label_names))}, **extra)
+    return info.model_uri
+
+
+def register(tracking_uri: str, model_uri: str, run_id: str, name: str) -> str:
+    """Registered model `name` with the alias `best` on this run's model (a new version unless it already is);
+    returns `models:/name@best`."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    try:
+        if client.get_model_version_by_alias(name, ALIAS).run_id == run_id:
+            return f"models:/{name}@{ALIAS}"  # a resumed sweep whose best did not change
+    except MlflowException:
+        pass  # no such model or alias yet
+    mlflow.set_tracking_uri(tracking_uri)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "registering model based on models:/m-... instead"
+        version = mlflow.register_model(model_uri, name)
+    client.set_registered_model_alias(name, ALIAS, version.version)
+    return f"models:/{name}@{ALIAS}"
+
+
+def registered_name(experiment: str) -> str:
+    return f"ftsweep-{experiment}"
