@@ -42,6 +42,13 @@ def save_base(base_model, folder: Path) -> None:
 EXAMPLES = "input_example.json"
 
 
+def set_length(tokenizer, max_length: int, tail: bool) -> None:
+    """Make the kept tokenizer cut texts as training did: to max_length tokens, specials included, keeping the
+    head (or the tail). ftsweep's head_tail truncation has no tokenizer equivalent: a kept model keeps the head."""
+    tokenizer.model_max_length = max_length
+    tokenizer.truncation_side = "left" if tail else "right"
+
+
 def save_folder(model, tokenizer, folder: Path, examples: list[str]) -> Path:
     """The model (or its adapter), its tokenizer and two example inputs as a Hugging Face folder."""
     from ftsweep.artifacts import write_json
@@ -106,7 +113,9 @@ def log_model(tracking_uri: str, run_id: str, model, tokenizer, examples: list[s
         info = mlflow.transformers.log_model(
             transformers_model={"model": model, "tokenizer": tokenizer}, name=MODEL_NAME, task="text-classification",
             input_example=list(examples[:2]) or None, run_id=run_id, pip_requirements=requirements,
-            metadata={"label_map": dict(enumerate(label_names))}, **extra)
+            metadata={"label_map": dict(enumerate(label_names))},
+            model_config={"truncation": True},  # served texts are cut to the trained length, like predict's
+            **extra)
     return info.model_uri
 
 

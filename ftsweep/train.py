@@ -188,6 +188,7 @@ def keep_model(tc: TrainConfig, tracker: Tracker, model, tokenizer, splits: data
     if tc.save_model == SaveModel.none:
         return
     model = model.to("cpu")
+    keep.set_length(tokenizer, tc.data.max_length, tail=tc.data.truncation.value == "tail")
     try:
         if tc.sweep.trial_id is not None and tc.save_model == SaveModel.best:
             keep.save_folder(model, tokenizer, out_dir / keep.MODEL_NAME, splits.eval_texts)

@@ -1,0 +1,97 @@
+"""Kept models: logged with MLflow's transformers flavor, loaded back in one call, and `ftsweep.predict` on them."""
+
+import json
+import os
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from ftsweep.errors import FtsweepError
+from ftsweep.predict import parse, predict
+from ftsweep.train import train
+from tests.conftest import toy_rows, write_csv
+
+
+def kept(tiny_cfg, tmp_path, *overrides):
+    """Train on the toy set, keep the model; (metrics, the run, the MLflow client)."""
+    metrics = train(tiny_cfg("epochs=3", *overrides), output_dir=tmp_path / "out")
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    run = client.get_run(json.loads((tmp_path / "out" / "metrics.json").read_text())["run_id"])
+    return metrics, run, client
+
+
+def eval_texts(toy_csv):
+    """The eval split exactly as the run saw it (the split is seeded)."""
+    from ftsweep.config import LocalDataConfig
+    from ftsweep.data import load_splits
+
+    splits = load_splits(LocalDataConfig(name="local", train_file=str(toy_csv)))
+    return splits.eval_texts, [splits.label_names[i] for i in splits.eval_labels]
+
+
+@pytest.mark.parametrize("method, lr", [("full", "5e-3"), ("lora", "5e-2")])
+def test_a_run_keeps_a_model_mlflow_loads_in_one_call_and_predict_agrees_with_the_final_eval(
+        tiny_cfg, toy_csv, tmp_path, method, lr):
+    metrics, run, client = kept(tiny_cfg, tmp_path, f"method={method}", f"lr={lr}")
+    uri = run.data.tags["ftsweep.model_uri"]
+    assert [o.model_id for o in run.outputs.model_outputs] == [uri.split("/")[-1]]  # the run page's Logged models
+    texts, truth = eval_texts(toy_csv)
+
+    served = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model").predict(texts)  # what `serve` answers
+    pd.DataFrame({"review": texts}).to_csv(tmp_path / "texts.csv", index=False)
+    out = predict(uri, str(tmp_path / "texts.csv"), str(tmp_path / "preds.csv"), text_column="review",
+                  progress=False)
+    assert list(out["label"]) == list(served["label"])
+    accuracy = sum(p == t for p, t in zip(out["label"], truth)) / len(truth)
+    assert 0.6 < accuracy  # it learnt something: agreement is not two blank guesses
+    assert accuracy == pytest.approx(metrics["eval/accuracy"])  # the same texts, model and cut as the final eval
+    written = pd.read_csv(tmp_path / "preds.csv")
+    assert list(written.columns) == ["review", "label", "prob_neg", "prob_pos"]
+    assert list(written["review"]) == texts  # rows keep their order
+    assert (written[["prob_neg", "prob_pos"]].sum(axis=1) - 1).abs().max() < 1e-6
+
+
+def test_a_lora_model_is_kept_as_its_adapter_on_the_base_folder(tiny_cfg, tmp_path):
+    _, run, _ = kept(tiny_cfg, tmp_path, "method=lora")
+    local = mlflow.artifacts.download_artifacts(run.data.tags["ftsweep.model_uri"], dst_path=str(tmp_path / "dl"))
+    files = {p.relative_to(local).as_posix() for p in __import__("pathlib").Path(local).rglob("*") if p.is_file()}
+    assert any(f.startswith("peft/") and f.endswith("adapter_model.safetensors") for f in files)
+    assert not any(f.endswith("model.safetensors") and not f.startswith("peft/") for f in files)  # no base copy
+    mlmodel = (__import__("pathlib").Path(local) / "MLmodel").read_text()
+    assert str(tmp_path / "out" / "base_model") in mlmodel  # the base it loads from
+
+
+def test_datasets_are_logged_as_inputs_with_their_context(tiny_cfg, toy_csv, tmp_path):
+    _, run, _ = kept(tiny_cfg, tmp_path, "save_model=none")
+    inputs = {next(t.value for t in d.tags if t.key == "mlflow.data.context"): d.dataset
+              for d in run.inputs.dataset_inputs}
+    assert set(inputs) == {"train", "eval"}
+    assert inputs["train"].name == "local-train" and str(toy_csv) in inputs["train"].source
+    assert inputs["train"].digest != inputs["eval"].digest
+    assert "ftsweep.model_uri" not in run.data.tags and not run.outputs.model_outputs  # save_model=none
+
+
+def test_predict_bad_input_is_one_line(tiny_cfg, tmp_path):
+    with pytest.raises(FtsweepError, match="unknown argument 'modle=x'"):
+        parse(["modle=x", "input=a", "output=b"])
+    with pytest.raises(FtsweepError, match="missing output=..."):
+        parse(["model=x", "input=a"])
+    texts = write_csv(tmp_path / "texts.csv", toy_rows(4), header=("body", "label"))
+    with pytest.raises(FtsweepError, match="no text column 'text' .*set text_column"):
+        predict("unused", str(texts), str(tmp_path / "p.csv"))
+    (tmp_path / "empty.csv").write_bytes(b"")
+    with pytest.raises(FtsweepError, match="is empty"):
+        predict("unused", str(tmp_path / "empty.csv"), str(tmp_path / "p.csv"))
+    from transformers import BertConfig, BertModel
+
+    encoder = tmp_path / "encoder"
+    BertModel(BertConfig(vocab_size=100, hidden_size=8, num_hidden_layers=1, num_attention_heads=1,
+                         intermediate_size=8)).save_pretrained(encoder)
+    good = write_csv(tmp_path / "good.csv", toy_rows(4))
+    with pytest.raises(FtsweepError, match="is not a text classifier \\(BertModel\\)"):
+        predict(str(encoder), str(good), str(tmp_path / "p.csv"))
+    with pytest.raises(FtsweepError, match="could not load model=runs:/0123456789abcdef0123456789abcdef/model"):
+        predict("runs:/0123456789abcdef0123456789abcdef/model", str(good), str(tmp_path / "p.csv"))
+    assert not (tmp_path / "p.csv").exists()
