@@ -95,3 +95,48 @@ def test_predict_bad_input_is_one_line(tiny_cfg, tmp_path):
     with pytest.raises(FtsweepError, match="could not load model=runs:/0123456789abcdef0123456789abcdef/model"):
         predict("runs:/0123456789abcdef0123456789abcdef/model", str(good), str(tmp_path / "p.csv"))
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_a_sweeps_best_model_is_registered_served_and_predicted_from_the_command_line(cli, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    from tests.conftest import free_port, wait_http
+
+    toy = write_csv(tmp_path / "toy.csv", toy_rows(160))
+    proc = cli.sweep("model=tiny", "data=local", f"data.train_file={toy}", "progress_bar=false", "epochs=2",
+                     "method=full,lora")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    version = client.get_model_version_by_alias("ftsweep-local", "best")
+    [parent] = client.search_runs([client.get_experiment_by_name("local").experiment_id],
+                                  "tags.`ftsweep.role` = 'sweep'")
+    assert version.run_id == parent.data.tags["ftsweep.best_run_id"]
+    assert parent.data.tags["ftsweep.best_model"] == "models:/ftsweep-local@best"
+    kept_folders = list((tmp_path / "multirun").glob("*/trial_*/model"))
+    assert len(kept_folders) == 1  # save_model=best: the other trial's folder is gone
+
+    texts = ["good great excellent film", "bad awful boring plot", "the movie was superb and lovely"]
+    pd.DataFrame({"text": texts}).to_csv(tmp_path / "new.csv", index=False)
+    predicted = cli.run("model=models:/ftsweep-local@best", f"input={tmp_path / 'new.csv'}",
+                        f"output={tmp_path / 'preds.csv'}", module="ftsweep.predict")
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    labels = list(pd.read_csv(tmp_path / "preds.csv")["label"])
+
+    port = free_port()
+    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/ftsweep-local@best",
+                               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)], cwd=tmp_path, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/ping", timeout_s=120)
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", method="POST",
+                                         data=json.dumps({"inputs": texts}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        answer = json.loads(urllib.request.urlopen(request, timeout=60).read())["predictions"]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    assert [a["label"] for a in answer] == labels  # served and predicted agree

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import urllib.request
@@ -186,8 +187,14 @@ def test_mlflow_ui_in_a_real_browser(cli, chromium):
 
         runs_page = chromium(f"{base}/#/experiments/{exp.experiment_id}/runs", "--dump-dom")
         assert "local" in runs_page.stdout and parent.info.run_name in runs_page.stdout
-        run_page = chromium(f"{base}/#/experiments/{exp.experiment_id}/runs/{child.info.run_id}", "--dump-dom")
-        assert child.info.run_name in run_page.stdout
+        best = client.get_run(parent.data.tags["ftsweep.best_run_id"])
+        run_page = chromium(f"{base}/#/experiments/{exp.experiment_id}/runs/{best.info.run_id}", "--dump-dom")
+        ARTIFACTS.mkdir(exist_ok=True)
+        (ARTIFACTS / "mlflow_ui_run.html").write_text(run_page.stdout)
+        assert best.info.run_name in run_page.stdout
+        text = " ".join(re.sub(r"<[^>]+>", " ", run_page.stdout).split())  # what a reader sees on the run page
+        assert "Logged models (1)" in text and "Datasets local-train (" in text  # what came out and went in
+        assert "Registered models ftsweep-local v1" in text
         for metric in ("eval/accuracy", "eval/f1_macro", "perf/step_time_ms", "mem/cpu_peak_rss_mb",
                        "params/trainable_pct"):
             assert metric in run_page.stdout, metric
