@@ -237,6 +237,8 @@ def train(cfg: DictConfig | TrainConfig, output_dir: str | Path | None = None, o
     model = None
     try:
         hooks.on_start(tracker.run_id)
+        if resumed and hooks.tags:
+            tracker.set_tags(hooks.tags)  # a sweep's trial that took over an interrupted trial's run
         if not resumed:
             log_inputs(tracker, tc, raw, resolved, overrides, splits)
         if tc.checkpoint_every_steps:

@@ -284,3 +284,23 @@ def test_sigterm_writes_a_checkpoint_and_resume_with_the_run_id_alone_finishes_t
     steps = [s for (s,) in query(db, f"select step from metrics where run_uuid='{run_id}' and key='train/loss'")]
     assert sorted(steps) == list(range(5, 201, 5))  # every logged step exactly once, before and after the cut
     assert not Path(checkpoint).exists()  # finished: removed
+
+
+def test_an_interrupted_trial_resumes_from_its_checkpoint_when_the_sweep_runs_again(cli, tmp_path):
+    args = [*sweep_args(tmp_path), "max_steps=60", "epochs=1000", "log_every_steps=5", "checkpoint_every_steps=10"]
+    proc = start(cli, *args)
+    db = mlflow_db()
+    wait_for(lambda: db.exists() and query(db, "select count(*) from metrics where key='train/loss'")[0][0] >= 5,
+             "two checkpoints of the first trial")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-3000:]
+    [(cut_run,)] = query(db, "select run_uuid from runs where status='KILLED'")
+
+    resumed = start(cli, *args)
+    _, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err[-3000:]
+    assert completed_trials(tmp_path) == [4, 8]
+    assert sorted(run_statuses()) == ["FINISHED"] * 3  # the parent and two trials: the cut run was continued
+    steps = [s for (s,) in query(db, f"select step from metrics where run_uuid='{cut_run}' and key='train/loss'")]
+    assert sorted(steps) == list(range(5, 61, 5))  # from its checkpoint, not from step 0: every step once

@@ -260,3 +260,14 @@ def test_a_sweep_over_models_is_summarised_per_method_and_model_against_full_on_
     assert summary["lora (mpnet_base)"]["accuracy_lost_vs_full"] == pytest.approx(0.01)
     assert summary["lora (mpnet_base)"]["memory_saved_vs_full_pct"] == pytest.approx(50.0)
     assert summary["lora (minilm)"]["memory_saved_vs_full_pct"] == pytest.approx(100 * (1 - 600 / 900))
+
+
+def test_a_sweep_over_minilm_and_mpnet_base_compares_the_models(cli):
+    """The model axis on the two real pre-trained models (MPNet-base from its five wheels, cached per session)."""
+    proc = cli.sweep("model=minilm,mpnet_base", "data.max_train_samples=16", "data.max_eval_samples=16",
+                     "data.max_length=32", "batch_size=8", "max_steps=1", "progress_bar=false", "save_model=none")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = (study_dir(cli.cwd) / "report.md").read_text()
+    assert "full (minilm)" in report and "full (mpnet_base)" in report
+    rows = [line for line in report.splitlines() if line.startswith("| full (")]
+    assert len(rows) >= 2 and (study_dir(cli.cwd) / "accuracy_vs_memory.png").exists()

@@ -31,6 +31,7 @@ from ftsweep.sweep.trial_link import OBJECTIVES_ATTR, PARENT_RUN_ATTR, PRUNER_AT
 from ftsweep.tracking import Tracker, redact
 
 log = logging.getLogger("ftsweep.sweep")
+RESUME_ATTR = "ftsweep_checkpoint"  # on a FAILed interrupted trial: the checkpoint its rerun starts from
 
 
 def trial_id(trial: Trial | FrozenTrial) -> int:
@@ -108,8 +109,12 @@ class SweepRunner:
 
     # ---- claiming
     def _fail_for_rerun(self, study: optuna.Study, trial: FrozenTrial, error: str) -> None:
-        """FAIL a trial that did not get to finish, so that it does not count and its parameters run again."""
+        """FAIL a trial that did not get to finish, so that it does not count and its parameters run again
+        (from its checkpoint, when its run wrote one: checkpoint_every_steps)."""
         self.storage.set_trial_system_attr(trial_id(trial), results.STALE, True)
+        checkpoint = _checkpoint_of(trial.user_attrs.get("mlflow_run_id"))
+        if checkpoint:
+            self.storage.set_trial_system_attr(trial_id(trial), RESUME_ATTR, checkpoint)
         self.storage.set_trial_user_attr(trial_id(trial), "error", error[:1000])
         self.storage.set_trial_state_values(trial_id(trial), TrialState.FAIL)
         if self.d.grid is None:
@@ -133,6 +138,11 @@ class SweepRunner:
             room = self.d.n_trials - sum(results.counts(t) for t in trials) - len(running)
             taken = {_key(t.params) for t in trials if results.counts(t) or t.state == TrialState.RUNNING}
             taken |= {_key(t.system_attrs.get("fixed_params", {})) for t in trials if t.state == TrialState.WAITING}
+            # Checkpoints of interrupted trials whose parameters have not run again yet: the rerun starts there.
+            rerun = {_key(t.params) for t in trials if results.counts(t) or t.state == TrialState.RUNNING}
+            resumable = {_key(t.params): t.system_attrs[RESUME_ATTR] for t in trials
+                         if t.system_attrs.get(RESUME_ATTR) and _key(t.params) not in rerun
+                         and Path(t.system_attrs[RESUME_ATTR]).is_file()}
             batch = []
             for _ in range(max(0, min(self.settings.n_jobs, room))):
                 # Seeded by the study's size at this claim (under the lock): reproducible, and neither a resumed
@@ -147,6 +157,9 @@ class SweepRunner:
                 trial = study.ask(fixed_distributions=self.d.space)
                 if self.custom is not None:
                     self.custom(self.config, trial)
+                resume = resumable.pop(_key(trial.params), None)
+                if resume:
+                    trial.set_user_attr("resume_from", resume)
                 for key, value in {"fixed": self.d.fixed, **worker_attrs()}.items():
                     trial.set_user_attr(key, value)
                 batch.append(trial)
@@ -156,7 +169,8 @@ class SweepRunner:
         """The job's command line. Hydra prints and saves it, so the storage URL goes without its password;
         the job gets the real one from the environment it inherits (set in run(); see trial_link.storage_url)."""
         params = {**self.d.fixed, **trial.params}
-        return (*(f"{k}={v}" for k, v in params.items()),
+        resume = trial.user_attrs.get("resume_from")
+        return (*(f"{k}={v}" for k, v in params.items()), *([f"resume='{resume}'"] if resume else []),
                 f"sweep.study={study.study_name}", f"sweep.trial_id={trial_id(trial)}",
                 f"sweep.storage='{redact(self.url)}'",
                 f"hydra.sweep.subdir={study.study_name}/trial_{trial.number}")
@@ -308,6 +322,19 @@ class SweepRunner:
 
 def _key(params: dict[str, Any]) -> str:
     return json.dumps({k: params[k] for k in sorted(params)}, default=str)
+
+
+def _checkpoint_of(run_id: Optional[str]) -> Optional[str]:
+    """The checkpoint file an (interrupted) trial's MLflow run wrote, if it still exists."""
+    if not run_id:
+        return None
+    from ftsweep.checkpoint import RUN_TAG
+
+    try:
+        path = Tracker().client.get_run(run_id).data.tags.get(RUN_TAG)
+    except Exception:  # a store that lost the run: start from step 0
+        return None
+    return path if path and Path(path).is_file() else None
 
 
 def _end_run(run_id: str, error: str) -> None:
