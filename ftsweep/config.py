@@ -99,14 +99,16 @@ class LoraMethodConfig(MethodConfig):
     r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.1
-    target_modules: List[str] = field(default_factory=lambda: ["query", "value"])
+    # null: the model's attention query and value projections (query/value on BERT, q/v on MPNet: model.py)
+    target_modules: Optional[List[str]] = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check(self.r >= 1, f"method.r must be >= 1, got {self.r}")
         _check(self.lora_alpha > 0, f"method.lora_alpha must be > 0, got {self.lora_alpha}")
         _check(0.0 <= self.lora_dropout < 1.0, f"method.lora_dropout must be in [0, 1), got {self.lora_dropout}")
-        _check(len(self.target_modules) > 0, "method.target_modules must name at least one module")
+        _check(self.target_modules is None or len(self.target_modules) > 0,
+               "method.target_modules must name at least one module, or be null")
 
 
 @dataclass

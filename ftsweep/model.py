@@ -194,14 +194,31 @@ def _peft(model: nn.Module, peft_config, what: str) -> nn.Module:
         raise ModelError(f"{what}: {first}") from exc
 
 
+# The attention query and value projections of each architecture: LoRA's targets when method.target_modules is
+# null. (peft has its own table, without MPNet.)
+ATTENTION_QV = {"bert": ["query", "value"], "roberta": ["query", "value"], "xlm-roberta": ["query", "value"],
+                "mpnet": ["q", "v"], "distilbert": ["q_lin", "v_lin"]}
+
+
+def _targets(model: nn.Module, cfg) -> list[str]:
+    if cfg.target_modules:
+        return list(cfg.target_modules)
+    kind = getattr(model.config, "model_type", "?")
+    if kind not in ATTENTION_QV:
+        raise ModelError(f"method.target_modules is null and ftsweep does not know {kind}'s attention layers; "
+                         f"name them, e.g. method.target_modules=[q_proj,v_proj]")
+    return ATTENTION_QV[kind]
+
+
 def _lora(model: nn.Module, cfg: LoraMethodConfig, total_steps: int) -> nn.Module:
     from peft import LoraConfig, TaskType, prepare_model_for_kbit_training
 
     if isinstance(cfg, QLoraMethodConfig):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    targets = _targets(model, cfg)
     lora = LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.r, lora_alpha=cfg.lora_alpha,
-                      lora_dropout=cfg.lora_dropout, target_modules=list(cfg.target_modules))
-    return _peft(model, lora, f"method.target_modules={list(cfg.target_modules)}")
+                      lora_dropout=cfg.lora_dropout, target_modules=targets)
+    return _peft(model, lora, f"method.target_modules={targets}")
 
 
 def _adalora(model: nn.Module, cfg: AdaLoraMethodConfig, total_steps: int) -> nn.Module:
@@ -210,9 +227,9 @@ def _adalora(model: nn.Module, cfg: AdaLoraMethodConfig, total_steps: int) -> nn
     tinit, tfinal = int(cfg.tinit_ratio * total_steps), int(cfg.tfinal_ratio * total_steps)
     ada = AdaLoraConfig(task_type=TaskType.SEQ_CLS, init_r=cfg.init_r, target_r=cfg.target_r,
                         lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                        target_modules=list(cfg.target_modules), total_step=total_steps,
+                        target_modules=_targets(model, cfg), total_step=total_steps,
                         tinit=tinit, tfinal=tfinal, deltaT=cfg.delta_t)
-    return _peft(model, ada, f"method.target_modules={list(cfg.target_modules)}")
+    return _peft(model, ada, f"method.target_modules={_targets(model, cfg)}")
 
 
 def _ia3(model: nn.Module, cfg: IA3MethodConfig, total_steps: int) -> nn.Module:

@@ -171,6 +171,12 @@ class Tracker:
         batch = [RunTag(k, redact(str(v))[:5000]) for k, v in tags.items()]
         _retry(lambda: self.client.log_batch(self.run_id, tags=batch))
 
+    def delete_tags(self, *keys: str) -> None:
+        tags = _retry(lambda: self.client.get_run(self.run_id)).data.tags
+        for key in keys:
+            if key in tags:
+                _retry(lambda k=key: self.client.delete_tag(self.run_id, k))
+
     def log_dataset(self, df, name: str, source: str, context: str, targets: str = "label") -> None:
         """A data set as an MLflow dataset input (name, digest, source, schema): the run page's Datasets column."""
         import warnings

@@ -237,8 +237,9 @@ def train(cfg: DictConfig | TrainConfig, output_dir: str | Path | None = None, o
     model = None
     try:
         hooks.on_start(tracker.run_id)
-        if resumed and hooks.tags:
-            tracker.set_tags(hooks.tags)  # a sweep's trial that took over an interrupted trial's run
+        if resumed:  # no longer the interrupted run it was; a sweep's trial takes it over with its own tags
+            tracker.delete_tags("error", "error_type")
+            tracker.set_tags({**hooks.tags, "ftsweep.resumed_at_step": ck["loop"]["result"].steps})
         if not resumed:
             log_inputs(tracker, tc, raw, resolved, overrides, splits)
         if tc.checkpoint_every_steps:

@@ -71,6 +71,8 @@ def test_datasets_are_logged_as_inputs_with_their_context(tiny_cfg, toy_csv, tmp
     assert inputs["train"].name == "local-train" and str(toy_csv) in inputs["train"].source
     assert inputs["train"].digest != inputs["eval"].digest
     assert "ftsweep.model_uri" not in run.data.tags and not run.outputs.model_outputs  # save_model=none
+    experiment = MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI's training views
 
 
 def test_predict_bad_input_is_one_line(tiny_cfg, tmp_path):
