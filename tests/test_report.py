@@ -91,12 +91,12 @@ def study_dir(cwd: Path) -> Path:
 
 
 def test_report_after_a_sweep_has_every_trial_plots_and_artifacts(cli):
-    proc = sweep(cli, "method=full,lora", "batch_size=8,0")  # batch_size=0 fails validation
+    proc = sweep(cli, "method=full,lora", "lr=1e-3,1e30")  # lr=1e30 diverges when it trains
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = study_dir(cli.cwd)
     text = (out / "report.md").read_text()
     assert text.count("| FINISHED |") == 2
-    assert "### Failed trials" in text and text.count("batch_size must be >= 1") == 2
+    assert "### Failed trials" in text and text.count("training diverged") == 2
     assert "**Best overall:**" in text and "## Per method" in text
     assert (out / "report.html").read_text().count("<tr>") >= 3
     import matplotlib.image as mpimg
@@ -137,10 +137,10 @@ def test_report_default_folder_is_the_sweeps_own(cli):
 
 
 def test_report_for_a_sweep_where_every_trial_failed(cli):
-    proc = sweep(cli, "lr=-1,-2")
+    proc = sweep(cli, "lr=1e30,2e30")
     assert proc.returncode != 0
     text = (study_dir(cli.cwd) / "report.md").read_text()
-    assert "No trial finished: all 2 failed" in text and text.count("lr must be > 0") == 2
+    assert "No trial finished: all 2 failed" in text and text.count("training diverged") == 2
 
 
 def test_report_without_any_sweep_or_with_a_wrong_run_id_says_so_in_one_line(cli, tiny_cfg):

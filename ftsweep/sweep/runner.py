@@ -216,11 +216,10 @@ class SweepRunner:
             [parent.client.get_run(parent.run_id).info.experiment_id],
             f"tags.`mlflow.parentRunId` = '{parent.run_id}'", max_results=10000)
         parent.log_metrics(results.sweep_metrics(result, [c.data.metrics for c in children]), step=0)
-        save_model = self.config.get("save_model", "none")
-        if getattr(save_model, "value", save_model) != "none":
+        save_model = getattr(self.config.get("save_model"), "value", "none")  # the SaveModel enum's name
+        if save_model != "none":
             try:  # the results above are already safe whatever happens here
-                self._keep_best_model(result, children, parent, delete_others=getattr(save_model, "value",
-                                                                                      save_model) == "best")
+                self._keep_best_model(result, children, parent, delete_others=save_model == "best")
             except Exception as exc:
                 log.warning("could not keep the best trial's model: %s", first_line(exc, with_type=True))
         try:  # the report is a view of results already saved: it must never fail the sweep
