@@ -39,11 +39,25 @@ def save(path: Path, model: nn.Module, optimizer, scheduler, loop_state: dict, r
 
 
 def overrides_of(path: Path) -> list[str]:
-    """The command-line overrides of the run that wrote this checkpoint."""
+    """The command-line overrides of the run that wrote this checkpoint, less a sweep's links to its trial
+    (resumed alone, a trial's run is a single run)."""
     import json
 
     meta = path.with_suffix(".json")
-    return json.loads(meta.read_text())["overrides"] if meta.is_file() else []
+    overrides = json.loads(meta.read_text())["overrides"] if meta.is_file() else []
+    return [o for o in overrides if not o.lstrip("+~").startswith(("sweep.", "resume="))]
+
+
+def remove(*paths: Path | None) -> None:
+    """Delete finished checkpoints; one that cannot be deleted (a read-only folder) is only worth a warning."""
+    import logging
+
+    for path in {p for p in paths if p is not None}:
+        for file in (path, path.with_suffix(".json")):
+            try:
+                file.unlink(missing_ok=True)
+            except OSError as exc:
+                logging.getLogger("ftsweep").warning("could not delete %s (%s)", file, exc.strerror or exc)
 
 
 def locate(value: str, tracking_client=None) -> Path:
@@ -63,7 +77,7 @@ def locate(value: str, tracking_client=None) -> Path:
             reason = "no such MLflow run"
         else:
             reason = "it never wrote a checkpoint (set checkpoint_every_steps)" if not tagged else \
-                f"its checkpoint {tagged} is gone (a run that finished removes it)"
+                f"its checkpoint {tagged} is gone (a run that finished removed it)"
         if tagged and Path(tagged).is_file():
             return Path(tagged)
         raise ConfigError(f"resume={value}: {reason}")

@@ -262,7 +262,8 @@ def load_splits(cfg: DataConfig) -> TextSplits:
     n_eval = cfg.max_eval_samples or len(eval_texts)
     if len(eval_texts) == 0:
         raise DataError(f"{eval_source}: the eval split is empty")
-    absent = [str(c) for c in classes if c not in set(eval_raw[:n_eval])]
+    present = set(eval_raw[:n_eval])
+    absent = [str(c) for c in classes if c not in present]
     if absent:
         log.warning("the eval set (%d rows) has no example of class %s: its accuracy says nothing about it",
                     min(n_eval, len(eval_texts)), ", ".join(absent[:5]))

@@ -9,12 +9,9 @@ has no weights folder of its own, so its random base is written beside the run f
 
 from __future__ import annotations
 
-import logging
 import warnings
 from pathlib import Path
 from typing import Any, Optional
-
-log = logging.getLogger("ftsweep")
 
 MODEL_NAME = "model"  # the logged model's name in its run
 ALIAS = "best"

@@ -25,9 +25,10 @@ def file_of(url: str) -> Optional[Path]:
 
 
 @contextlib.contextmanager
-def url_lock(url: str, purpose: str) -> Iterator[bool]:
+def url_lock(url: str, purpose: str, pg_name: Optional[str] = None) -> Iterator[bool]:
     """Hold an exclusive lock named `purpose` on the store behind `url`: a file lock beside a sqlite or journal
-    file, a PostgreSQL advisory lock on a server database. Yields False (no lock) for other stores."""
+    file, a PostgreSQL advisory lock (keyed by `pg_name`, default `purpose`) on a server database. Yields False
+    (no lock) for other stores."""
     path = file_of(url)
     if path is not None:
         lock = path.with_name(f"{path.name}.{purpose}-lock")  # never `.lock`: Optuna's journal uses that name
@@ -41,7 +42,7 @@ def url_lock(url: str, purpose: str) -> Iterator[bool]:
     elif url.startswith("postgresql"):
         import sqlalchemy
 
-        key = int(hashlib.sha256(purpose.encode()).hexdigest()[:15], 16)
+        key = int(hashlib.sha256((pg_name or purpose).encode()).hexdigest()[:15], 16)
         engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
         try:
             with engine.connect() as conn:

@@ -340,11 +340,12 @@ def fit(model: nn.Module, train_loader: DataLoader, eval_loader: DataLoader, opt
                 batches = iter(train_loader)
             while result.steps < s.total_steps and result.stopped_at is None:
                 interrupt.check()
+                in_step = True  # from here a second signal could cut the step in half: no checkpoint of that
                 micro = [b for _, b in zip(range(s.grad_accum_steps), batches)]
                 if not micro:
+                    in_step = False
                     break  # epoch done
                 pos.batches += len(micro)
-                in_step = True  # a second signal could cut this step in half: no checkpoint of that
                 t0 = time.perf_counter()
                 loss_sum += _optimizer_step(train_model, micro, optimizer, scheduler, trainable, scaler, device, s,
                                             result, step_hook)

@@ -225,11 +225,12 @@ def _adalora(model: nn.Module, cfg: AdaLoraMethodConfig, total_steps: int) -> nn
     from peft import AdaLoraConfig, TaskType
 
     tinit, tfinal = int(cfg.tinit_ratio * total_steps), int(cfg.tfinal_ratio * total_steps)
+    targets = _targets(model, cfg)
     ada = AdaLoraConfig(task_type=TaskType.SEQ_CLS, init_r=cfg.init_r, target_r=cfg.target_r,
                         lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                        target_modules=_targets(model, cfg), total_step=total_steps,
+                        target_modules=targets, total_step=total_steps,
                         tinit=tinit, tfinal=tfinal, deltaT=cfg.delta_t)
-    return _peft(model, ada, f"method.target_modules={_targets(model, cfg)}")
+    return _peft(model, ada, f"method.target_modules={targets}")
 
 
 def _ia3(model: nn.Module, cfg: IA3MethodConfig, total_steps: int) -> nn.Module:

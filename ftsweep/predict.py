@@ -4,8 +4,9 @@
 
 MODEL is an MLflow model URI (`runs:/<run id>/model`, `models:/ftsweep-imdb@best`, `models:/m-...`) or a
 folder (one ftsweep saved, or a downloaded MLflow model). The input is read like training data (csv, tsv,
-json, jsonl, parquet; cells as written). The output keeps the input's rows, in order, and adds `label`
-(the class name) and `prob_<class>` for every class. Texts are cut to the length the model was trained on.
+json, jsonl, parquet; cells as written). The output keeps the input's rows and columns, in order, and adds
+`predicted_label` (the class name) and `prob_<class>` for every class. Texts are cut to the length the model
+was trained on.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Optional
 
 from ftsweep.errors import FtsweepError
 
+PREDICTED = "predicted_label"
 KEYS = {"model": None, "input": None, "output": None, "text_column": "text", "batch_size": "64"}
 
 
@@ -114,8 +116,12 @@ def predict(model_ref: str, input_path: str, output_path: str, text_column: str 
     model, tokenizer = load(model_ref)
     probs = probabilities(model, tokenizer, texts.tolist(), batch_size, progress)
     names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    added = [PREDICTED, *(f"prob_{name}" for name in names)]
+    clash = [c for c in added if c in table.columns]
+    if clash:  # an input's own columns (a true `label`, say) are kept as they are, never overwritten
+        raise FtsweepError(f"{input_path} already has a column '{clash[0]}', which predict writes; rename it")
     table = table.copy()
-    table["label"] = [names[i] for i in probs.argmax(axis=1)]
+    table[PREDICTED] = [names[i] for i in probs.argmax(axis=1)]
     for i, name in enumerate(names):
         table[f"prob_{name}"] = probs[:, i]
     artifacts.atomic_write(Path(output_path), lambda f: table.to_csv(f, index=False))

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
 from ftsweep.errors import FtsweepError, first_line, quiet_logs
-from ftsweep.locks import SQLITE, url_lock
+from ftsweep.locks import SQLITE, file_of, url_lock
 
 T = TypeVar("T")
 MAX_PARAM_LEN = 6000  # MLflow's limit on a param value (older servers: 500)
@@ -35,9 +35,9 @@ def check_store(uri: str) -> None:
     fix = "set MLFLOW_TRACKING_URI to sqlite:///path/to/mlflow.db or an http:// MLflow server"
     if uri.startswith("file:") or ("://" not in uri and not uri.startswith("databricks")):
         raise FtsweepError(f"MLflow tracking store {uri} is a file store, which MLflow no longer supports; {fix}")
-    if not uri.startswith(SQLITE):
+    path = file_of(uri)
+    if path is None:
         return
-    path = Path(uri[len(SQLITE):])
     if path.is_dir():
         raise FtsweepError(f"MLflow tracking store {uri}: {path} is a folder, not a database file; {fix}")
     if path.is_file() and path.stat().st_size > 0:
@@ -67,8 +67,8 @@ def open_client(uri: str):
 
 def _artifact_root(tracking_uri: str) -> str | None:
     # Keep a sqlite store's artifacts beside its file, not in whatever folder the run started from.
-    if tracking_uri.startswith("sqlite:///"):
-        return (Path(tracking_uri[len("sqlite:///"):]).resolve().parent / "mlartifacts").as_uri()
+    if tracking_uri.startswith(SQLITE):
+        return (file_of(tracking_uri).resolve().parent / "mlartifacts").as_uri()
     return None
 
 
@@ -140,7 +140,7 @@ class Tracker:
         return self.run_id
 
     def resume(self, run_id: str) -> bool:
-        """Reopen a run (a resumed sweep's parent); False when this store does not have it."""
+        """Reopen a run (a resumed sweep's parent, a resumed training run); False when this store lacks it."""
         from mlflow.exceptions import MlflowException
 
         try:
@@ -170,6 +170,11 @@ class Tracker:
 
         batch = [RunTag(k, redact(str(v))[:5000]) for k, v in tags.items()]
         _retry(lambda: self.client.log_batch(self.run_id, tags=batch))
+
+    def last_step(self, *keys: str) -> int:
+        """The highest step this run has logged for any of `keys` (-1 for none)."""
+        return max((m.step for key in keys for m in _retry(lambda k=key: self.client.get_metric_history(
+            self.run_id, k))), default=-1)
 
     def delete_tags(self, *keys: str) -> None:
         tags = _retry(lambda: self.client.get_run(self.run_id)).data.tags

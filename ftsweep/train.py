@@ -65,6 +65,9 @@ def check_settings(cfg: TrainConfig, device: torch.device) -> None:
     """The checks that need neither data nor weights: method, precision, lengths against the model's."""
     model_mod.check_method(cfg.method, device)
     model_mod.check_fits(cfg.method, cfg.model)
+    if cfg.checkpoint_every_steps and cfg.method.name == "adalora":
+        raise ConfigError("checkpoint_every_steps does not work with method=adalora: its rank allocator's state is "
+                          "not in the checkpoint, so a resumed run would not be the same run; use method=lora")
     if cfg.precision == Precision.fp16 and device.type != "cuda":
         raise ConfigError(f"precision=fp16 needs CUDA (its GradScaler and kernels); this run's device is {device.type}. "
                           f"Use precision=bf16 or fp32")
@@ -187,7 +190,7 @@ def keep_model(tc: TrainConfig, tracker: Tracker, model, tokenizer, splits: data
     `best` leaves a folder that the sweeper logs and registers if this trial wins (ftsweep/sweep/runner.py)."""
     if tc.save_model == SaveModel.none:
         return
-    model = model.to("cpu")
+    model = model_mod.to_device(model, torch.device("cpu"))  # a 4-bit model stays where it is
     keep.set_length(tokenizer, tc.data.max_length, tail=tc.data.truncation.value == "tail")
     try:
         if tc.sweep.trial_id is not None and tc.save_model == SaveModel.best:
@@ -220,6 +223,9 @@ def train(cfg: DictConfig | TrainConfig, output_dir: str | Path | None = None, o
         ck = checkpoint.load(where)
         checkpoint.check_same_config(ck, resolved, where)
     splits, tokenizer = prepare(tc, device)
+    out_dir = Path(output_dir) if output_dir else Path(tempfile.mkdtemp(prefix="ftsweep-"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = (out_dir / "checkpoint" / checkpoint.FILE).resolve()
     interrupt.check()  # a Ctrl-C during start-up stops here, before a run exists
 
     # A resumed run goes on in its own MLflow run when the store still has it, else in a new one that says so.
@@ -231,9 +237,6 @@ def train(cfg: DictConfig | TrainConfig, output_dir: str | Path | None = None, o
             tags["ftsweep.resumed_from"] = ck["run_id"]
         tracker.start(experiment=tc.experiment_name or tc.data.name, run_name=run_name(tc), tags=tags,
                       parent_run_id=hooks.parent_run_id)
-    out_dir = Path(output_dir) if output_dir else Path(tempfile.mkdtemp(prefix="ftsweep-"))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = (out_dir / "checkpoint" / checkpoint.FILE).resolve()
     model = None
     try:
         hooks.on_start(tracker.run_id)
@@ -242,8 +245,6 @@ def train(cfg: DictConfig | TrainConfig, output_dir: str | Path | None = None, o
             tracker.set_tags({**hooks.tags, "ftsweep.resumed_at_step": ck["loop"]["result"].steps})
         if not resumed:
             log_inputs(tracker, tc, raw, resolved, overrides, splits)
-        if tc.checkpoint_every_steps:
-            tracker.set_tags({checkpoint.RUN_TAG: str(ckpt_path)})
         loaders = setup_data(tc, splits, tokenizer)
         model = setup_model(tc, splits, tokenizer, loaders.total_steps, device, out_dir)
         params = param_counts(model)
@@ -264,17 +265,25 @@ def train(cfg: DictConfig | TrainConfig, output_dir: str | Path | None = None, o
         def save_checkpoint(loop_state: dict) -> None:
             checkpoint.save(ckpt_path, model, optimizer, scheduler, loop_state, tracker.run_id,
                             ck["overrides"] if ck else overrides or [], resolved)
+            if not tagged:  # the run points at its checkpoint only once there is one
+                tracker.set_tags({checkpoint.RUN_TAG: str(ckpt_path)})
+                tagged.append(True)
 
+        tagged: list[bool] = []
+
+        log_metrics = tracker.log_metrics
+        if resumed:  # steps the run logged after its last checkpoint, before it died, are not logged twice
+            logged = tracker.last_step("train/loss", "eval/accuracy")
+            log_metrics = lambda metrics, step: tracker.log_metrics(metrics, step) if step > logged else None  # noqa: E731
         result = fit(model, loaders.train, loaders.eval, optimizer, scheduler, settings, device, hooks=hooks,
-                     log=tracker.log_metrics, step_hook=model_mod.step_hook(model),
+                     log=log_metrics, step_hook=model_mod.step_hook(model),
                      checkpoint=save_checkpoint if tc.checkpoint_every_steps else None,
                      resume=ck["loop"] if ck else None)
         metrics = finish(tc, tracker, result, model, optimizer, memory, splits, loaders.total_steps, params, out_dir)
-        keep_model(tc, tracker, model, tokenizer, splits, out_dir)
+        if result.stop_reason != "pruned":  # a pruned trial is never a sweep's best
+            keep_model(tc, tracker, model, tokenizer, splits, out_dir)
         tracker.end("FINISHED")
-        for done in {ckpt_path, where or ckpt_path}:  # finished: nothing to resume (the one resumed from included)
-            done.unlink(missing_ok=True)
-            done.with_suffix(".json").unlink(missing_ok=True)
+        checkpoint.remove(ckpt_path, where)  # finished: nothing to resume (the one resumed from included)
         return metrics
     except BaseException as exc:
         with interrupt.deferred():  # a second Ctrl-C must not leave the run RUNNING

@@ -40,16 +40,16 @@ def test_a_run_keeps_a_model_mlflow_loads_in_one_call_and_predict_agrees_with_th
     texts, truth = eval_texts(toy_csv)
 
     served = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model").predict(texts)  # what `serve` answers
-    pd.DataFrame({"review": texts}).to_csv(tmp_path / "texts.csv", index=False)
+    pd.DataFrame({"review": texts, "label": truth}).to_csv(tmp_path / "texts.csv", index=False)
     out = predict(uri, str(tmp_path / "texts.csv"), str(tmp_path / "preds.csv"), text_column="review",
                   progress=False)
-    assert list(out["label"]) == list(served["label"])
-    accuracy = sum(p == t for p, t in zip(out["label"], truth)) / len(truth)
+    assert list(out["predicted_label"]) == list(served["label"])
+    accuracy = sum(p == t for p, t in zip(out["predicted_label"], truth)) / len(truth)
     assert 0.6 < accuracy  # it learnt something: agreement is not two blank guesses
     assert accuracy == pytest.approx(metrics["eval/accuracy"])  # the same texts, model and cut as the final eval
     written = pd.read_csv(tmp_path / "preds.csv")
-    assert list(written.columns) == ["review", "label", "prob_neg", "prob_pos"]
-    assert list(written["review"]) == texts  # rows keep their order
+    assert list(written.columns) == ["review", "label", "predicted_label", "prob_neg", "prob_pos"]
+    assert list(written["review"]) == texts and list(written["label"]) == truth  # rows and columns kept
     assert (written[["prob_neg", "prob_pos"]].sum(axis=1) - 1).abs().max() < 1e-6
 
 
@@ -75,7 +75,7 @@ def test_datasets_are_logged_as_inputs_with_their_context(tiny_cfg, toy_csv, tmp
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI's training views
 
 
-def test_predict_bad_input_is_one_line(tiny_cfg, tmp_path):
+def test_predict_bad_input_is_one_line(tmp_path):
     with pytest.raises(FtsweepError, match="unknown argument 'modle=x'"):
         parse(["modle=x", "input=a", "output=b"])
     with pytest.raises(FtsweepError, match="missing output=..."):
@@ -125,7 +125,7 @@ def test_a_sweeps_best_model_is_registered_served_and_predicted_from_the_command
     predicted = cli.run("model=models:/ftsweep-local@best", f"input={tmp_path / 'new.csv'}",
                         f"output={tmp_path / 'preds.csv'}", module="ftsweep.predict")
     assert predicted.returncode == 0, predicted.stderr[-3000:]
-    labels = list(pd.read_csv(tmp_path / "preds.csv")["label"])
+    labels = list(pd.read_csv(tmp_path / "preds.csv")["predicted_label"])
 
     port = free_port()
     env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}

@@ -304,3 +304,23 @@ def test_an_interrupted_trial_resumes_from_its_checkpoint_when_the_sweep_runs_ag
     assert sorted(run_statuses()) == ["FINISHED"] * 3  # the parent and two trials: the cut run was continued
     steps = [s for (s,) in query(db, f"select step from metrics where run_uuid='{cut_run}' and key='train/loss'")]
     assert sorted(steps) == list(range(5, 61, 5))  # from its checkpoint, not from step 0: every step once
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint_without_logging_a_step_twice(cli, tmp_path):
+    toy = write_csv(tmp_path / "toy.csv", toy_rows(64))
+    proc = start(cli, "model=tiny", "data=local", f"data.train_file={toy}", "progress_bar=false", "epochs=1000",
+                 "max_steps=120", "log_every_steps=5", "checkpoint_every_steps=20")
+    db = mlflow_db()
+    wait_for(lambda: db.exists() and query(db, "select count(*) from tags where key='ftsweep.checkpoint'")[0][0]
+             and query(db, "select count(*) from metrics where key='train/loss'")[0][0] >= 7,
+             "steps logged after the first checkpoint")
+    proc.kill()  # SIGKILL: no chance to write a last checkpoint or end the run
+    proc.communicate(timeout=60)
+    [(run_id, status)] = query(db, "select run_uuid, status from runs")
+    assert status == "RUNNING"  # as a killed process leaves it, until the run resumes
+
+    resumed = cli.run(f"resume={run_id}", "progress_bar=false")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert query(db, "select run_uuid, status from runs") == [(run_id, "FINISHED")]
+    steps = [s for (s,) in query(db, f"select step from metrics where run_uuid='{run_id}' and key='train/loss'")]
+    assert sorted(steps) == list(range(5, 121, 5))  # the steps redone after the checkpoint are not logged twice

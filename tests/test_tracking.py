@@ -59,7 +59,8 @@ def test_an_http_server_that_is_not_mlflow_is_one_line_without_its_page(not_mlfl
     assert "<" not in message and "\n" not in message
 
 
-def test_a_new_store_is_created_once_under_a_lock(tmp_path):
+def test_a_new_store_is_created_beside_its_creation_lock(tmp_path):
+    """The lock itself is proven by processes racing on a new store (test_reliability.py, row 22)."""
     uri = f"sqlite:///{tmp_path / 'sub' / 'new.db'}"
     tracker = Tracker(uri)
     tracker.start("exp", "run", tags={})

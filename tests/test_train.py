@@ -270,9 +270,23 @@ def test_a_run_interrupted_at_step_k_and_resumed_matches_an_uninterrupted_one(ti
 def test_resume_refuses_a_changed_config_and_a_run_without_a_checkpoint(tiny_cfg, tmp_path):
     from ftsweep.errors import ConfigError
 
+    with pytest.raises(ConfigError, match="checkpoint_every_steps does not work with method=adalora"):
+        train(tiny_cfg("method=adalora", "checkpoint_every_steps=5"))
+
     with pytest.raises(ConfigError, match="resume=/nope: no checkpoint there"):
         train(tiny_cfg("max_steps=2", "resume=/nope"))
     train(tiny_cfg("max_steps=2"), output_dir=tmp_path / "done")
     run_id = json.loads((tmp_path / "done" / "metrics.json").read_text())["run_id"]
     with pytest.raises(ConfigError, match=f"resume={run_id}: it never wrote a checkpoint"):
         train(tiny_cfg("max_steps=2", f"resume={run_id}"))
+    cut = tmp_path / "cut" / "checkpoint.pt"
+    cut.parent.mkdir()
+    cut.write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match="is not a readable ftsweep checkpoint"):
+        train(tiny_cfg("max_steps=2", f"resume={cut.parent}"))
+    from ftsweep.checkpoint import check_same_config
+
+    before = {"config": {"lr": 1e-3, "seed": 1}}
+    check_same_config(before, {"lr": 1e-3, "seed": 1, "resume": "x", "progress_bar": False}, cut)  # free keys
+    with pytest.raises(ConfigError, match=r"lr differs from the interrupted run \(0.001, now 0.002\)"):
+        check_same_config(before, {"lr": 2e-3, "seed": 1}, cut)

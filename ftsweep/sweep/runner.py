@@ -136,12 +136,11 @@ class SweepRunner:
             trials = study.get_trials(deepcopy=False)
             running = [t for t in trials if t.state == TrialState.RUNNING]
             room = self.d.n_trials - sum(results.counts(t) for t in trials) - len(running)
-            taken = {_key(t.params) for t in trials if results.counts(t) or t.state == TrialState.RUNNING}
-            taken |= {_key(t.system_attrs.get("fixed_params", {})) for t in trials if t.state == TrialState.WAITING}
+            ran = {_key(t.params) for t in trials if results.counts(t) or t.state == TrialState.RUNNING}
+            taken = ran | {_key(t.system_attrs.get("fixed_params", {})) for t in trials if t.state == TrialState.WAITING}
             # Checkpoints of interrupted trials whose parameters have not run again yet: the rerun starts there.
-            rerun = {_key(t.params) for t in trials if results.counts(t) or t.state == TrialState.RUNNING}
             resumable = {_key(t.params): t.system_attrs[RESUME_ATTR] for t in trials
-                         if t.system_attrs.get(RESUME_ATTR) and _key(t.params) not in rerun
+                         if t.system_attrs.get(RESUME_ATTR) and _key(t.params) not in ran
                          and Path(t.system_attrs[RESUME_ATTR]).is_file()}
             batch = []
             for _ in range(max(0, min(self.settings.n_jobs, room))):
@@ -208,7 +207,7 @@ class SweepRunner:
         return (len(finished) >= self.settings.min_trials_before_abort
                 and failed > self.settings.max_failure_rate * len(finished))
 
-    def _finish(self, study: optuna.Study, parent: Tracker) -> dict[str, Any]:
+    def _finish(self, study: optuna.Study, parent: Tracker, aborted: bool) -> dict[str, Any]:
         result = results.write_results(study, self.d, self.sweep_dir)
         for name in ("optimization_results.yaml", "trials.csv"):
             parent.log_artifact(self.sweep_dir / name)
@@ -217,9 +216,9 @@ class SweepRunner:
             f"tags.`mlflow.parentRunId` = '{parent.run_id}'", max_results=10000)
         parent.log_metrics(results.sweep_metrics(result, [c.data.metrics for c in children]), step=0)
         save_model = getattr(self.config.get("save_model"), "value", "none")  # the SaveModel enum's name
-        if save_model != "none":
+        if save_model != "none" and not aborted:  # after a Ctrl-C, the next run of the command does it
             try:  # the results above are already safe whatever happens here
-                self._keep_best_model(result, children, parent, delete_others=save_model == "best")
+                self._keep_best_model(study, children, parent, delete_others=save_model == "best")
             except Exception as exc:
                 log.warning("could not keep the best trial's model: %s", first_line(exc, with_type=True))
         try:  # the report is a view of results already saved: it must never fail the sweep
@@ -231,38 +230,40 @@ class SweepRunner:
                         first_line(exc, with_type=True), parent.run_id)
         return result
 
-    def _keep_best_model(self, result: dict[str, Any], children: list, parent: Tracker, delete_others: bool) -> None:
+    def _keep_best_model(self, study: optuna.Study, children: list, parent: Tracker, delete_others: bool) -> None:
         """save_model=best: log the best trial's model (on the objective; for a Pareto search, the report's
-        answer: the most accurate feasible trial) to its run, register it as `ftsweep-<experiment>@best`, and
-        delete the other trials' model folders. save_model=all: every trial logged its own; register the best."""
+        answer: the most accurate trial within budget) to its run, register it as `ftsweep-<experiment>@best`,
+        and delete the model folders of the other finished trials. save_model=all: every trial logged its own;
+        register the best."""
         from ftsweep import keep
 
-        finished = {c.info.run_id: c for c in children if c.info.status == "FINISHED"
-                    and c.data.tags.get("pruned") != "true"}
-        best_id = result.get("best_mlflow_run_id")
-        if len(self.d.objectives) > 1 or best_id not in finished:
-            feasible = [c for c in finished.values() if self._feasible(c)]
-            best_id = max(feasible, key=lambda c: c.data.metrics.get("eval/accuracy", -1.0)).info.run_id \
-                if feasible else None
-        if best_id is None:
+        finished = [c for c in children if c.info.status == "FINISHED" and c.data.tags.get("pruned") != "true"
+                    and self._feasible(c)]
+        single = len(self.d.objectives) == 1
+        metric = self.d.objectives[0] if single else "eval/accuracy"
+        sign = -1.0 if single and self.d.directions[0] == "minimize" else 1.0
+        scored = [c for c in finished if metric in c.data.metrics]
+        if not scored:
             return
-        best = finished[best_id]
+        best = max(scored, key=lambda c: sign * c.data.metrics[metric])
         folder = self.sweep_dir / f"trial_{best.data.tags.get('optuna.trial_number')}" / keep.MODEL_NAME
         uri = best.data.tags.get("ftsweep.model_uri")
         if uri is None and folder.is_dir():
             model, tokenizer = keep.load_folder(folder)
             labels = [model.config.id2label[i] for i in range(len(model.config.id2label))]
-            uri = keep.log_model(parent.tracking_uri, best_id, model, tokenizer, keep.examples_of(folder), labels)
-            parent.client.set_tag(best_id, "ftsweep.model_uri", uri)
+            uri = keep.log_model(parent.tracking_uri, best.info.run_id, model, tokenizer, keep.examples_of(folder),
+                                 labels)
+            parent.client.set_tag(best.info.run_id, "ftsweep.model_uri", uri)
         if uri is None:
-            return  # trials of an earlier sweep without models
+            return  # trials of an earlier sweep, which kept no models
         experiment = parent.client.get_experiment(best.info.experiment_id).name
-        registered = keep.register(parent.tracking_uri, uri, best_id, keep.registered_name(experiment))
-        parent.set_tags({"ftsweep.best_model": registered, "ftsweep.best_run_id": best_id})
-        log.info("best trial's model: %s (run %s)", registered, best_id)
-        if delete_others:
+        registered = keep.register(parent.tracking_uri, uri, best.info.run_id, keep.registered_name(experiment))
+        parent.set_tags({"ftsweep.best_model": registered, "ftsweep.best_run_id": best.info.run_id})
+        log.info("best trial's model: %s (run %s)", registered, best.info.run_id)
+        if delete_others:  # only trials that are over: another worker may still be writing its own
+            done = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
             for other in self.sweep_dir.glob(f"trial_*/{keep.MODEL_NAME}"):
-                if other != folder:
+                if other != folder and int(other.parent.name.split("_")[1]) in done:
                     shutil.rmtree(other, ignore_errors=True)
 
     def _feasible(self, run) -> bool:
@@ -304,7 +305,7 @@ class SweepRunner:
             raise
         finally:
             with interrupt.deferred():  # results, report and the parent run's end are written whatever comes
-                result = self._finish(study, parent)
+                result = self._finish(study, parent, aborted)
                 others_running = bool(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
                 all_failed = result["n_complete"] == 0 and result["n_failed"] > 0
                 if aborted or all_failed:

@@ -69,7 +69,8 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
 @contextlib.contextmanager
 def claim_lock(url: str) -> Iterator[None]:
     """Serialise claiming trials across processes (a file lock), and machines (a PostgreSQL advisory lock)."""
-    with url_lock(url, "ftsweep") as locked:
+    # The same file and advisory-lock names as earlier versions: old and new workers exclude each other.
+    with url_lock(url, "ftsweep", pg_name="ftsweep-claim") as locked:
         if not locked:
             log.warning("no cross-process claim lock for %s: concurrent workers may duplicate a trial",
                         url.split(":")[0])
