@@ -301,6 +301,16 @@ def _tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256(f"{type(tokenizer).__name__}:{ident}".encode()).hexdigest()[:16]
 
 
+def encode_texts(texts: list[str], tokenizer, max_length: int, truncation: Truncation) -> list[list[int]]:
+    """Token ids of each text, cut to max_length with the special tokens, as training and `predict` both cut."""
+    cls_id = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+    sep_id = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+    specials = [t for t in (cls_id,) if t is not None], [t for t in (sep_id,) if t is not None]
+    budget = max_length - len(specials[0]) - len(specials[1])
+    enc = tokenizer(list(texts), add_special_tokens=False, truncation=False, verbose=False)
+    return [specials[0] + _truncate(ids, budget, truncation) + specials[1] for ids in enc["input_ids"]]
+
+
 def tokenize(texts: list[str], tokenizer, max_length: int, truncation: Truncation) -> list[list[int]]:
     """Token ids with the model's special tokens, at most max_length long, no padding.
 
@@ -316,15 +326,8 @@ def tokenize(texts: list[str], tokenizer, max_length: int, truncation: Truncatio
     cache = assets.cache_dir() / "tokenized" / f"{key.hexdigest()[:32]}.arrow"
     cache.parent.mkdir(parents=True, exist_ok=True)
 
-    cls_id = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
-    sep_id = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
-    specials = [t for t in (cls_id,) if t is not None], [t for t in (sep_id,) if t is not None]
-    budget = max_length - len(specials[0]) - len(specials[1])
-
     def encode(batch):
-        enc = tokenizer(batch["text"], add_special_tokens=False, truncation=False, verbose=False)
-        return {"input_ids": [specials[0] + _truncate(ids, budget, truncation) + specials[1]
-                              for ids in enc["input_ids"]]}
+        return {"input_ids": encode_texts(batch["text"], tokenizer, max_length, truncation)}
 
     ds = datasets.Dataset.from_dict({"text": texts})
     ds = ds.map(encode, batched=True, batch_size=1000, remove_columns=["text"],

@@ -36,18 +36,20 @@ def save_base(base_model, folder: Path) -> None:
     base_model.name_or_path = str(folder.resolve())
 
 
-EXAMPLES = "input_example.json"
-
-
 def set_length(tokenizer, max_length: int, tail: bool) -> None:
     """Make the kept tokenizer cut texts as training did: to max_length tokens, specials included, keeping the
-    head (or the tail). ftsweep's head_tail truncation has no tokenizer equivalent: a kept model keeps the head."""
+    head (or the tail). It is what MLflow's serving pipeline uses; ftsweep's head_tail truncation has no
+    tokenizer equivalent, so a served head_tail model keeps the head (predict cuts exactly: `cut_of`)."""
     tokenizer.model_max_length = max_length
     tokenizer.truncation_side = "left" if tail else "right"
 
 
-def save_folder(model, tokenizer, folder: Path, examples: list[str]) -> Path:
-    """The model (or its adapter), its tokenizer and two example inputs as a Hugging Face folder."""
+EXAMPLES = "input_example.json"
+CUT = "ftsweep_cut.json"  # how training cut texts: {"max_length": 128, "truncation": "head_tail"}
+
+
+def save_folder(model, tokenizer, folder: Path, examples: list[str], cut: dict) -> Path:
+    """The model (or its adapter), its tokenizer, two example inputs and how texts were cut, as a folder."""
     from ftsweep.artifacts import write_json
 
     with warnings.catch_warnings():
@@ -55,14 +57,30 @@ def save_folder(model, tokenizer, folder: Path, examples: list[str]) -> Path:
         model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     write_json(folder / EXAMPLES, list(examples[:2]))
+    write_json(folder / CUT, cut)
     return folder
 
 
-def examples_of(folder: Path) -> list[str]:
+def _json_in(folder: Path, name: str, default):
     import json
 
-    path = Path(folder) / EXAMPLES
-    return json.loads(path.read_text()) if path.is_file() else []
+    path = Path(folder) / name
+    return json.loads(path.read_text()) if path.is_file() else default
+
+
+def examples_of(folder: Path) -> list[str]:
+    return _json_in(folder, EXAMPLES, [])
+
+
+def cut_of(ref: str) -> Optional[dict]:
+    """How a kept model's training cut texts: from its folder, or from the logged model's metadata."""
+    folder = Path(ref).expanduser()
+    if folder.is_dir() and not (folder / "MLmodel").is_file():
+        return _json_in(folder, CUT, None)
+    from mlflow.models import get_model_info
+
+    metadata = get_model_info(str(folder) if folder.is_dir() else ref).metadata or {}
+    return metadata.get("cut")
 
 
 def load_folder(folder: str | Path):
@@ -79,8 +97,8 @@ def load_folder(folder: str | Path):
     return model.eval(), AutoTokenizer.from_pretrained(folder)
 
 
-def log_model(tracking_uri: str, run_id: str, model, tokenizer, examples: list[str],
-              label_names: list[str]) -> str:
+def log_model(tracking_uri: str, run_id: str, model, tokenizer, examples: list[str], label_names: list[str],
+              cut: Optional[dict]) -> str:
     """Log to an existing (possibly finished) run as an MLflow transformers model; returns its models:/ URI."""
     import mlflow
     from mlflow.tracking import MlflowClient
@@ -110,7 +128,7 @@ def log_model(tracking_uri: str, run_id: str, model, tokenizer, examples: list[s
         info = mlflow.transformers.log_model(
             transformers_model={"model": model, "tokenizer": tokenizer}, name=MODEL_NAME, task="text-classification",
             input_example=list(examples[:2]) or None, run_id=run_id, pip_requirements=requirements,
-            metadata={"label_map": dict(enumerate(label_names))},
+            metadata={"label_map": dict(enumerate(label_names)), "cut": cut},
             model_config={"truncation": True},  # served texts are cut to the trained length, like predict's
             **extra)
     return info.model_uri

@@ -64,6 +64,15 @@ def load(ref: str):
     return model.eval(), tokenizer
 
 
+def _cut(ref: str) -> Optional[dict]:
+    from ftsweep import keep
+
+    try:
+        return keep.cut_of(ref)
+    except Exception:  # a model ftsweep did not keep: cut as its tokenizer says
+        return None
+
+
 def _check_classifier_folder(folder: Path, ref: str) -> None:
     """A folder must hold a sequence classifier (or an adapter for one): loading anything else would silently
     bolt a random head onto it."""
@@ -82,19 +91,28 @@ def _check_classifier_folder(folder: Path, ref: str) -> None:
         raise FtsweepError(f"model={ref} is not a text classifier ({kind})")
 
 
-def probabilities(model, tokenizer, texts: list[str], batch_size: int, progress: bool = True):
-    """Class probabilities, one row per text, in the texts' order. Batches go by length (less padding)."""
+def probabilities(model, tokenizer, texts: list[str], batch_size: int, cut: Optional[dict] = None,
+                  progress: bool = True):
+    """Class probabilities, one row per text, in the texts' order. Texts are cut as training cut them (`cut`,
+    kept with the model; else to the tokenizer's length, keeping the head). Batches go by length."""
     import numpy as np
     import torch
     from tqdm.auto import tqdm
 
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    from ftsweep.config import Truncation
+    from ftsweep.data import PadCollator, encode_texts
+
+    if cut is None:
+        cut = {"max_length": min(tokenizer.model_max_length, 512), "truncation": "head"}
+    ids = encode_texts(texts, tokenizer, int(cut["max_length"]), Truncation(cut["truncation"]))
+    pad = PadCollator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+    order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
     out = np.zeros((len(texts), model.config.num_labels), dtype=np.float64)
     with torch.inference_mode():
         for start in tqdm(range(0, len(order), batch_size), desc="predicting", unit="batch", disable=not progress):
             idx = order[start:start + batch_size]
-            enc = tokenizer([texts[i] for i in idx], truncation=True, padding=True, return_tensors="pt")
-            logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+            batch = pad([(ids[i], 0) for i in idx])
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             out[idx] = torch.softmax(logits.float(), dim=-1).numpy()
     return out
 
@@ -114,7 +132,7 @@ def predict(model_ref: str, input_path: str, output_path: str, text_column: str 
     if bad:
         raise FtsweepError(f"{input_path}: row {bad[0] + 1} of column '{text_column}' is not text")
     model, tokenizer = load(model_ref)
-    probs = probabilities(model, tokenizer, texts.tolist(), batch_size, progress)
+    probs = probabilities(model, tokenizer, texts.tolist(), batch_size, _cut(model_ref), progress)
     names = [model.config.id2label[i] for i in range(model.config.num_labels)]
     added = [PREDICTED, *(f"prob_{name}" for name in names)]
     clash = [c for c in added if c in table.columns]

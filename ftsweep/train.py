@@ -192,12 +192,13 @@ def keep_model(tc: TrainConfig, tracker: Tracker, model, tokenizer, splits: data
         return
     model = model_mod.to_device(model, torch.device("cpu"))  # a 4-bit model stays where it is
     keep.set_length(tokenizer, tc.data.max_length, tail=tc.data.truncation.value == "tail")
+    cut = {"max_length": tc.data.max_length, "truncation": tc.data.truncation.value}  # predict cuts the same way
     try:
         if tc.sweep.trial_id is not None and tc.save_model == SaveModel.best:
-            keep.save_folder(model, tokenizer, out_dir / keep.MODEL_NAME, splits.eval_texts)
+            keep.save_folder(model, tokenizer, out_dir / keep.MODEL_NAME, splits.eval_texts, cut)
             return
         uri = keep.log_model(tracker.tracking_uri, tracker.run_id, model, tokenizer, splits.eval_texts,
-                             splits.label_names)
+                             splits.label_names, cut)
         tracker.set_tags({"ftsweep.model_uri": uri})
         log.info("model kept: %s (also runs:/%s/%s)", uri, tracker.run_id, keep.MODEL_NAME)
     except OSError as exc:  # disk full, read-only artifact store: the metrics are already safe

@@ -252,7 +252,7 @@ class SweepRunner:
             model, tokenizer = keep.load_folder(folder)
             labels = [model.config.id2label[i] for i in range(len(model.config.id2label))]
             uri = keep.log_model(parent.tracking_uri, best.info.run_id, model, tokenizer, keep.examples_of(folder),
-                                 labels)
+                                 labels, keep.cut_of(str(folder)))
             parent.client.set_tag(best.info.run_id, "ftsweep.model_uri", uri)
         if uri is None:
             return  # trials of an earlier sweep, which kept no models
