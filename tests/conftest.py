@@ -106,6 +106,17 @@ def run_statuses(tracking_uri: str | None = None) -> list[str]:
             return []
 
 
+def broken_store(kind: str, folder: Path) -> str:
+    """A tracking URI that cannot work: "a folder", "not a database", or a "file store" (file:)."""
+    if kind == "a folder":
+        (folder / "store.db").mkdir()
+    elif kind == "not a database":
+        (folder / "store.db").write_text("hello, not a database\n")
+    else:
+        return f"file:{folder / 'mlruns'}"
+    return f"sqlite:///{folder / 'store.db'}"
+
+
 @pytest.fixture(scope="session")
 def session_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("ftsweep-cache")

@@ -25,7 +25,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import error_lines, run_statuses, toy_rows
+from tests.conftest import broken_store, error_lines, run_statuses, toy_rows
 
 EXAMPLES = int(os.environ.get("FTSWEEP_FUZZ_EXAMPLES", "25"))
 RANDOM = os.environ.get("FTSWEEP_FUZZ_RANDOM") == "1"
@@ -65,7 +65,7 @@ OVERRIDES = {
     "+extra": st.just("1"),
     "data.nope": st.just("3"),
     "model.name_or_path": st.sampled_from(["/nonexistent", "not-a-real-org/not-a-model"]),
-    "tracking": st.sampled_from(["dir", "not-a-db", "file"]),  # not an override: a broken MLflow store
+    "tracking": st.sampled_from(["a folder", "not a database", "file store"]),  # not an override: a broken MLflow store
 }
 
 
@@ -149,16 +149,6 @@ def run_entry_point(args: list[str]) -> tuple[int, str]:
     return code, err.getvalue()
 
 
-def tracking_store(kind: str, folder: Path) -> str:
-    if kind == "dir":
-        (folder / "store.db").mkdir()
-    elif kind == "not-a-db":
-        (folder / "store.db").write_text("hello, not a database\n")
-    else:
-        return f"file:{folder / 'mlruns'}"
-    return f"sqlite:///{folder / 'store.db'}"
-
-
 def half_written(folder: Path) -> list[str]:
     """Temporary files of an atomic write (`.<name>.<random>`) that were never renamed into place."""
     return [str(p) for p in folder.rglob(".*") if p.is_file() and p.name.count(".") >= 2
@@ -182,7 +172,7 @@ def test_any_input_ends_cleanly(tmp_path, data):
     env = {}
     for key, value in pairs:
         if key == "tracking":
-            env["MLFLOW_TRACKING_URI"] = tracking_store(value, case)
+            env["MLFLOW_TRACKING_URI"] = broken_store(value, case)
         else:
             args.append(f"{key}={value}")
     if sweep:

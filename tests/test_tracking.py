@@ -9,19 +9,9 @@ import pytest
 from ftsweep.errors import FtsweepError
 from ftsweep.tracking import Tracker, redact
 from ftsweep.train import train
-from tests.conftest import run_statuses
+from tests.conftest import broken_store, run_statuses
 
 FIX = "set MLFLOW_TRACKING_URI to sqlite:///path/to/mlflow.db or an http:// MLflow server"
-
-
-def store(kind: str, tmp_path) -> str:
-    if kind == "a folder":
-        (tmp_path / "store.db").mkdir()
-    elif kind == "not a database":
-        (tmp_path / "store.db").write_text("hello, not a database\n")
-    else:
-        return f"file:{tmp_path / 'mlruns'}"
-    return f"sqlite:///{tmp_path / 'store.db'}"
 
 
 @pytest.mark.parametrize("kind, message", [
@@ -31,7 +21,7 @@ def store(kind: str, tmp_path) -> str:
 ])
 def test_a_store_that_cannot_work_is_one_line_with_the_fix_before_data_loads(tiny_cfg, tmp_path, monkeypatch,
                                                                               kind, message):
-    uri = store(kind, tmp_path)
+    uri = broken_store(kind, tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     # The data file does not exist either: the store is checked first, so that is not what the user hears.
     with pytest.raises(FtsweepError) as info:
