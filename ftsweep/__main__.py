@@ -6,15 +6,23 @@ its Optuna trial, calls train(), and hands the run's metrics back to the sweeper
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+import warnings
 
 from ftsweep import interrupt
 
 if __name__ == "__main__":
     interrupt.install()  # before the slow imports below: a Ctrl-C during start-up is a clean stop too
 
+# hydra-ray-launcher 1.2.2 warns on import, and Hydra imports every installed plugin at each start-up, here
+# and in each Ray worker (which learns the filter from the environment).
+_PLUGIN_WARNING = "ignore:register_new_resolver() is deprecated:UserWarning"
+warnings.filterwarnings("ignore", message=r"register_new_resolver\(\) is deprecated", category=UserWarning)
+if _PLUGIN_WARNING not in os.environ.get("PYTHONWARNINGS", ""):
+    os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), _PLUGIN_WARNING]))
 # Quieter start-up: no tokenizer fork warnings, no artifact progress bars in logs.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -41,21 +49,25 @@ def app(cfg: DictConfig) -> dict[str, float]:
 
     hc = HydraConfig.get()
     sweep_job = hc.mode == RunMode.MULTIRUN
+    in_worker = sweep_job and interrupt.in_worker()
     try:
         link = None
         if cfg.resume and not sweep_job:
             cfg = _with_resumed_settings(cfg, list(hc.overrides.task))
-        if cfg.sweep.trial_id is not None:
-            from ftsweep.sweep.trial_link import TrialLink
+        with interrupt.job_scope() if in_worker else contextlib.nullcontext():
+            if cfg.sweep.trial_id is not None:
+                from ftsweep.sweep.trial_link import TrialLink
 
-            link = TrialLink.from_config(cfg.sweep)
-        metrics = train(cfg, output_dir=hc.runtime.output_dir, overrides=list(hc.overrides.task), hooks=link)
+                link = TrialLink.from_config(cfg.sweep)
+            metrics = train(cfg, output_dir=hc.runtime.output_dir, overrides=list(hc.overrides.task), hooks=link)
     except FtsweepError as exc:
         if sweep_job:
             raise  # the sweeper records this trial as failed and goes on
         print(f"ftsweep: error: {exc}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt as exc:
+        if in_worker:  # this job alone was stopped (preempted): the sweeper runs its trial again
+            raise interrupt.TrialInterrupted(str(exc) or "Ctrl-C") from None
         if sweep_job:
             raise  # the sweeper marks the trial FAIL, ends the parent run FAILED and exits
         print(f"ftsweep: interrupted ({exc or 'Ctrl-C'}); the MLflow run is marked KILLED", file=sys.stderr)

@@ -75,11 +75,14 @@ class TinyModelConfig(ModelConfig):
     num_attention_heads: int = 2
     intermediate_size: int = 64
     max_position_embeddings: int = 512
+    dropout: float = 0.1  # hidden and attention dropout, as in BERT
+
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check(self.hidden_size % self.num_attention_heads == 0,
                "model.hidden_size must be divisible by model.num_attention_heads")
+        _check(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1), got {self.dropout}")
 
 
 # --------------------------------------------------------------------------- method
@@ -241,6 +244,15 @@ class HubDataConfig(DataConfig):
     eval_split: Optional[str] = "test"
 
 
+# --------------------------------------------------------------------------- distributed
+@dataclass
+class DistributedConfig:
+    nproc: int = 1  # processes that train one run together (DDP: gloo on CPU, nccl on CUDA, one GPU each)
+
+    def __post_init__(self) -> None:
+        _check(self.nproc >= 1, f"distributed.nproc must be >= 1, got {self.nproc}")
+
+
 # --------------------------------------------------------------------------- sweep
 @dataclass
 class SweepInfo:
@@ -250,6 +262,7 @@ class SweepInfo:
     study: Optional[str] = None
     trial_id: Optional[int] = None  # Optuna storage id of this job's trial
     storage: Optional[str] = None
+    device: Optional[str] = None  # the device id of this trial's launcher slot (hydra.sweeper.devices)
 
 
 # --------------------------------------------------------------------------- the final metrics of a run
@@ -325,6 +338,7 @@ class TrainConfig:
     save_model: SaveModel = SaveModel.best
     checkpoint_every_steps: Optional[int] = None  # also on SIGTERM/Ctrl-C when set; null: no checkpoints
     resume: Optional[str] = None  # an MLflow run id or a checkpoint folder to continue from
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     sweep: SweepInfo = field(default_factory=SweepInfo)
 
     def __post_init__(self) -> None:

@@ -202,7 +202,15 @@ class FitResult:
 
 
 def _evaluate_and_ask(model, eval_loader, device, s: LoopSettings, hooks: Hooks, log: LogFn, result: FitResult,
-                      step: int, early: EarlyStopping) -> None:
+                      step: int, early: EarlyStopping, group=None) -> None:
+    if group is not None:  # rank 0 evaluates and decides; the other ranks learn the verdict
+        if group.main:
+            _evaluate_and_ask(model, eval_loader, device, s, hooks, log, result, step, early)
+        else:
+            result.last_eval_step = step
+        if group.agree(result.stopped_at is not None) and result.stopped_at is None:
+            result.stopped_at, result.stop_reason = step, "stopped by rank 0"
+        return
     t0 = time.perf_counter()
     ev = evaluate(model, eval_loader, device, s.num_labels, s.precision)
     result.eval_time_s += time.perf_counter() - t0
@@ -220,12 +228,16 @@ def _optimizer_step(train_model, micro: list[dict], optimizer, scheduler, traina
     """One optimizer step over `micro` (grad_accum_steps batches); returns the summed loss, on device."""
     loss_sum = torch.zeros((), device=device)
     for batch in micro:
-        result.samples += batch["labels"].numel()
-        result.tokens += int(batch["attention_mask"].sum())  # CPU tensor: no device sync
+        weight = batch.pop("loss_weight", None)  # a distributed rank's share of the global batch
+        if weight is None or weight > 0:  # a rank with no share of a last, small batch counts nothing
+            result.samples += batch["labels"].numel()
+            result.tokens += int(batch["attention_mask"].sum())  # CPU tensor: no device sync
         batch = _to(batch, device)
         with autocast(device, s.precision):
             # The model computes the loss: cross-entropy, plus a method's own term (AdaLoRA's orthogonality).
             loss = train_model(**batch).loss
+        if weight is not None:
+            loss = loss * weight.to(device)
         scaled = loss / len(micro)
         (scaler.scale(scaled) if scaler else scaled).backward()
         loss_sum += loss.detach().float()
@@ -292,16 +304,22 @@ def set_rng_states(states: dict) -> None:
 def fit(model: nn.Module, train_loader: DataLoader, eval_loader: DataLoader, optimizer: torch.optim.Optimizer,
         scheduler, s: LoopSettings, device: torch.device, hooks: Optional[Hooks] = None,
         log: LogFn = lambda metrics, step: None, step_hook: Optional[Callable[[int], None]] = None,
-        checkpoint: Optional[Callable[[dict], None]] = None, resume: Optional[dict] = None) -> FitResult:
+        checkpoint: Optional[Callable[[dict], None]] = None, resume: Optional[dict] = None,
+        group=None) -> FitResult:
     """Train for s.total_steps optimizer steps; `model` is evaluated as is, a compiled copy does the training.
 
     After each evaluation `hooks.should_stop` may end training early (a pruner's verdict), and so may early
     stopping. `checkpoint(state)` receives the loop's whole state every s.checkpoint_every_steps steps and on
-    Ctrl-C/SIGTERM; `resume` (such a state, with model and optimizer already restored) continues from it."""
+    Ctrl-C/SIGTERM; `resume` (such a state, with model and optimizer already restored) continues from it.
+    `group` (ftsweep/distributed.py): this process is one rank of a distributed run, with `train_loader`
+    giving its shares of the global batches; only rank 0 evaluates."""
     hooks = hooks or Hooks()
     result = FitResult(compiled=s.compile)
     early = EarlyStopping(s.early_stopping, s.early_stopping_metric, s.early_stopping_min_delta)
-    train_model = torch.compile(model, dynamic=True) if s.compile else model  # dynamic: padding varies per batch
+    train_model = group.wrap(model) if group is not None else model
+    if s.compile:
+        train_model = torch.compile(train_model, dynamic=True)  # dynamic: padding varies per batch
+    world = group.world if group is not None else 1
     # fp16 needs loss scaling to keep small gradients from flushing to zero; bf16 has fp32's range.
     scaler = torch.amp.GradScaler(device.type) if s.precision == Precision.fp16 else None
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -334,11 +352,13 @@ def fit(model: nn.Module, train_loader: DataLoader, eval_loader: DataLoader, opt
                 set_rng_states(resume["rng"])  # and the same dropout masks from here on
                 if s.eval_every_steps and result.steps % s.eval_every_steps == 0 and result.steps > 0 \
                         and result.last_eval_step != result.steps:  # stopped inside that evaluation
-                    _evaluate_and_ask(model, eval_loader, device, s, hooks, log, result, result.steps, early)
+                    _evaluate_and_ask(model, eval_loader, device, s, hooks, log, result, result.steps, early, group)
             else:
                 pos.epoch, pos.batches, pos.loader = epoch, 0, _loader_state(train_loader)
                 batches = iter(train_loader)
             while result.steps < s.total_steps and result.stopped_at is None:
+                if group is not None and group.agree(interrupt.requested()):
+                    raise KeyboardInterrupt("terminated (a signal reached one of the ranks)")
                 interrupt.check()
                 in_step = True  # from here a second signal could cut the step in half: no checkpoint of that
                 micro = [b for _, b in zip(range(s.grad_accum_steps), batches)]
@@ -358,7 +378,9 @@ def fit(model: nn.Module, train_loader: DataLoader, eval_loader: DataLoader, opt
                 step = result.steps
                 bar.update(1)
                 if step % s.log_every_steps == 0 or step == s.total_steps:
-                    mean_loss = (loss_sum / loss_count).item()
+                    # The ranks' weighted losses average to the global batches' mean loss.
+                    total = group.sum([loss_sum.item()])[0] if group is not None else loss_sum.item()
+                    mean_loss = total / (loss_count * world)
                     if not math.isfinite(mean_loss):
                         raise TrainingError(f"training diverged: loss became {mean_loss} by step {step}; "
                                             f"lower lr or keep optimizer.max_grad_norm set")
@@ -367,12 +389,12 @@ def fit(model: nn.Module, train_loader: DataLoader, eval_loader: DataLoader, opt
                     loss_sum.zero_()
                     loss_count = 0
                 if s.eval_every_steps and step % s.eval_every_steps == 0:
-                    _evaluate_and_ask(model, eval_loader, device, s, hooks, log, result, step, early)
+                    _evaluate_and_ask(model, eval_loader, device, s, hooks, log, result, step, early, group)
                 if checkpoint is not None and s.checkpoint_every_steps and step % s.checkpoint_every_steps == 0 \
                         and step < s.total_steps:
                     checkpoint(state())
             if result.last_eval_step != result.steps:
-                _evaluate_and_ask(model, eval_loader, device, s, hooks, log, result, result.steps, early)  # epoch end
+                _evaluate_and_ask(model, eval_loader, device, s, hooks, log, result, result.steps, early, group)  # epoch end
             if result.steps >= s.total_steps or result.stopped_at is not None:
                 break
     except KeyboardInterrupt:
@@ -382,6 +404,8 @@ def fit(model: nn.Module, train_loader: DataLoader, eval_loader: DataLoader, opt
         raise
     finally:
         bar.close()
+    if group is not None:  # throughput counts every rank's examples
+        result.samples, result.tokens = (int(v) for v in group.sum([result.samples, result.tokens]))
     early.restore(model, result)
     return result
 

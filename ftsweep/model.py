@@ -136,6 +136,7 @@ def load_model(cfg: ModelConfig, label_names: list[str], tokenizer, method_cfg: 
             vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_hidden_layers,
             num_attention_heads=cfg.num_attention_heads, intermediate_size=cfg.intermediate_size,
             max_position_embeddings=cfg.max_position_embeddings, pad_token_id=tokenizer.pad_token_id,
+            hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout,
             num_labels=len(label_names), id2label=id2label, label2id=label2id,
         )
         return BertForSequenceClassification(config)

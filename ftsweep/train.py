@@ -7,9 +7,11 @@ run exists; once the run exists it always ends FINISHED, FAILED or KILLED.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import logging
+import os
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -21,7 +23,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import ftsweep
-from ftsweep import artifacts, checkpoint, interrupt, keep
+from ftsweep import artifacts, checkpoint, distributed, interrupt, keep
 from ftsweep import data as data_mod
 from ftsweep import model as model_mod
 from ftsweep.config import LoraMethodConfig, Precision, SaveModel, TinyModelConfig, TrainConfig, validate
@@ -34,12 +36,30 @@ from ftsweep.tracking import Tracker, flatten
 log = logging.getLogger("ftsweep")
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, pinned: str | None = None) -> torch.device:
+    """`device` as configured; `pinned` is the GPU id of a sweep trial's launcher slot (hydra.sweeper.devices)."""
+    if pinned is not None and name in ("auto", "cuda") and torch.cuda.is_available():
+        return _pinned_device(pinned)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device={name} but CUDA is not available here; use device=cpu or device=auto")
     return torch.device(name)
+
+
+def _pinned_device(device_id: str) -> torch.device:
+    """The CUDA device with this id, selected by its ordinal among the ones this process sees.
+
+    Not by setting CUDA_VISIBLE_DEVICES here: joblib's workers run one trial after another, and CUDA reads
+    that variable once per process, so the second trial of a worker would stay on the first one's device."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [v.strip() for v in visible.split(",")] if visible else [str(i) for i in range(torch.cuda.device_count())]
+    if device_id not in ids:
+        raise ConfigError(f"hydra.sweeper.devices names device {device_id}, which this process cannot see "
+                          f"(visible: {','.join(ids) or 'none'})")
+    device = torch.device("cuda", ids.index(device_id))
+    torch.cuda.set_device(device)  # CUDA's context and default allocations go there too, not to device 0
+    return device
 
 
 def run_name(cfg: TrainConfig) -> str:
@@ -68,6 +88,8 @@ def check_settings(cfg: TrainConfig, device: torch.device) -> None:
     if cfg.checkpoint_every_steps and cfg.method.name == "adalora":
         raise ConfigError("checkpoint_every_steps does not work with method=adalora: its rank allocator's state is "
                           "not in the checkpoint, so a resumed run would not be the same run; use method=lora")
+    if cfg.distributed.nproc > 1:
+        check_distributed(cfg, device)
     if cfg.precision == Precision.fp16 and device.type != "cuda":
         raise ConfigError(f"precision=fp16 needs CUDA (its GradScaler and kernels); this run's device is {device.type}. "
                           f"Use precision=bf16 or fp32")
@@ -76,6 +98,19 @@ def check_settings(cfg: TrainConfig, device: torch.device) -> None:
     if cfg.data.max_length > limit:
         raise ConfigError(f"data.max_length={cfg.data.max_length} is above model '{cfg.model.name}' limit of {limit} "
                           f"tokens" + (" with this method's virtual tokens" if extra else ""))
+
+
+def check_distributed(cfg: TrainConfig, device: torch.device) -> None:
+    n = cfg.distributed.nproc
+    if cfg.checkpoint_every_steps or cfg.resume:
+        raise ConfigError(f"distributed.nproc={n} does not write or resume checkpoints yet; leave "
+                          "checkpoint_every_steps and resume unset, or train on one process")
+    if cfg.batch_size < n:
+        raise ConfigError(f"batch_size={cfg.batch_size} is the global batch, split across distributed.nproc={n} "
+                          f"processes: it must be at least {n}")
+    if device.type == "cuda" and (device.index or 0) + n > torch.cuda.device_count():
+        raise ConfigError(f"distributed.nproc={n} needs {n} CUDA devices from {device}; this machine has "
+                          f"{torch.cuda.device_count()}")
 
 
 def prepare(cfg: TrainConfig, device: torch.device) -> tuple[data_mod.TextSplits, Any]:
@@ -156,8 +191,10 @@ def param_counts(model) -> dict[str, float]:
 
 
 def finish(tc: TrainConfig, tracker: Tracker, result: FitResult, model, optimizer, memory: PeakMemory,
-           splits: data_mod.TextSplits, total_steps: int, params: dict[str, float], out_dir: Path) -> dict[str, float]:
-    """What came out: metrics (on disk first, then MLflow), the classification report, the confusion matrix."""
+           splits: data_mod.TextSplits, total_steps: int, params: dict[str, float], out_dir: Path,
+           ranks: dict[str, float]) -> dict[str, float]:
+    """What came out: metrics (on disk first, then MLflow), the classification report, the confusion matrix.
+    `ranks`: each rank's memory peak, for a distributed run."""
     ev = result.final_eval
     metrics = {f"eval/{k}": ev[k] for k in ("accuracy", "f1_macro", "loss")}
     metrics.update(result.perf())
@@ -168,6 +205,7 @@ def finish(tc: TrainConfig, tracker: Tracker, result: FitResult, model, optimize
     metrics["train/best_step"] = result.best_step  # the weights the final eval used (early stopping restores)
     metrics.update(params)
     metrics.update(memory_breakdown(memory.stop(), model, result.grads_mb, optimizer, memory))
+    metrics.update(ranks)
     if result.stop_reason:
         tracker.set_tags({result.stop_reason: "true", f"{result.stop_reason}_at_step": result.stopped_at})
     # The result is on disk before anything else can fail.
@@ -206,6 +244,41 @@ def keep_model(tc: TrainConfig, tracker: Tracker, model, tokenizer, splits: data
                            f"in {out_dir / 'metrics.json'}") from exc
 
 
+def loop_settings(tc: TrainConfig, loaders: Loaders, splits: data_mod.TextSplits, progress: bool = True) -> LoopSettings:
+    return LoopSettings(
+        total_steps=loaders.total_steps, epochs=tc.epochs, num_labels=splits.num_labels,
+        grad_accum_steps=tc.grad_accum_steps, max_grad_norm=tc.optimizer.max_grad_norm,
+        eval_every_steps=tc.eval_every_steps, log_every_steps=tc.log_every_steps, precision=tc.precision,
+        compile=tc.compile, progress=tc.progress_bar and progress, early_stopping=tc.early_stopping.patience,
+        early_stopping_metric=tc.early_stopping.metric, early_stopping_min_delta=tc.early_stopping.min_delta,
+        checkpoint_every_steps=tc.checkpoint_every_steps)
+
+
+def rank_memory(group: distributed.Group, memory: PeakMemory) -> dict[str, float]:
+    """Every rank's peak (the CUDA allocator's on a GPU, RSS on the CPU), gathered on all of them."""
+    peak = memory.stop()
+    peaks = group.gather(peak.get("mem/cuda_peak_allocated_mb", peak["mem/cpu_peak_rss_mb"]))
+    return {**{f"mem/peak_mb_rank{i}": v for i, v in enumerate(peaks)}, "mem/peak_mb_all_ranks": sum(peaks)}
+
+
+def train_helper_rank(raw: DictConfig, group: distributed.Group) -> None:
+    """Ranks 1..N-1 of a distributed run: rank 0's data, model and optimizer, trained in lockstep with it.
+    Nothing is logged or kept here; rank 0 evaluates, decides and logs for all (ftsweep/distributed.py)."""
+    tc = validate(raw)
+    memory = PeakMemory(group.device).start()
+    seed_everything(tc.seed)
+    splits, tokenizer = prepare(tc, group.device)
+    loaders = setup_data(tc, splits, tokenizer)
+    with tempfile.TemporaryDirectory(prefix="ftsweep-rank-") as scratch:
+        model = setup_model(tc, splits, tokenizer, loaders.total_steps, group.device, Path(scratch))
+    optimizer = build_optimizer(model, tc.optimizer, tc.lr)
+    scheduler = build_scheduler(optimizer, tc.optimizer, loaders.total_steps)
+    fit(model, distributed.ShardedLoader(loaders.train, group.rank, group.world), None, optimizer, scheduler,
+        loop_settings(tc, loaders, splits, progress=False), group.device, step_hook=model_mod.step_hook(model),
+        group=group)
+    rank_memory(group, memory)
+
+
 def train(cfg: DictConfig | TrainConfig, output_dir: str | Path | None = None, overrides: list[str] | None = None,
           tracker: Tracker | None = None, hooks: Hooks | None = None) -> dict[str, float]:
     """Fine-tune as configured; return the final metrics (all logged to MLflow)."""
@@ -213,7 +286,7 @@ def train(cfg: DictConfig | TrainConfig, output_dir: str | Path | None = None, o
     tc = validate(cfg)
     resolved = OmegaConf.to_container(raw, resolve=True, enum_to_str=True)
     hooks = hooks or Hooks()
-    device = resolve_device(tc.device)
+    device = resolve_device(tc.device, tc.sweep.device)
     memory = PeakMemory(device).start()
     seed_everything(tc.seed)
     tracker = tracker or Tracker()
@@ -233,12 +306,13 @@ def train(cfg: DictConfig | TrainConfig, output_dir: str | Path | None = None, o
     resumed = ck is not None and tracker.resume(ck["run_id"])
     if not resumed:
         tags = {"method": tc.method.name, "model": tc.model.name, "dataset": tc.data.name, "device": device.type,
+                **({"ftsweep.device_id": tc.sweep.device} if tc.sweep.device is not None else {}),
                 "git_commit": _git_commit(), "ftsweep_version": ftsweep.__version__, **hooks.tags}
         if ck is not None:
             tags["ftsweep.resumed_from"] = ck["run_id"]
         tracker.start(experiment=tc.experiment_name or tc.data.name, run_name=run_name(tc), tags=tags,
                       parent_run_id=hooks.parent_run_id)
-    model = None
+    model, group = None, None
     try:
         hooks.on_start(tracker.run_id)
         if resumed:  # no longer the interrupted run it was; a sweep's trial takes it over with its own tags
@@ -246,6 +320,8 @@ def train(cfg: DictConfig | TrainConfig, output_dir: str | Path | None = None, o
             tracker.set_tags({**hooks.tags, "ftsweep.resumed_at_step": ck["loop"]["result"].steps})
         if not resumed:
             log_inputs(tracker, tc, raw, resolved, overrides, splits)
+        if tc.distributed.nproc > 1:  # the helpers start up while this rank builds its model
+            group = distributed.start(raw, tc.distributed.nproc, device)
         loaders = setup_data(tc, splits, tokenizer)
         model = setup_model(tc, splits, tokenizer, loaders.total_steps, device, out_dir)
         params = param_counts(model)
@@ -255,13 +331,7 @@ def train(cfg: DictConfig | TrainConfig, output_dir: str | Path | None = None, o
         scheduler = build_scheduler(optimizer, tc.optimizer, loaders.total_steps)
         if ck is not None:
             checkpoint.restore(model, optimizer, scheduler, ck)
-        settings = LoopSettings(
-            total_steps=loaders.total_steps, epochs=tc.epochs, num_labels=splits.num_labels,
-            grad_accum_steps=tc.grad_accum_steps, max_grad_norm=tc.optimizer.max_grad_norm,
-            eval_every_steps=tc.eval_every_steps, log_every_steps=tc.log_every_steps, precision=tc.precision,
-            compile=tc.compile, progress=tc.progress_bar, early_stopping=tc.early_stopping.patience,
-            early_stopping_metric=tc.early_stopping.metric, early_stopping_min_delta=tc.early_stopping.min_delta,
-            checkpoint_every_steps=tc.checkpoint_every_steps)
+        settings = loop_settings(tc, loaders, splits)
 
         def save_checkpoint(loop_state: dict) -> None:
             checkpoint.save(ckpt_path, model, optimizer, scheduler, loop_state, tracker.run_id,
@@ -276,11 +346,17 @@ def train(cfg: DictConfig | TrainConfig, output_dir: str | Path | None = None, o
         if resumed:  # steps the run logged after its last checkpoint, before it died, are not logged twice
             logged = tracker.last_step("train/loss", "eval/accuracy")
             log_metrics = lambda metrics, step: tracker.log_metrics(metrics, step) if step > logged else None  # noqa: E731
-        result = fit(model, loaders.train, loaders.eval, optimizer, scheduler, settings, device, hooks=hooks,
+        train_loader = distributed.ShardedLoader(loaders.train, 0, group.world) if group else loaders.train
+        result = fit(model, train_loader, loaders.eval, optimizer, scheduler, settings, device, hooks=hooks,
                      log=log_metrics, step_hook=model_mod.step_hook(model),
                      checkpoint=save_checkpoint if tc.checkpoint_every_steps else None,
-                     resume=ck["loop"] if ck else None)
-        metrics = finish(tc, tracker, result, model, optimizer, memory, splits, loaders.total_steps, params, out_dir)
+                     resume=ck["loop"] if ck else None, group=group)
+        ranks = rank_memory(group, memory) if group else {}
+        if group:
+            distributed.stop(group)
+            group = None
+        metrics = finish(tc, tracker, result, model, optimizer, memory, splits, loaders.total_steps, params, out_dir,
+                         ranks)
         if result.stop_reason != "pruned":  # a pruned trial is never a sweep's best
             keep_model(tc, tracker, model, tokenizer, splits, out_dir)
         tracker.end("FINISHED")
@@ -294,6 +370,9 @@ def train(cfg: DictConfig | TrainConfig, output_dir: str | Path | None = None, o
                 tracker.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
     finally:
+        if group is not None:  # rank 0 failed or was interrupted: the helpers must not wait for it
+            with contextlib.suppress(Exception):
+                distributed.stop(group, wait_s=10)
         memory.stop()
         del model
         gc.collect()

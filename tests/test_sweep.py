@@ -458,15 +458,16 @@ def test_an_out_of_memory_trial_is_a_failure_and_infeasible_not_a_crash(tmp_path
     import torch
     from hydra.core.utils import JobReturn, JobStatus
 
-    from ftsweep.sweep.runner import SweepRunner
+    from ftsweep.sweep.runner import SweepRunner, job_outcome
 
     d = define("batch_size=8,16", constraints={"mem/peak_mb": 3000})
     runner = SweepRunner(SweepSettings(), d, config=None, launcher=None, storage_url="", sweep_dir=tmp_path)
     study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path / 'o.db'}"), direction="maximize")
     oom, ok = study.ask(), study.ask()
-    runner._tell(study, oom, JobReturn(status=JobStatus.FAILED, _return_value=torch.OutOfMemoryError("CUDA out of memory")))
-    runner._tell(study, ok, JobReturn(status=JobStatus.COMPLETED,
-                                      _return_value={"eval/accuracy": 0.9, "mem/peak_mb": 2000.0}))
+    runner._tell(study, oom, *job_outcome(JobReturn(status=JobStatus.FAILED,
+                                                   _return_value=torch.OutOfMemoryError("CUDA out of memory"))))
+    runner._tell(study, ok, *job_outcome(JobReturn(status=JobStatus.COMPLETED,
+                                                  _return_value={"eval/accuracy": 0.9, "mem/peak_mb": 2000.0})))
     failed, done = study.get_trials()
     assert failed.state.name == "FAIL" and failed.user_attrs["infeasible"] == "out of memory"
     assert failed.user_attrs["error"].startswith("OutOfMemoryError: CUDA out of memory")

@@ -37,7 +37,8 @@ class SweepSettings:
     storage: Optional[str] = None  # null: sqlite:///multirun/optuna.db; journal:///path.log; postgresql://...
     study_name: Optional[str] = None  # null: derived from the sweep definition, so the same command resumes
     n_trials: int = 20  # the study's total (a rerun runs only the remainder); a grid's total is its size
-    n_jobs: int = 1  # trials launched together (use with hydra/launcher=joblib)
+    n_jobs: int = 1  # trials in flight at once, one per launcher slot (with hydra/launcher=joblib, ray, submitit_*)
+    devices: Optional[List[str]] = None  # GPU ids, one per slot: slot i runs its trials on devices[i % len]
     max_failure_rate: float = 0.5  # stop when more than this fraction of finished trials failed ...
     min_trials_before_abort: int = 4  # ... once at least this many have finished
     stale_after_s: Optional[float] = None  # RUNNING trials of other hosts older than this count as dead
@@ -57,6 +58,7 @@ class SweepSettings:
         need(self.pruner in PRUNERS, f"pruner must be one of {', '.join(PRUNERS)}; got '{self.pruner}'")
         need(self.n_trials >= 1, f"n_trials must be >= 1, got {self.n_trials}")
         need(self.n_jobs >= 1, f"n_jobs must be >= 1, got {self.n_jobs}")
+        need(self.devices is None or len(self.devices) > 0, "devices must list at least one device id, or be null")
         need(0.0 <= self.max_failure_rate <= 1.0, f"max_failure_rate must be in [0, 1], got {self.max_failure_rate}")
         need(self.min_trials_before_abort >= 1, f"min_trials_before_abort must be >= 1, got {self.min_trials_before_abort}")
         need(self.stale_after_s is None or self.stale_after_s > 0, f"stale_after_s must be > 0, got {self.stale_after_s}")

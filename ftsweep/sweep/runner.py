@@ -4,7 +4,10 @@
 - trials are claimed under a storage-wide lock, so concurrent workers never run one grid point twice;
 - a trial left RUNNING by a dead process is marked FAIL and its parameters run again;
 - a failed trial is recorded and the sweep goes on, unless most trials fail;
-- one MLflow parent run per study; every trial is its child run.
+- one MLflow parent run per study; every trial is its child run;
+- `n_jobs` launcher slots each claim the next trial as soon as their own is done, so trials of unequal
+  length never leave a worker idle (Hydra's launchers run a list of jobs and wait for the slowest);
+- a trial whose job was stopped in its own worker (a preempted SLURM job) runs again, from its checkpoint.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ import json
 import logging
 import math
 import os
+import itertools
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -130,8 +135,9 @@ class SweepRunner:
                 if t.user_attrs.get("mlflow_run_id"):
                     _end_run(t.user_attrs["mlflow_run_id"], "worker died (stale RUNNING trial)")
 
-    def _claim(self, study: optuna.Study) -> list[Trial]:
-        with claim_lock(self.url):
+    def _claim(self, study: optuna.Study) -> Optional[Trial]:
+        """The next trial to run, or None when the study has no room left (or, for a grid, no free point)."""
+        with self._claiming, claim_lock(self.url):  # threads of this process, and other processes
             self._fail_stale(study)
             trials = study.get_trials(deepcopy=False)
             running = [t for t in trials if t.state == TrialState.RUNNING]
@@ -142,41 +148,44 @@ class SweepRunner:
             resumable = {_key(t.params): t.system_attrs[RESUME_ATTR] for t in trials
                          if t.system_attrs.get(RESUME_ATTR) and _key(t.params) not in ran
                          and Path(t.system_attrs[RESUME_ATTR]).is_file()}
-            batch = []
-            for _ in range(max(0, min(self.settings.n_jobs, room))):
-                # Seeded by the study's size at this claim (under the lock): reproducible, and neither a resumed
-                # sweep nor a second worker proposes the same start-up points again.
-                study.sampler = self.d.make_sampler(trials_so_far=len(trials) + len(batch))
-                if self.d.grid is not None:
-                    free = [p for p in self.d.grid if _key(p) not in taken]
-                    if not free:
-                        break
-                    taken.add(_key(free[0]))
-                    study.enqueue_trial(free[0])
-                trial = study.ask(fixed_distributions=self.d.space)
-                if self.custom is not None:
-                    self.custom(self.config, trial)
-                resume = resumable.pop(_key(trial.params), None)
-                if resume:
-                    trial.set_user_attr("resume_from", resume)
-                for key, value in {"fixed": self.d.fixed, **worker_attrs()}.items():
-                    trial.set_user_attr(key, value)
-                batch.append(trial)
-            return batch
+            if room <= 0:
+                return None
+            # Seeded by the study's size at this claim (under the lock): reproducible, and neither a resumed
+            # sweep nor a second worker proposes the same start-up points again.
+            study.sampler = self.d.make_sampler(trials_so_far=len(trials))
+            if self.d.grid is not None:
+                free = [p for p in self.d.grid if _key(p) not in taken]
+                if not free:
+                    return None
+                study.enqueue_trial(free[0])
+            trial = study.ask(fixed_distributions=self.d.space)
+            if self.custom is not None:
+                self.custom(self.config, trial)
+            resume = resumable.get(_key(trial.params))
+            if resume:
+                trial.set_user_attr("resume_from", resume)
+            for key, value in {"fixed": self.d.fixed, **worker_attrs()}.items():
+                trial.set_user_attr(key, value)
+            return trial
 
-    def _overrides(self, study: optuna.Study, trial: Trial) -> tuple[str, ...]:
+    def _overrides(self, study: optuna.Study, trial: Trial, slot: int) -> tuple[str, ...]:
         """The job's command line. Hydra prints and saves it, so the storage URL goes without its password;
         the job gets the real one from the environment it inherits (set in run(); see trial_link.storage_url)."""
         params = {**self.d.fixed, **trial.params}
         resume = trial.user_attrs.get("resume_from")
+        devices = self.settings.devices
         return (*(f"{k}={v}" for k, v in params.items()), *([f"resume='{resume}'"] if resume else []),
+                *([f"sweep.device={devices[slot % len(devices)]}"] if devices else []),
                 f"sweep.study={study.study_name}", f"sweep.trial_id={trial_id(trial)}",
                 f"sweep.storage='{redact(self.url)}'",
                 f"hydra.sweep.subdir={study.study_name}/trial_{trial.number}")
 
     # ---- results
-    def _tell(self, study: optuna.Study, trial: Trial, ret) -> None:
-        metrics, exc = job_outcome(ret)
+    def _tell(self, study: optuna.Study, trial: Trial, metrics: Optional[dict], exc: Optional[BaseException]) -> None:
+        if isinstance(exc, interrupt.TrialInterrupted):
+            log.warning("trial %d was stopped in its worker (%s): running its parameters again", trial.number, exc)
+            self._fail_for_rerun(study, self.storage.get_trial(trial_id(trial)), f"interrupted in its worker: {exc}")
+            return
         if isinstance(exc, optuna.TrialPruned):
             log.info("trial %d pruned: %s", trial.number, exc)
             study.tell(trial, state=TrialState.PRUNED)
@@ -207,14 +216,17 @@ class SweepRunner:
         return (len(finished) >= self.settings.min_trials_before_abort
                 and failed > self.settings.max_failure_rate * len(finished))
 
-    def _finish(self, study: optuna.Study, parent: Tracker, aborted: bool) -> dict[str, Any]:
+    def _finish(self, study: optuna.Study, parent: Tracker, aborted: bool, utilisation: dict[str, float]) -> dict[str, Any]:
         result = results.write_results(study, self.d, self.sweep_dir)
         for name in ("optimization_results.yaml", "trials.csv"):
             parent.log_artifact(self.sweep_dir / name)
         children = parent.client.search_runs(
             [parent.client.get_run(parent.run_id).info.experiment_id],
             f"tags.`mlflow.parentRunId` = '{parent.run_id}'", max_results=10000)
-        parent.log_metrics(results.sweep_metrics(result, [c.data.metrics for c in children]), step=0)
+        parent.log_metrics({**results.sweep_metrics(result, [c.data.metrics for c in children]), **utilisation}, step=0)
+        if utilisation:
+            log.info("%d slot(s) busy %.0f%% of %.0f s", self.settings.n_jobs,
+                     100 * utilisation["sweep/worker_utilisation"], utilisation["sweep/wall_time_s"])
         save_model = getattr(self.config.get("save_model"), "value", "none")  # the SaveModel enum's name
         if save_model != "none" and not aborted:  # after a Ctrl-C, the next run of the command does it
             try:  # the results above are already safe whatever happens here
@@ -269,55 +281,122 @@ class SweepRunner:
     def _feasible(self, run) -> bool:
         return all(run.data.metrics.get(k, math.inf) <= bound for k, bound in self.d.constraints.items())
 
+    # ---- running
+    def _slot(self, study: optuna.Study, slot: int) -> None:
+        """One launcher slot: claim a trial, launch it alone, tell its outcome, and claim the next at once."""
+        while not (self._stop.is_set() or interrupt.requested()):
+            trial = self._claim(study)
+            if trial is None:
+                return
+            trial.set_user_attr("slot", slot)
+            self._in_flight[trial_id(trial)] = trial
+            started = time.perf_counter()
+            try:
+                ret = self.launcher.launch([self._overrides(study, trial, slot)], initial_job_idx=next(self._job_idx))
+                metrics, exc = job_outcome(ret[0])
+            except Exception as lost:  # the engine lost the job: a killed worker, a node that went away
+                metrics, exc = None, lost
+            self._busy_s += time.perf_counter() - started
+            if self._stop.is_set() and self._aborted:
+                return  # the sweep was interrupted meanwhile, and marked this trial for a rerun
+            self._tell(study, trial, metrics, exc)
+            del self._in_flight[trial_id(trial)]
+            self._launched += 1
+            if self._too_many_failures(study):
+                self._aborted = True
+                self._stop.set()
+                log.error("stopping: more than %.0f%% of finished trials failed (hydra.sweeper.max_failure_rate)",
+                          100 * self.settings.max_failure_rate)
+
+    def _run_slots(self, study: optuna.Study) -> None:
+        """n_jobs slots, each a thread that launches one job at a time through the launcher; with one slot,
+        the main thread itself (the basic launcher runs the job in this process, signals included)."""
+        if self.settings.n_jobs == 1:
+            self._slot(study, 0)
+            return
+        if self._claim_would_run(study):
+            _start_engine(self.launcher)
+        errors: list[BaseException] = []
+
+        def guarded(slot: int) -> None:
+            try:
+                self._slot(study, slot)
+            except BaseException as exc:  # reaches the main thread, which ends the sweep
+                errors.append(exc)
+                self._stop.set()
+
+        threads = [threading.Thread(target=guarded, args=(i,), name=f"ftsweep-slot-{i}", daemon=True)
+                   for i in range(self.settings.n_jobs)]
+        for thread in threads:
+            thread.start()
+        while any(t.is_alive() for t in threads):
+            interrupt.check()  # signals reach the main thread only
+            time.sleep(0.2)
+        if errors:
+            raise errors[0]
+
+    def _claim_would_run(self, study: optuna.Study) -> bool:
+        """Whether the study has room for another trial (a finished study does not start an engine)."""
+        trials = study.get_trials(deepcopy=False)
+        return self.d.n_trials > sum(results.counts(t) or t.state == TrialState.RUNNING for t in trials)
+
     def run(self) -> dict[str, Any]:
         with interrupt.deferred():  # a study without its parent run would be a half-made sweep
             study, parent = self._open()
         os.environ[STORAGE_ENV] = self.url
-        log.info("study %s (%s, %d trials in all, %s) on %s; MLflow parent run %s", study.study_name, self.d.sampler,
-                 self.d.n_trials, "/".join(self.d.directions), redact(self.url), parent.run_id)
-        launched, aborted, batch, job_idx = 0, False, [], 0
+        os.environ[interrupt.SWEEPER_PID_ENV] = str(os.getpid())  # jobs in other processes are workers
+        log.info("study %s (%s, %d trials in all, %s) on %s; MLflow parent run %s; %d slot(s)", study.study_name,
+                 self.d.sampler, self.d.n_trials, "/".join(self.d.directions), redact(self.url), parent.run_id,
+                 self.settings.n_jobs)
+        self._claiming, self._stop, self._job_idx = threading.Lock(), threading.Event(), itertools.count()
+        self._in_flight: dict[int, Trial] = {}
+        self._launched, self._aborted, self._busy_s = 0, False, 0.0
+        started = time.perf_counter()
         try:
-            while True:
-                interrupt.check()
-                batch = self._claim(study)
-                if not batch:
-                    break
-                returns = self.launcher.launch([self._overrides(study, t) for t in batch], initial_job_idx=job_idx)
-                job_idx += len(returns)
-                launched += len(returns)
-                for trial, ret in zip(batch, returns):
-                    self._tell(study, trial, ret)
-                batch = []
-                if self._too_many_failures(study):
-                    aborted = True
-                    log.error("stopping: more than %.0f%% of finished trials failed (hydra.sweeper.max_failure_rate)",
-                              100 * self.settings.max_failure_rate)
-                    break
+            self._run_slots(study)
         except BaseException as exc:  # Ctrl-C, SIGTERM: the trials in flight run again on resume
-            aborted = True
+            self._aborted = True
+            self._stop.set()
             with interrupt.deferred():
-                for trial in batch:
+                for trial in list(self._in_flight.values()):
                     frozen = self.storage.get_trial(trial_id(trial))
                     if frozen.state == TrialState.RUNNING:
                         log.warning("trial %d interrupted (%s): marked FAIL; the same command runs it again",
                                     trial.number, type(exc).__name__)
                         self._fail_for_rerun(study, frozen, f"interrupted: {first_line(exc, with_type=True)}")
+                        _end_run(frozen.user_attrs.get("mlflow_run_id"), "interrupted with its sweep")
             raise
         finally:
             with interrupt.deferred():  # results, report and the parent run's end are written whatever comes
-                result = self._finish(study, parent, aborted)
+                wall = time.perf_counter() - started
+                result = self._finish(study, parent, self._aborted, self._utilisation(wall))
                 others_running = bool(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
                 all_failed = result["n_complete"] == 0 and result["n_failed"] > 0
-                if aborted or all_failed:
+                if self._aborted or all_failed:
                     parent.end("FAILED")
                 elif not others_running:
                     parent.end("FINISHED")  # else the worker still running trials closes it
-        if launched == 0:
+        if self._launched == 0:
             log.info("study %s is already complete (%d of %d trials finished): nothing to run", study.study_name,
                      result["n_complete"] + result["n_failed"] + result["n_pruned"], self.d.n_trials)
         results.log_summary(result, self.sweep_dir)
-        result["ok"] = not aborted and not all_failed
+        result["ok"] = not self._aborted and not all_failed
         return result
+
+    def _utilisation(self, wall_s: float) -> dict[str, float]:
+        """Busy time over wall time x slots, from the first claim to the last outcome (this process's slots)."""
+        if not self._launched or wall_s <= 0:
+            return {}
+        return {"sweep/wall_time_s": wall_s, "sweep/busy_time_s": self._busy_s,
+                "sweep/worker_utilisation": self._busy_s / (wall_s * self.settings.n_jobs)}
+
+
+def _start_engine(launcher) -> None:
+    """Start Ray once, before the slots launch at the same time (each launch would call ray.init otherwise)."""
+    if hasattr(launcher, "ray_cfg"):  # hydra-ray-launcher
+        from hydra_plugins.hydra_ray_launcher._launcher_util import start_ray
+
+        start_ray(launcher.ray_cfg.init)
 
 
 def _key(params: dict[str, Any]) -> str:
@@ -337,8 +416,16 @@ def _checkpoint_of(run_id: Optional[str]) -> Optional[str]:
     return path if path and Path(path).is_file() else None
 
 
-def _end_run(run_id: str, error: str) -> None:
+def _end_run(run_id: Optional[str], error: str) -> None:
+    """End a trial's MLflow run KILLED, unless its job already ended it."""
+    if not run_id:
+        return
     tracker = Tracker()
+    try:
+        if tracker.client.get_run(run_id).info.status != "RUNNING":
+            return
+    except Exception:  # a store that lost the run: nothing to end
+        return
     tracker.run_id = run_id
     tracker.set_tags({"error": error})
     tracker.end("KILLED")

@@ -60,6 +60,7 @@ class TrialLink(Hooks):
 
     def on_start(self, run_id: str) -> None:
         self.storage.set_trial_user_attr(self.trial_id, "mlflow_run_id", run_id)
+        self.storage.set_trial_user_attr(self.trial_id, "job_pid", os.getpid())  # a launcher's worker process
 
     def should_stop(self, step: int, evaluation: dict[str, float]) -> Optional[str]:
         """Report this eval's objective to the trial and ask the study's pruner (Optuna's public pruner API)."""
