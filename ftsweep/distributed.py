@@ -33,6 +33,7 @@ from ftsweep.errors import TrainingError
 
 log = logging.getLogger("ftsweep")
 TIMEOUT = timedelta(hours=1)  # a collective waits this long: helpers wait out rank 0's evaluations
+JOIN_TIMEOUT = timedelta(minutes=5)  # the helpers' start-up: imports, data, tokenizer
 
 
 @dataclass
@@ -42,6 +43,7 @@ class Group:
     device: torch.device
     helpers: list[subprocess.Popen] = field(default_factory=list)  # rank 0 only
     spec: Optional[Path] = None
+    threads: int = 0  # this process's torch threads before the group, given back at the end (CPU)
 
     @property
     def main(self) -> bool:
@@ -145,8 +147,13 @@ def _package_root() -> str:
 def _init(group: Group, port: int) -> None:
     if group.device.type == "cuda":
         torch.cuda.set_device(group.device)
-    dist.init_process_group(backend_for(group.device), init_method=f"tcp://127.0.0.1:{port}", rank=group.rank,
-                            world_size=group.world, timeout=TIMEOUT)
+    else:  # N ranks with a thread per core each would fight over the cores
+        group.threads = torch.get_num_threads()
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // group.world))
+    # Joining waits JOIN_TIMEOUT at most: a helper that died while starting must not hold rank 0 for an hour.
+    store = dist.TCPStore("127.0.0.1", port, group.world, is_master=group.main, timeout=JOIN_TIMEOUT)
+    dist.init_process_group(backend_for(group.device), store=store, rank=group.rank, world_size=group.world,
+                            timeout=TIMEOUT)
 
 
 def stop(group: Optional[Group], wait_s: float = 60.0) -> None:
@@ -156,6 +163,8 @@ def stop(group: Optional[Group], wait_s: float = 60.0) -> None:
         return
     if dist.is_initialized():
         dist.destroy_process_group()
+    if group.threads:
+        torch.set_num_threads(group.threads)
     failed = []
     for rank, proc in enumerate(group.helpers, start=1):
         try:

@@ -106,3 +106,24 @@ def test_submitit_runs_the_grid_and_a_preempted_job_reruns_its_trial_from_its_ch
     assert int(tags["ftsweep.resumed_at_step"]) >= 10
     steps = [s for (s,) in query(db, f"select step from metrics where run_uuid='{long_run}' and key='train/loss'")]
     assert sorted(steps) == list(range(5, 151, 5))  # each step logged once, before and after the preemption
+
+
+def test_a_killed_worker_loses_its_job_and_the_trial_runs_again(cli, tmp_path):
+    """SIGKILL leaves a job no chance to report: joblib's executor reports the worker lost, and the sweep
+    runs the trial again (without a checkpoint, from step 0), ending the dead job's RUNNING run KILLED."""
+    proc = start(cli, "-m", *base(tmp_path, rows=64), "max_steps=300", "epochs=1000", "log_every_steps=5",
+                 "seed=1,2", "hydra/launcher=joblib", "hydra.sweeper.n_jobs=2", "hydra.launcher.n_jobs=2")
+    db = mlflow_db()
+    wait_for(lambda: len(query(db, "select distinct run_uuid from metrics where key='train/loss'")) >= 2,
+             "both trials to train")
+    [study] = studies(cli.cwd)
+    victim = next(t for t in study.get_trials() if t.state.name == "RUNNING" and "job_pid" in t.user_attrs)
+    os.kill(victim.user_attrs["job_pid"], signal.SIGKILL)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    assert "job lost" in out + err
+    trials = study.get_trials()
+    assert sorted(t.params["seed"] for t in trials if t.state.name == "COMPLETE") == [1, 2]
+    assert any(t.state.name == "FAIL" and t.params["seed"] == victim.params["seed"] for t in trials)
+    statuses = [s for (s,) in query(db, "select status from runs")]
+    assert "RUNNING" not in statuses and "KILLED" in statuses

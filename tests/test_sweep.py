@@ -551,3 +551,35 @@ def test_a_storage_password_never_reaches_mlflow(cli, toy, postgres_server):
     leaked = [p for p in [store, *store.parent.joinpath("mlartifacts").rglob("*")]
               if p.is_file() and b"pl4nted-s3cret" in p.read_bytes()]
     assert leaked == []
+
+
+def test_the_readmes_slurm_command_composes_with_the_submitit_launcher_it_names():
+    """SLURM itself is not on this machine (submitit_local runs the same launcher path in test_launchers.py);
+    this keeps the README's copy-pasteable command true: every key it sets exists, with the value it gives."""
+    import shlex
+
+    from hydra import compose, initialize_config_dir
+
+    from ftsweep.config import CONF_DIR
+
+    readme = (REPO / "README.md").read_text()
+    block = next(b for b in readme.split("```") if "hydra/launcher=submitit_slurm" in b)
+    command = " ".join(line.split("#")[0].rstrip(" \\") for line in block.splitlines()
+                       if not line.lstrip().startswith(("#", "pip", "export")))
+    words = shlex.split(command)
+    overrides = [w for w in words[words.index("ftsweep") + 1:] if w != "-m"]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher.gpus_per_node == 1 and launcher.tasks_per_node == 1
+    settings = SweepSettings.from_config(cfg.hydra.sweeper)
+    assert settings.n_jobs > 1 and settings.storage.startswith("postgresql://")
+
+
+def test_a_grid_runs_its_largest_trials_first_so_that_slots_finish_together():
+    grid = define("batch_size=8,32,16", "method=full,lora", "max_steps=10,100").grid
+    work = [p["batch_size"] * p["max_steps"] for p in grid]
+    assert work == sorted(work, reverse=True) and len(grid) == 12
+    assert [p["method"] for p in grid[:2]] == ["full", "lora"]  # equal work keeps the product's order
+    assert list(define("method=full,lora").grid) == [{"method": "full"}, {"method": "lora"}]

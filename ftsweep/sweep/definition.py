@@ -271,9 +271,20 @@ def make_pruner(spec: dict[str, Any]) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
+# Swept keys that scale a trial's work about linearly: their product orders a grid, largest first.
+WORK_KEYS = ("batch_size", "grad_accum_steps", "max_steps", "epochs", "data.max_length", "data.max_train_samples")
+
+
+def _work(point: dict[str, Any]) -> float:
+    return math.prod(float(v) for k, v in point.items() if k in WORK_KEYS and isinstance(v, (int, float)))
+
+
 def _grid(space: Dict[str, BaseDistribution]) -> Optional[list[dict[str, Any]]]:
-    """Every combination, in a fixed order, when every swept key is a discrete choice list."""
+    """Every combination when every swept key is a discrete choice list, in a fixed order: the largest
+    trials first (longest-processing-time order), so that slots finish together instead of one slot running
+    the longest trial alone at the end; and the largest batch fails first if memory is short."""
     if not space or not all(isinstance(d, CategoricalDistribution) for d in space.values()):
         return None
     names = sorted(space)
-    return [dict(zip(names, values)) for values in itertools.product(*(space[n].choices for n in names))]
+    points = [dict(zip(names, values)) for values in itertools.product(*(space[n].choices for n in names))]
+    return sorted(points, key=_work, reverse=True)  # stable: equal work keeps the product's order

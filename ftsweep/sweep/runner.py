@@ -12,11 +12,11 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
 import os
-import itertools
 import shutil
 import threading
 import time
@@ -37,6 +37,7 @@ from ftsweep.tracking import Tracker, redact
 
 log = logging.getLogger("ftsweep.sweep")
 RESUME_ATTR = "ftsweep_checkpoint"  # on a FAILed interrupted trial: the checkpoint its rerun starts from
+MAX_LOSSES = 2  # a trial whose job the engine lost (killed, preempted) runs again, at most this many times
 
 
 def trial_id(trial: Trial | FrozenTrial) -> int:
@@ -184,7 +185,9 @@ class SweepRunner:
     def _tell(self, study: optuna.Study, trial: Trial, metrics: Optional[dict], exc: Optional[BaseException]) -> None:
         if isinstance(exc, interrupt.TrialInterrupted):
             log.warning("trial %d was stopped in its worker (%s): running its parameters again", trial.number, exc)
-            self._fail_for_rerun(study, self.storage.get_trial(trial_id(trial)), f"interrupted in its worker: {exc}")
+            frozen = self.storage.get_trial(trial_id(trial))
+            self._fail_for_rerun(study, frozen, f"interrupted in its worker: {exc}")
+            _end_run(frozen.user_attrs.get("mlflow_run_id"), f"interrupted in its worker: {exc}")  # a killed job's
             return
         if isinstance(exc, optuna.TrialPruned):
             log.info("trial %d pruned: %s", trial.number, exc)
@@ -284,7 +287,8 @@ class SweepRunner:
     # ---- running
     def _slot(self, study: optuna.Study, slot: int) -> None:
         """One launcher slot: claim a trial, launch it alone, tell its outcome, and claim the next at once."""
-        while not (self._stop.is_set() or interrupt.requested()):
+        while not self._stop.is_set():
+            interrupt.check()  # in a slot thread, the main thread sees it through `errors` and ends the sweep
             trial = self._claim(study)
             if trial is None:
                 return
@@ -294,14 +298,17 @@ class SweepRunner:
             try:
                 ret = self.launcher.launch([self._overrides(study, trial, slot)], initial_job_idx=next(self._job_idx))
                 metrics, exc = job_outcome(ret[0])
-            except Exception as lost:  # the engine lost the job: a killed worker, a node that went away
+            except Exception as lost:  # the engine lost the job: a killed worker, a preempted node
                 metrics, exc = None, lost
-            self._busy_s += time.perf_counter() - started
-            if self._stop.is_set() and self._aborted:
+                if self._losses(study, trial) < MAX_LOSSES:
+                    exc = interrupt.TrialInterrupted(f"job lost by {type(self.launcher).__name__}: {first_line(lost)}")
+            if self._interrupted:
                 return  # the sweep was interrupted meanwhile, and marked this trial for a rerun
             self._tell(study, trial, metrics, exc)
-            del self._in_flight[trial_id(trial)]
-            self._launched += 1
+            with self._claiming:
+                del self._in_flight[trial_id(trial)]
+                self._busy_s += time.perf_counter() - started
+                self._launched += 1
             if self._too_many_failures(study):
                 self._aborted = True
                 self._stop.set()
@@ -335,6 +342,12 @@ class SweepRunner:
         if errors:
             raise errors[0]
 
+    def _losses(self, study: optuna.Study, trial: Trial) -> int:
+        """How often these parameters' jobs were lost already: a job that dies each time is a failure."""
+        key = _key(trial.params)
+        return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+                   if _key(t.params) == key and "job lost" in t.user_attrs.get("error", ""))
+
     def _claim_would_run(self, study: optuna.Study) -> bool:
         """Whether the study has room for another trial (a finished study does not start an engine)."""
         trials = study.get_trials(deepcopy=False)
@@ -350,12 +363,12 @@ class SweepRunner:
                  self.settings.n_jobs)
         self._claiming, self._stop, self._job_idx = threading.Lock(), threading.Event(), itertools.count()
         self._in_flight: dict[int, Trial] = {}
-        self._launched, self._aborted, self._busy_s = 0, False, 0.0
+        self._launched, self._aborted, self._interrupted, self._busy_s = 0, False, False, 0.0
         started = time.perf_counter()
         try:
             self._run_slots(study)
         except BaseException as exc:  # Ctrl-C, SIGTERM: the trials in flight run again on resume
-            self._aborted = True
+            self._aborted = self._interrupted = True
             self._stop.set()
             with interrupt.deferred():
                 for trial in list(self._in_flight.values()):

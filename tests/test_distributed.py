@@ -1,0 +1,100 @@
+"""distributed.nproc: one run on N processes. The sharding arithmetic in-process (fast); then real gloo
+process groups on loopback, started by train() as a user's run starts them (slow)."""
+
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from ftsweep.distributed import shard
+from ftsweep.errors import ConfigError
+from ftsweep.train import check, train
+from tests.test_reliability import mlflow_db, query, start, wait_for
+
+
+def batch(n: int) -> dict[str, torch.Tensor]:
+    return {"input_ids": torch.arange(n * 3).view(n, 3), "attention_mask": torch.ones(n, 3, dtype=torch.long),
+            "labels": torch.arange(n)}
+
+
+@pytest.mark.parametrize("n, world", [(8, 2), (7, 2), (5, 3), (2, 4)])
+def test_the_ranks_shares_make_up_the_global_batch_and_their_weights_its_mean(n, world):
+    shares = [shard(batch(n), rank, world) for rank in range(world)]
+    counted = [s for s in shares if s["loss_weight"] > 0]
+    assert torch.equal(torch.cat([s["labels"] for s in counted]), torch.arange(n))  # contiguous, in order, once
+    # DDP averages the ranks' weighted mean losses: with per-example losses l_i that is the global mean.
+    losses = torch.rand(n)
+    ddp = sum(s["loss_weight"] * losses[s["labels"]].mean() for s in shares) / world
+    assert torch.isclose(ddp, losses.mean())
+    assert all(s["labels"].numel() >= 1 for s in shares)  # an empty share still steps, with weight 0
+
+
+def test_settings_a_distributed_run_cannot_honour_are_refused_before_it_starts(tiny_cfg):
+    with pytest.raises(ConfigError, match="batch_size=2 is the global batch.*at least 4"):
+        check(tiny_cfg("distributed.nproc=4", "batch_size=2"), deep=False)
+    with pytest.raises(ConfigError, match="checkpoints"):
+        check(tiny_cfg("distributed.nproc=2", "checkpoint_every_steps=5"), deep=False)
+    with pytest.raises(ConfigError, match="distributed.nproc must be >= 1"):
+        check(tiny_cfg("distributed.nproc=0"), deep=False)
+
+
+def history(run_id: str, key: str) -> list[float]:
+    client = MlflowClient()
+    return [m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_train_the_same_run_as_one_process_with_the_same_global_batch(tiny_cfg):
+    """Dropout off, so that the only difference left is the order of float sums in the gradient all-reduce."""
+    common = ("model.dropout=0", "batch_size=8", "max_steps=8", "log_every_steps=1", "eval_every_steps=4",
+              "save_model=none")
+    single = train(tiny_cfg(*common, "run_name=one"))
+    double = train(tiny_cfg(*common, "run_name=two", "distributed.nproc=2"))
+    runs = {r.info.run_name: r for r in MlflowClient().search_runs(
+        [MlflowClient().get_experiment_by_name("local").experiment_id])}
+    one, two = history(runs["one"].info.run_id, "train/loss"), history(runs["two"].info.run_id, "train/loss")
+    assert len(one) == len(two) == 8
+    assert max(abs(a - b) for a, b in zip(one, two)) < 1e-5, (one, two)  # the stated tolerance
+    assert history(runs["one"].info.run_id, "eval/accuracy") == history(runs["two"].info.run_id, "eval/accuracy")
+    assert abs(single["eval/loss"] - double["eval/loss"]) < 1e-5
+    # Every rank's examples count once; memory per rank and in total.
+    assert double["perf/samples_per_s"] * double["perf/train_time_s"] == pytest.approx(8 * 8)
+    assert double["mem/peak_mb_rank0"] > 0 and double["mem/peak_mb_rank1"] > 0
+    assert double["mem/peak_mb_all_ranks"] == pytest.approx(double["mem/peak_mb_rank0"] + double["mem/peak_mb_rank1"])
+    assert "mem/peak_mb_rank0" not in single
+
+
+@pytest.mark.slow
+def test_a_stop_decided_on_rank_0_reaches_every_rank(tiny_cfg):
+    """Early stopping decides after rank 0's evaluation; a helper that missed it would wait for the next
+    step's all-reduce until the timeout, and train() would report it as failed."""
+    metrics = train(tiny_cfg("batch_size=8", "max_steps=200", "eval_every_steps=1", "early_stopping.patience=1",
+                             "early_stopping.min_delta=1", "distributed.nproc=2", "save_model=none"))
+    assert metrics["train/stopped_early"] == 1 and metrics["train/steps"] < 200
+
+
+@pytest.mark.slow
+def test_sigterm_to_rank_0_stops_every_rank_and_ends_the_run_killed(cli, tmp_path):
+    from tests.conftest import toy_rows, write_csv
+
+    toy = write_csv(tmp_path / "toy.csv", toy_rows(64))
+    proc = start(cli, "model=tiny", "data=local", f"data.train_file={toy}", "progress_bar=false", "epochs=100000",
+                 "log_every_steps=5", "batch_size=8", "distributed.nproc=2")
+    db = mlflow_db()
+    wait_for(lambda: db.exists() and query(db, "select count(*) from metrics where key='train/loss'")[0][0] >= 2,
+             "the distributed run to log")
+    helpers = _helpers_of(proc.pid)
+    assert len(helpers) == 1
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
+    assert [s for (s,) in query(db, "select status from runs")] == ["KILLED"]
+    wait_for(lambda: not Path(f"/proc/{helpers[0]}").exists(), "the helper rank to exit", timeout=30)
+
+
+def _helpers_of(pid: int) -> list[str]:
+    out = subprocess.run(["pgrep", "-P", str(pid), "-f", "ftsweep.distributed"], capture_output=True, text=True)
+    return out.stdout.split()
