@@ -1,6 +1,7 @@
 """distributed.nproc: one run on N processes. The sharding arithmetic in-process (fast); then real gloo
 process groups on loopback, started by train() as a user's run starts them (slow)."""
 
+import os
 import signal
 import subprocess
 from pathlib import Path
@@ -41,9 +42,12 @@ def test_settings_a_distributed_run_cannot_honour_are_refused_before_it_starts(t
         check(tiny_cfg("distributed.nproc=0"), deep=False)
 
 
+def client() -> MlflowClient:
+    return MlflowClient(os.environ["MLFLOW_TRACKING_URI"])  # the test's own store, whatever mlflow last set
+
+
 def history(run_id: str, key: str) -> list[float]:
-    client = MlflowClient()
-    return [m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
+    return [m.value for m in sorted(client().get_metric_history(run_id, key), key=lambda m: m.step)]
 
 
 @pytest.mark.slow
@@ -53,8 +57,7 @@ def test_two_gloo_processes_train_the_same_run_as_one_process_with_the_same_glob
               "save_model=none")
     single = train(tiny_cfg(*common, "run_name=one"))
     double = train(tiny_cfg(*common, "run_name=two", "distributed.nproc=2"))
-    runs = {r.info.run_name: r for r in MlflowClient().search_runs(
-        [MlflowClient().get_experiment_by_name("local").experiment_id])}
+    runs = {r.info.run_name: r for r in client().search_runs([client().get_experiment_by_name("local").experiment_id])}
     one, two = history(runs["one"].info.run_id, "train/loss"), history(runs["two"].info.run_id, "train/loss")
     assert len(one) == len(two) == 8
     assert max(abs(a - b) for a, b in zip(one, two)) < 1e-5, (one, two)  # the stated tolerance
