@@ -3,6 +3,7 @@ submitit's job processes. Each test runs `python -m ftsweep -m ...` as a user do
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import optuna
@@ -127,3 +128,22 @@ def test_a_killed_worker_loses_its_job_and_the_trial_runs_again(cli, tmp_path):
     assert any(t.state.name == "FAIL" and t.params["seed"] == victim.params["seed"] for t in trials)
     statuses = [s for (s,) in query(db, "select status from runs")]
     assert "RUNNING" not in statuses and "KILLED" in statuses
+
+
+def test_sigterm_to_a_sweep_stops_the_jobs_in_its_worker_processes_too(cli, tmp_path):
+    """Without it the sweep would exit only after its joblib workers trained to the end, for nothing, and
+    their runs would end FINISHED while their trials had been marked FAIL for a rerun."""
+    proc = start(cli, "-m", *base(tmp_path, rows=64), "max_steps=3000", "epochs=1000", "log_every_steps=5",
+                 "seed=1,2", "hydra/launcher=joblib", "hydra.sweeper.n_jobs=2", "hydra.launcher.n_jobs=2")
+    db = mlflow_db()
+    wait_for(lambda: len(query(db, "select distinct run_uuid from metrics where key='train/loss'")) >= 2,
+             "both trials to train")
+    t0 = time.time()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "rerun the same command to resume" in err
+    assert time.time() - t0 < 30
+    [study] = studies(cli.cwd)
+    assert [t.state.name for t in study.get_trials()] == ["FAIL", "FAIL"]
+    statuses = sorted(query(db, "select name, status from runs"))
+    assert statuses == [("full-lr5e-5-bs16", "KILLED")] * 2 + [(f"sweep-{study.study_name}", "FAILED")]

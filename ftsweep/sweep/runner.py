@@ -377,6 +377,7 @@ class SweepRunner:
                         log.warning("trial %d interrupted (%s): marked FAIL; the same command runs it again",
                                     trial.number, type(exc).__name__)
                         self._fail_for_rerun(study, frozen, f"interrupted: {first_line(exc, with_type=True)}")
+                        _stop_job(frozen)
                         _end_run(frozen.user_attrs.get("mlflow_run_id"), "interrupted with its sweep")
             raise
         finally:
@@ -402,6 +403,21 @@ class SweepRunner:
             return {}
         return {"sweep/wall_time_s": wall_s, "sweep/busy_time_s": self._busy_s,
                 "sweep/worker_utilisation": self._busy_s / (wall_s * self.settings.n_jobs)}
+
+
+def _stop_job(trial: FrozenTrial) -> None:
+    """SIGTERM a trial's job that runs in another process of this host (a joblib or submitit_local worker):
+    it stops at its next step, as the sweep does, instead of training on for nothing. Remote jobs (SLURM,
+    a Ray cluster) are left to their engine."""
+    import signal
+    import socket
+
+    pid = trial.user_attrs.get("job_pid")
+    if pid and pid != os.getpid() and trial.user_attrs.get("job_host") == socket.gethostname():
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except OSError:  # already gone
+            pass
 
 
 def _start_engine(launcher) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import os
+import socket
 
 import optuna
 
@@ -60,7 +61,9 @@ class TrialLink(Hooks):
 
     def on_start(self, run_id: str) -> None:
         self.storage.set_trial_user_attr(self.trial_id, "mlflow_run_id", run_id)
-        self.storage.set_trial_user_attr(self.trial_id, "job_pid", os.getpid())  # a launcher's worker process
+        # The process running the job (a launcher's worker), so that an interrupted sweep can stop it.
+        self.storage.set_trial_user_attr(self.trial_id, "job_pid", os.getpid())
+        self.storage.set_trial_user_attr(self.trial_id, "job_host", socket.gethostname())
 
     def should_stop(self, step: int, evaluation: dict[str, float]) -> Optional[str]:
         """Report this eval's objective to the trial and ask the study's pruner (Optuna's public pruner API)."""
