@@ -29,7 +29,7 @@ from typing import Any, Iterator, Optional
 import torch
 import torch.distributed as dist
 
-from ftsweep.errors import TrainingError
+from ftsweep.errors import TrainingError, first_line
 
 log = logging.getLogger("ftsweep")
 TIMEOUT = timedelta(hours=1)  # a collective waits this long: helpers wait out rank 0's evaluations
@@ -198,6 +198,9 @@ def _helper(spec_path: str, rank: int) -> int:
         train_helper_rank(spec["cfg"], group)
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # mostly rank 0 gone (it failed, or stopped in an evaluation): it reports why
+        print(f"ftsweep.distributed: rank {rank} stopped: {first_line(exc, with_type=True)}", file=sys.stderr)
+        return 1
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -35,9 +35,14 @@ def _handler(signum, frame) -> None:
     _requested.append(name)
 
 
-def install() -> None:
+def _job_handler(signum, frame) -> None:
+    """A job in a worker never stops mid-step: a terminal's Ctrl-C reaches it, and then its sweeper's SIGTERM."""
+    _requested.append(signal.Signals(signum).name)
+
+
+def install(handler=_handler) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, _handler)
+        signal.signal(sig, handler)
 
 
 def requested() -> bool:
@@ -71,7 +76,8 @@ def in_worker() -> bool:
 
 @contextlib.contextmanager
 def job_scope() -> Iterator[None]:
-    """A sweep job in a worker process: SIGTERM and SIGINT stop it at the next step boundary, whatever the
+    """A sweep job in a worker process: SIGTERM and SIGINT stop it at the next step boundary (a second one
+    too: the sweeper stops its jobs with SIGTERM after a Ctrl-C that may have reached them), whatever the
     engine does with them (submitit ignores SIGTERM, so a preempted job would be SIGKILLed mid-step, with no
     checkpoint). The engine's handlers come back afterwards, with no stop left pending for the worker's next job."""
     if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
@@ -79,7 +85,7 @@ def job_scope() -> Iterator[None]:
         return
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     _requested.clear()
-    install()
+    install(_job_handler)
     try:
         yield
     finally:

@@ -357,9 +357,10 @@ def fit(model: nn.Module, train_loader: DataLoader, eval_loader: DataLoader, opt
                 pos.epoch, pos.batches, pos.loader = epoch, 0, _loader_state(train_loader)
                 batches = iter(train_loader)
             while result.steps < s.total_steps and result.stopped_at is None:
-                if group is not None and group.agree(interrupt.requested()):
+                if group is None:
+                    interrupt.check()
+                elif group.agree(interrupt.requested()):  # every rank stops at the same step, or none does
                     raise KeyboardInterrupt("terminated (a signal reached one of the ranks)")
-                interrupt.check()
                 in_step = True  # from here a second signal could cut the step in half: no checkpoint of that
                 micro = [b for _, b in zip(range(s.grad_accum_steps), batches)]
                 if not micro:

@@ -105,6 +105,9 @@ def check_distributed(cfg: TrainConfig, device: torch.device) -> None:
     if cfg.checkpoint_every_steps or cfg.resume:
         raise ConfigError(f"distributed.nproc={n} does not write or resume checkpoints yet; leave "
                           "checkpoint_every_steps and resume unset, or train on one process")
+    if cfg.sweep.device is not None:
+        raise ConfigError(f"hydra.sweeper.devices gives each trial one device; distributed.nproc={n} needs {n}. "
+                          "Leave hydra.sweeper.devices unset (each trial then takes the devices after its own)")
     if cfg.batch_size < n:
         raise ConfigError(f"batch_size={cfg.batch_size} is the global batch, split across distributed.nproc={n} "
                           f"processes: it must be at least {n}")
@@ -267,7 +270,8 @@ def train_helper_rank(raw: DictConfig, group: distributed.Group) -> None:
     tc = validate(raw)
     memory = PeakMemory(group.device).start()
     seed_everything(tc.seed)
-    splits, tokenizer = prepare(tc, group.device)
+    # Rank 0 checked every setting already, against its own device; only the data and tokenizer are needed.
+    splits, tokenizer = data_mod.load_splits(tc.data), model_mod.load_tokenizer(tc.model)
     loaders = setup_data(tc, splits, tokenizer)
     with tempfile.TemporaryDirectory(prefix="ftsweep-rank-") as scratch:
         model = setup_model(tc, splits, tokenizer, loaders.total_steps, group.device, Path(scratch))

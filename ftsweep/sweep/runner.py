@@ -137,8 +137,9 @@ class SweepRunner:
                     _end_run(t.user_attrs["mlflow_run_id"], "worker died (stale RUNNING trial)")
 
     def _claim(self, study: optuna.Study) -> Optional[Trial]:
-        """The next trial to run, or None when the study has no room left (or, for a grid, no free point)."""
-        with self._claiming, claim_lock(self.url):  # threads of this process, and other processes
+        """The next trial to run, or None when the study has no room left (or, for a grid, no free point).
+        Called under `self._claiming` (this process's slots); `claim_lock` covers other processes."""
+        with claim_lock(self.url):
             self._fail_stale(study)
             trials = study.get_trials(deepcopy=False)
             running = [t for t in trials if t.state == TrialState.RUNNING]
@@ -211,7 +212,10 @@ class SweepRunner:
                 return
         log.warning("trial %d failed: %s", trial.number, error)
         trial.set_user_attr("error", error[:1000])
+        run_id = trial.user_attrs.get("mlflow_run_id")
         study.tell(trial, state=TrialState.FAIL)
+        if exc is not None:  # a job that died (lost for good) left its run RUNNING; a job that raised ended it
+            _end_run(run_id, error)
 
     def _too_many_failures(self, study: optuna.Study) -> bool:
         finished = [t for t in study.get_trials(deepcopy=False) if results.counts(t)]
@@ -289,11 +293,14 @@ class SweepRunner:
         """One launcher slot: claim a trial, launch it alone, tell its outcome, and claim the next at once."""
         while not self._stop.is_set():
             interrupt.check()  # in a slot thread, the main thread sees it through `errors` and ends the sweep
-            trial = self._claim(study)
-            if trial is None:
-                return
-            trial.set_user_attr("slot", slot)
-            self._in_flight[trial_id(trial)] = trial
+            with self._claiming:  # claimed and in flight at once: an interrupted sweep sees every trial it must stop
+                if self._interrupted:
+                    return
+                trial = self._claim(study)
+                if trial is None:
+                    return
+                trial.set_user_attr("slot", slot)
+                self._in_flight[trial_id(trial)] = trial
             started = time.perf_counter()
             try:
                 ret = self.launcher.launch([self._overrides(study, trial, slot)], initial_job_idx=next(self._job_idx))
@@ -302,10 +309,10 @@ class SweepRunner:
                 metrics, exc = None, lost
                 if self._losses(study, trial) < MAX_LOSSES:
                     exc = interrupt.TrialInterrupted(f"job lost by {type(self.launcher).__name__}: {first_line(lost)}")
-            if self._interrupted:
-                return  # the sweep was interrupted meanwhile, and marked this trial for a rerun
-            self._tell(study, trial, metrics, exc)
             with self._claiming:
+                if self._interrupted:
+                    return  # the sweep was interrupted meanwhile, and marked this trial for a rerun
+                self._tell(study, trial, metrics, exc)
                 del self._in_flight[trial_id(trial)]
                 self._busy_s += time.perf_counter() - started
                 self._launched += 1
@@ -316,9 +323,14 @@ class SweepRunner:
                           100 * self.settings.max_failure_rate)
 
     def _run_slots(self, study: optuna.Study) -> None:
-        """n_jobs slots, each a thread that launches one job at a time through the launcher; with one slot,
-        the main thread itself (the basic launcher runs the job in this process, signals included)."""
-        if self.settings.n_jobs == 1:
+        """n_jobs slots, each a thread that launches one job at a time through the launcher, while the main
+        thread waits for signals (and stops the jobs in flight). Hydra's basic launcher runs jobs in this very
+        process, on shared globals (HydraConfig, RNGs, the working run's peak memory): one slot, the main thread."""
+        if type(self.launcher).__name__ == "BasicLauncher":
+            if self.settings.n_jobs > 1:
+                log.warning("hydra.sweeper.n_jobs=%d runs trials at once only with a launcher that has worker "
+                            "processes (hydra/launcher=joblib, ray, submitit_local, submitit_slurm); the basic "
+                            "launcher runs them one at a time", self.settings.n_jobs)
             self._slot(study, 0)
             return
         if self._claim_would_run(study):
@@ -341,6 +353,15 @@ class SweepRunner:
             time.sleep(0.2)
         if errors:
             raise errors[0]
+
+    def _interrupt_trial(self, study: optuna.Study, trial: Trial, exc: BaseException) -> None:
+        frozen = self.storage.get_trial(trial_id(trial))
+        if frozen.state == TrialState.RUNNING:
+            log.warning("trial %d interrupted (%s): marked FAIL; the same command runs it again",
+                        trial.number, type(exc).__name__)
+            self._fail_for_rerun(study, frozen, f"interrupted: {first_line(exc, with_type=True)}")
+            _stop_job(frozen)
+            _end_run(frozen.user_attrs.get("mlflow_run_id"), "interrupted with its sweep")
 
     def _losses(self, study: optuna.Study, trial: Trial) -> int:
         """How often these parameters' jobs were lost already: a job that dies each time is a failure."""
@@ -368,17 +389,16 @@ class SweepRunner:
         try:
             self._run_slots(study)
         except BaseException as exc:  # Ctrl-C, SIGTERM: the trials in flight run again on resume
-            self._aborted = self._interrupted = True
             self._stop.set()
             with interrupt.deferred():
-                for trial in list(self._in_flight.values()):
-                    frozen = self.storage.get_trial(trial_id(trial))
-                    if frozen.state == TrialState.RUNNING:
-                        log.warning("trial %d interrupted (%s): marked FAIL; the same command runs it again",
-                                    trial.number, type(exc).__name__)
-                        self._fail_for_rerun(study, frozen, f"interrupted: {first_line(exc, with_type=True)}")
-                        _stop_job(frozen)
-                        _end_run(frozen.user_attrs.get("mlflow_run_id"), "interrupted with its sweep")
+                with self._claiming:  # from here no slot claims or tells
+                    self._aborted = self._interrupted = True
+                    in_flight = list(self._in_flight.values())
+                for trial in in_flight:
+                    try:
+                        self._interrupt_trial(study, trial, exc)
+                    except Exception as failed:  # the others must still be marked
+                        log.warning("trial %d: %s", trial.number, first_line(failed, with_type=True))
             raise
         finally:
             with interrupt.deferred():  # results, report and the parent run's end are written whatever comes
