@@ -77,7 +77,6 @@ class TinyModelConfig(ModelConfig):
     max_position_embeddings: int = 512
     dropout: float = 0.1  # hidden and attention dropout, as in BERT
 
-
     def __post_init__(self) -> None:
         super().__post_init__()
         _check(self.hidden_size % self.num_attention_heads == 0,

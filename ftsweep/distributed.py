@@ -68,6 +68,9 @@ class Group:
         values[self.rank] = value
         return self.sum(values)
 
+    def sharded(self, loader) -> "ShardedLoader":
+        return ShardedLoader(loader, self.rank, self.world)
+
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         from torch.nn.parallel import DistributedDataParallel
 

@@ -247,6 +247,14 @@ def keep_model(tc: TrainConfig, tracker: Tracker, model, tokenizer, splits: data
                            f"in {out_dir / 'metrics.json'}") from exc
 
 
+def setup_training(tc: TrainConfig, splits: data_mod.TextSplits, tokenizer, device: torch.device, out_dir: Path):
+    """Loaders, model (with its method), optimizer and scheduler: the same on every rank of a run."""
+    loaders = setup_data(tc, splits, tokenizer)
+    model = setup_model(tc, splits, tokenizer, loaders.total_steps, device, out_dir)
+    optimizer = build_optimizer(model, tc.optimizer, tc.lr)
+    return loaders, model, optimizer, build_scheduler(optimizer, tc.optimizer, loaders.total_steps)
+
+
 def loop_settings(tc: TrainConfig, loaders: Loaders, splits: data_mod.TextSplits, progress: bool = True) -> LoopSettings:
     return LoopSettings(
         total_steps=loaders.total_steps, epochs=tc.epochs, num_labels=splits.num_labels,
@@ -272,12 +280,9 @@ def train_helper_rank(raw: DictConfig, group: distributed.Group) -> None:
     seed_everything(tc.seed)
     # Rank 0 checked every setting already, against its own device; only the data and tokenizer are needed.
     splits, tokenizer = data_mod.load_splits(tc.data), model_mod.load_tokenizer(tc.model)
-    loaders = setup_data(tc, splits, tokenizer)
     with tempfile.TemporaryDirectory(prefix="ftsweep-rank-") as scratch:
-        model = setup_model(tc, splits, tokenizer, loaders.total_steps, group.device, Path(scratch))
-    optimizer = build_optimizer(model, tc.optimizer, tc.lr)
-    scheduler = build_scheduler(optimizer, tc.optimizer, loaders.total_steps)
-    fit(model, distributed.ShardedLoader(loaders.train, group.rank, group.world), None, optimizer, scheduler,
+        loaders, model, optimizer, scheduler = setup_training(tc, splits, tokenizer, group.device, Path(scratch))
+    fit(model, group.sharded(loaders.train), None, optimizer, scheduler,
         loop_settings(tc, loaders, splits, progress=False), group.device, step_hook=model_mod.step_hook(model),
         group=group)
     rank_memory(group, memory)
@@ -326,13 +331,10 @@ def train(cfg: DictConfig | TrainConfig, output_dir: str | Path | None = None, o
             log_inputs(tracker, tc, raw, resolved, overrides, splits)
         if tc.distributed.nproc > 1:  # the helpers start up while this rank builds its model
             group = distributed.start(raw, tc.distributed.nproc, device)
-        loaders = setup_data(tc, splits, tokenizer)
-        model = setup_model(tc, splits, tokenizer, loaders.total_steps, device, out_dir)
+        loaders, model, optimizer, scheduler = setup_training(tc, splits, tokenizer, device, out_dir)
         params = param_counts(model)
         if not resumed:
             tracker.log_metrics(params, step=0)
-        optimizer = build_optimizer(model, tc.optimizer, tc.lr)
-        scheduler = build_scheduler(optimizer, tc.optimizer, loaders.total_steps)
         if ck is not None:
             checkpoint.restore(model, optimizer, scheduler, ck)
         settings = loop_settings(tc, loaders, splits)
@@ -350,8 +352,7 @@ def train(cfg: DictConfig | TrainConfig, output_dir: str | Path | None = None, o
         if resumed:  # steps the run logged after its last checkpoint, before it died, are not logged twice
             logged = tracker.last_step("train/loss", "eval/accuracy")
             log_metrics = lambda metrics, step: tracker.log_metrics(metrics, step) if step > logged else None  # noqa: E731
-        train_loader = distributed.ShardedLoader(loaders.train, 0, group.world) if group else loaders.train
-        result = fit(model, train_loader, loaders.eval, optimizer, scheduler, settings, device, hooks=hooks,
+        result = fit(model, group.sharded(loaders.train) if group else loaders.train, loaders.eval, optimizer, scheduler, settings, device, hooks=hooks,
                      log=log_metrics, step_hook=model_mod.step_hook(model),
                      checkpoint=save_checkpoint if tc.checkpoint_every_steps else None,
                      resume=ck["loop"] if ck else None, group=group)

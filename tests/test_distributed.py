@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from ftsweep.distributed import shard
 from ftsweep.errors import ConfigError
 from ftsweep.train import check, train
-from tests.test_reliability import mlflow_db, query, start, wait_for
+from tests.test_reliability import long_run, mlflow_db, query, start, wait_for
 
 
 def batch(n: int) -> dict[str, torch.Tensor]:
@@ -81,11 +81,7 @@ def test_a_stop_decided_on_rank_0_reaches_every_rank(tiny_cfg):
 
 @pytest.mark.slow
 def test_sigterm_to_rank_0_stops_every_rank_and_ends_the_run_killed(cli, tmp_path):
-    from tests.conftest import toy_rows, write_csv
-
-    toy = write_csv(tmp_path / "toy.csv", toy_rows(64))
-    proc = start(cli, "model=tiny", "data=local", f"data.train_file={toy}", "progress_bar=false", "epochs=100000",
-                 "log_every_steps=5", "batch_size=8", "distributed.nproc=2")
+    proc = start(cli, *long_run(tmp_path), "batch_size=8", "distributed.nproc=2")
     db = mlflow_db()
     wait_for(lambda: db.exists() and query(db, "select count(*) from metrics where key='train/loss'")[0][0] >= 2,
              "the distributed run to log")

@@ -123,6 +123,7 @@ class SweepRunner:
             self.storage.set_trial_system_attr(trial_id(trial), RESUME_ATTR, checkpoint)
         self.storage.set_trial_user_attr(trial_id(trial), "error", error[:1000])
         self.storage.set_trial_state_values(trial_id(trial), TrialState.FAIL)
+        _end_run(trial.user_attrs.get("mlflow_run_id"), error)  # its job is gone or stopping: no RUNNING run
         if self.d.grid is None:
             study.enqueue_trial(dict(trial.params))  # the grid re-claims its free points by itself
 
@@ -133,8 +134,6 @@ class SweepRunner:
                 log.warning("trial %d was left RUNNING by %s, which is gone: marking it FAIL and running its "
                             "parameters again", t.number, t.user_attrs.get("worker", "an unknown worker"))
                 self._fail_for_rerun(study, t, "worker died (stale RUNNING trial)")
-                if t.user_attrs.get("mlflow_run_id"):
-                    _end_run(t.user_attrs["mlflow_run_id"], "worker died (stale RUNNING trial)")
 
     def _claim(self, study: optuna.Study) -> Optional[Trial]:
         """The next trial to run, or None when the study has no room left (or, for a grid, no free point).
@@ -142,8 +141,7 @@ class SweepRunner:
         with claim_lock(self.url):
             self._fail_stale(study)
             trials = study.get_trials(deepcopy=False)
-            running = [t for t in trials if t.state == TrialState.RUNNING]
-            room = self.d.n_trials - sum(results.counts(t) for t in trials) - len(running)
+            room = self._room(trials)
             ran = {_key(t.params) for t in trials if results.counts(t) or t.state == TrialState.RUNNING}
             taken = ran | {_key(t.system_attrs.get("fixed_params", {})) for t in trials if t.state == TrialState.WAITING}
             # Checkpoints of interrupted trials whose parameters have not run again yet: the rerun starts there.
@@ -186,9 +184,7 @@ class SweepRunner:
     def _tell(self, study: optuna.Study, trial: Trial, metrics: Optional[dict], exc: Optional[BaseException]) -> None:
         if isinstance(exc, interrupt.TrialInterrupted):
             log.warning("trial %d was stopped in its worker (%s): running its parameters again", trial.number, exc)
-            frozen = self.storage.get_trial(trial_id(trial))
-            self._fail_for_rerun(study, frozen, f"interrupted in its worker: {exc}")
-            _end_run(frozen.user_attrs.get("mlflow_run_id"), f"interrupted in its worker: {exc}")  # a killed job's
+            self._fail_for_rerun(study, self.storage.get_trial(trial_id(trial)), f"interrupted in its worker: {exc}")
             return
         if isinstance(exc, optuna.TrialPruned):
             log.info("trial %d pruned: %s", trial.number, exc)
@@ -333,7 +329,7 @@ class SweepRunner:
                             "launcher runs them one at a time", self.settings.n_jobs)
             self._slot(study, 0)
             return
-        if self._claim_would_run(study):
+        if self._room(study.get_trials(deepcopy=False)) > 0:  # a finished study starts no engine
             _start_engine(self.launcher)
         errors: list[BaseException] = []
 
@@ -361,7 +357,6 @@ class SweepRunner:
                         trial.number, type(exc).__name__)
             self._fail_for_rerun(study, frozen, f"interrupted: {first_line(exc, with_type=True)}")
             _stop_job(frozen)
-            _end_run(frozen.user_attrs.get("mlflow_run_id"), "interrupted with its sweep")
 
     def _losses(self, study: optuna.Study, trial: Trial) -> int:
         """How often these parameters' jobs were lost already: a job that dies each time is a failure."""
@@ -369,10 +364,9 @@ class SweepRunner:
         return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
                    if _key(t.params) == key and "job lost" in t.user_attrs.get("error", ""))
 
-    def _claim_would_run(self, study: optuna.Study) -> bool:
-        """Whether the study has room for another trial (a finished study does not start an engine)."""
-        trials = study.get_trials(deepcopy=False)
-        return self.d.n_trials > sum(results.counts(t) or t.state == TrialState.RUNNING for t in trials)
+    def _room(self, trials: list[FrozenTrial]) -> int:
+        """How many more trials the study can start: its total, less those that count or are running."""
+        return self.d.n_trials - sum(results.counts(t) or t.state == TrialState.RUNNING for t in trials)
 
     def run(self) -> dict[str, Any]:
         with interrupt.deferred():  # a study without its parent run would be a half-made sweep
