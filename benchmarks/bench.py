@@ -12,11 +12,13 @@ results table in benchmarks/README.md. Not a test: it asserts nothing and takes 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -31,7 +33,7 @@ sys.path.insert(0, str(HERE.parent))
 from ftsweep.config import LoraMethodConfig, MethodConfig, OptimizerConfig, Truncation, compose_config, validate  # noqa: E402
 from ftsweep.data import LengthGroupedBatchSampler, PadCollator, load_splits, make_loader, tokenize  # noqa: E402
 from ftsweep.loop import LoopSettings, build_optimizer, build_scheduler, evaluate, fit  # noqa: E402
-from ftsweep.metrics import PeakMemory, step_time_stats  # noqa: E402
+from ftsweep.metrics import PeakMemory, optimizer_state_mb, step_time_stats, tensor_mb  # noqa: E402
 from ftsweep.model import apply_method, count_params, load_model, load_tokenizer  # noqa: E402
 
 BATCH, LENGTH = 16, 128
@@ -80,8 +82,10 @@ FULL = MethodConfig(name="full", lr=5e-5)
 LORA = LoraMethodConfig(name="lora", lr=5e-4)
 
 
-def ftsweep_steps(setup: Setup, method: MethodConfig, batches: list[dict], fused: bool = True) -> list[float]:
-    """ftsweep's own loop (ftsweep.loop.fit) over the given batches; returns per-step seconds."""
+def ftsweep_steps(setup: Setup, method: MethodConfig, batches: list[dict], fused: bool = True,
+                  state: dict | None = None) -> list[float]:
+    """ftsweep's own loop (ftsweep.loop.fit) over the given batches; returns per-step seconds. `state`, when
+    given, receives the training state's parts in MB, as a run logs them (mem/train_state_mb)."""
     model = setup.model(method)
     opt = build_optimizer(model, OPT, method.lr, fused=fused)
     sched = build_scheduler(opt, OPT, len(batches))
@@ -90,6 +94,10 @@ def ftsweep_steps(setup: Setup, method: MethodConfig, batches: list[dict], fused
     settings = LoopSettings(total_steps=len(batches), epochs=1, num_labels=2, max_grad_norm=1.0,
                             log_every_steps=len(batches), progress=False)
     result = fit(model, batches, empty_eval, opt, sched, settings, torch.device("cpu"))
+    if state is not None:
+        state.update(params_mb=tensor_mb(model.parameters()), grads_mb=result.grads_mb,
+                     optimizer_state_mb=optimizer_state_mb(opt), activations_saved_mb=result.activations_saved_mb)
+        state["train_state_mb"] = sum(state.values())
     return result.step_times_s
 
 
@@ -276,6 +284,47 @@ def step_flops(setup: Setup, method: MethodConfig, tokens_per_seq: int) -> dict:
             "lora_params": lora}
 
 
+def _mm_seconds(m: int, k: int, n: int, batch: int = 1, reps: int = 5) -> float:
+    """Median seconds of one (m x k) @ (k x n) product (batched when batch > 1), as torch runs it here."""
+    a, b = (torch.randn(batch, m, k), torch.randn(batch, k, n)) if batch > 1 else (torch.randn(m, k), torch.randn(k, n))
+    for _ in range(2):
+        a @ b
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def gemm_ceiling(model, tokens_per_seq: int) -> dict:
+    """The matmul throughput this machine reaches on the shapes one training step runs, weighted by their FLOPs.
+
+    Every nn.Linear runs its forward product, its input-gradient product and (when it trains) its weight-gradient
+    product; attention runs QK^T and AV forward and two products each backward. Each distinct shape is timed with
+    torch alone; the ceiling is their FLOPs over their summed time. An MFU against it means the same on any CPU:
+    how close the step comes to the GEMMs it cannot avoid, at the sizes it must run them."""
+    tokens = BATCH * tokens_per_seq
+    shapes: dict[tuple, int] = {}  # (m, k, n, batch) -> how many per step
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.Linear):
+            rows = BATCH if "pooler" in name or "classifier" in name else tokens  # these see one vector a review
+            i, o = mod.in_features, mod.out_features
+            for shape in [(rows, i, o, 1), (rows, o, i, 1)] + ([(o, rows, i, 1)] if mod.weight.requires_grad else []):
+                shapes[shape] = shapes.get(shape, 0) + 1
+    cfg = model.config
+    heads, d = cfg.num_attention_heads, cfg.hidden_size // cfg.num_attention_heads
+    t = tokens_per_seq
+    for shape in [(t, d, t, BATCH * heads)] * 3 + [(t, t, d, BATCH * heads)] * 3:  # fwd + 2 grads each
+        shapes[shape] = shapes.get(shape, 0) + cfg.num_hidden_layers
+    flops = seconds = 0.0
+    for (m, k, n, b), count in shapes.items():
+        flops += count * 2 * m * k * n * b
+        seconds += count * _mm_seconds(m, k, n, b)
+    return {"gemm_flops_per_step": flops, "gemm_seconds_per_step": seconds, "gemm_ceiling_gflops": flops / seconds / 1e9,
+            "distinct_shapes": len(shapes)}
+
+
 def bench_mfu(setup: Setup, overhead: dict) -> dict:
     peak = statistics.median([matmul_gflops() for _ in range(3)])
     batches = setup.fixed_batches(2)
@@ -285,8 +334,12 @@ def bench_mfu(setup: Setup, overhead: dict) -> dict:
         f = step_flops(setup, method, seq)
         step_s = overhead[method.name]["ftsweep_step_ms"]["median"] / 1000
         achieved = f["flops_per_step"] / step_s / 1e9
-        out[method.name] = {**f, "achieved_gflops": achieved, "mfu_vs_matmul_peak": achieved / peak}
-        print(f"[mfu] {method.name}: {achieved:.1f} GFLOP/s of {peak:.1f} -> {achieved / peak:.2f}", flush=True)
+        ceiling = gemm_ceiling(setup.model(method), seq)
+        out[method.name] = {**f, **ceiling, "achieved_gflops": achieved, "mfu_vs_matmul_peak": achieved / peak,
+                            "mfu_vs_gemm_ceiling": achieved / ceiling["gemm_ceiling_gflops"],
+                            "gemm_time_share_of_step": ceiling["gemm_seconds_per_step"] / step_s}
+        print(f"[mfu] {method.name}: {achieved:.1f} GFLOP/s of {peak:.1f} -> {achieved / peak:.2f}; shape ceiling "
+              f"{ceiling['gemm_ceiling_gflops']:.1f} -> {achieved / ceiling['gemm_ceiling_gflops']:.2f}", flush=True)
     return out
 
 
@@ -303,14 +356,16 @@ def bench_methods(setup: Setup, steps: int) -> dict:
     out = {}
     for method in methods:
         meter = PeakMemory(torch.device("cpu")).start()
-        times = ftsweep_steps(setup, method, batches)
+        state: dict = {}
+        times = ftsweep_steps(setup, method, batches, state=state)
         peak = meter.stop()["mem/cpu_peak_rss_mb"]
         model = setup.model(method)
         trainable, total = count_params(model)
         step = steady(times)
         out[method.name] = {"step_ms": step * 1000, "samples_per_s": BATCH / step, "peak_rss_mb": peak,
-                            "trainable_pct": 100 * trainable / total}
-        print(f"[methods] {method.name}: {step * 1000:.0f} ms/step, {peak:.0f} MB", flush=True)
+                            "trainable_pct": 100 * trainable / total, **state}
+        print(f"[methods] {method.name}: {step * 1000:.0f} ms/step, {peak:.0f} MB RSS, train state "
+              f"{state['train_state_mb']:.0f} MB", flush=True)
     out["qlora"] = "not measured: CUDA only (see README's GPU check)"
     return out
 
@@ -337,6 +392,92 @@ def bench_eval(setup: Setup, repeats: int) -> dict:
             rates.append(len(labels) / (time.perf_counter() - t0))
         out[name] = stats(rates)
         print(f"[eval] {name}: {statistics.median(rates):.0f} samples/s", flush=True)
+    return out
+
+
+def bench_eval_sorted(setup: Setup, repeats: int, n: int = 192) -> dict:
+    """Eval samples/s with batches in the data's order (before) and longest first (after, ftsweep's eval
+    loader), at 128 and 512 tokens; the accuracy of both, which must be the same."""
+    from torch.utils.data import DataLoader
+
+    from ftsweep.data import EncodedDataset
+
+    labels = setup.splits.eval_labels[:n]
+    out = {}
+    model = setup.model(FULL)
+    for length in (128, 512):
+        ids = setup.ids(setup.splits.eval_texts[:n], length)
+        loaders = {"before": DataLoader(EncodedDataset(ids, labels), batch_size=32, collate_fn=PadCollator(setup.pad_id)),
+                   "after": make_loader(ids, labels, 32, setup.pad_id, shuffle=False, seed=0)}
+        accuracy = {}
+
+        def rate(name: str) -> float:
+            t0 = time.perf_counter()
+            accuracy[name] = evaluate(model, loaders[name], torch.device("cpu"), 2)["accuracy"]
+            return n / (time.perf_counter() - t0)
+
+        evaluate(model, [next(iter(loaders["after"]))], torch.device("cpu"), 2)  # warm-up
+        res = alternating(repeats, {name: (lambda k=name: rate(k)) for name in loaders})
+        padded = {k: sum(int(b["input_ids"].numel()) for b in v) for k, v in loaders.items()}
+        out[str(length)] = {**{f"{k}_samples_per_s": stats(v) for k, v in res.items()},
+                            "speedup": statistics.median(res["after"]) / statistics.median(res["before"]),
+                            "padded_tokens": padded, "real_tokens": sum(len(x) for x in ids),
+                            "accuracy": accuracy, "same_accuracy": accuracy["before"] == accuracy["after"]}
+        print(f"[eval sorted] {length}: x{out[str(length)]['speedup']:.2f}, accuracy {accuracy}", flush=True)
+    return out
+
+
+# --------------------------------------------------------------------------- LoRA against full, op by op
+CATEGORIES = {"dropout masks (bernoulli_)": ("aten::bernoulli_",),
+              "matmuls": ("aten::mm", "aten::addmm", "aten::bmm"),
+              "optimizer": ("aten::_fused_adamw_",)}
+
+
+def _profile_step_ms(setup: Setup, method: MethodConfig, batches: list[dict]) -> dict[str, float]:
+    """Self CPU time per step by category, from torch.profiler over len(batches) - 2 steps after 2 warm-ups."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model = setup.model(method)
+    model.train()
+    opt = build_optimizer(model, OPT, method.lr)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def step(batch):
+        model(**batch).loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    for batch in batches[:2]:
+        step(batch)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for batch in batches[2:]:
+            step(batch)
+    n = len(batches) - 2
+    ops = {e.key: e.self_cpu_time_total / 1000 / n for e in prof.key_averages()}
+    out = {cat: sum(ops.get(k, 0.0) for k in keys) for cat, keys in CATEGORIES.items()}
+    out["everything else"] = sum(ops.values()) - sum(out.values())
+    out["total"] = sum(ops.values())
+    return out
+
+
+def bench_lora(setup: Setup, steps: int, repeats: int) -> dict:
+    """Where LoRA's step goes against full fine-tuning's (profiled), and the step without LoRA's own dropout."""
+    batches = setup.fixed_batches(steps)
+    no_dropout = LoraMethodConfig(name="lora", lr=LORA.lr, lora_dropout=0.0)
+    profiles = {"full": _profile_step_ms(setup, FULL, batches[:5]), "lora": _profile_step_ms(setup, LORA, batches[:5]),
+                "lora_dropout_0": _profile_step_ms(setup, no_dropout, batches[:5])}
+    runs = alternating(repeats, {
+        "full": lambda: steady(ftsweep_steps(setup, FULL, batches)) * 1000,
+        "lora": lambda: steady(ftsweep_steps(setup, LORA, batches)) * 1000,
+        "lora_dropout_0": lambda: steady(ftsweep_steps(setup, no_dropout, batches)) * 1000,
+    })
+    flops = {m.name: step_flops(setup, m, int(batches[0]["input_ids"].shape[1]))["flops_per_step"] for m in (FULL, LORA)}
+    out = {"profile_ms_per_step": profiles, "step_ms": {k: stats(v) for k, v in runs.items()},
+           "flops_ratio_lora_vs_full": flops["lora"] / flops["full"]}
+    for k in ("lora", "lora_dropout_0"):
+        out[f"{k}_vs_full_step"] = statistics.median(runs[k]) / statistics.median(runs["full"])
+    print(f"[lora] step vs full {out['lora_vs_full_step']:.2f} (FLOPs {out['flops_ratio_lora_vs_full']:.2f}); without "
+          f"its dropout {out['lora_dropout_0_vs_full_step']:.2f}; profile {profiles}", flush=True)
     return out
 
 
@@ -389,11 +530,18 @@ def write_readme(results: dict) -> None:
         lines.append(f"| mfu_vs_matmul_peak ({name}) | **{f[name]['mfu_vs_matmul_peak']:.2f}** "
                      f"({f[name]['achieved_gflops']:.1f} GFLOP/s; {f[name]['formula']}) | "
                      f"{'>= 0.65' if name == 'full' else ''} |")
-    lines += ["", "| method | step ms | samples/s | peak RSS MB | trainable % |", "|---|---|---|---|---|"]
+        if "mfu_vs_gemm_ceiling" in f[name]:
+            lines.append(f"| mfu_vs_gemm_ceiling ({name}) | **{f[name]['mfu_vs_gemm_ceiling']:.2f}** (the step's own "
+                         f"{f[name]['distinct_shapes']} GEMM shapes run at {f[name]['gemm_ceiling_gflops']:.1f} GFLOP/s "
+                         f"alone; they are {100 * f[name]['gemm_time_share_of_step']:.0f} % of the step's time) | |")
+    lines += ["", "| method | step ms | samples/s | peak RSS MB | train state MB (params + grads + optimizer + saved "
+              "activations) | trainable % |", "|---|---|---|---|---|---|"]
     for name, v in r["methods"].items():
         if isinstance(v, dict):
+            state = (f"**{v['train_state_mb']:.0f}** ({v['params_mb']:.0f} + {v['grads_mb']:.1f} + "
+                     f"{v['optimizer_state_mb']:.1f} + {v['activations_saved_mb']:.0f})") if "train_state_mb" in v else ""
             lines.append(f"| {name} | {v['step_ms']:.0f} | {v['samples_per_s']:.1f} | {v['peak_rss_mb']:.0f} | "
-                         f"{v['trainable_pct']:.3g} |")
+                         f"{state} | {v['trainable_pct']:.3g} |")
     lines += ["", "| before/after (ftsweep step) | before: AdamW foreach | after: AdamW fused | speedup |",
               "|---|---|---|---|"]
     for name, v in r["before_after"].items():
@@ -402,6 +550,29 @@ def write_readme(results: dict) -> None:
     lines += ["", "| eval case (256 reviews) | samples/s |", "|---|---|"]
     for name, v in r["eval"].items():
         lines.append(f"| {name} | {v['median']:.0f} ({v['min']:.0f}-{v['max']:.0f}) |")
+    if "eval_sorted" in r:
+        lines += ["", "| eval, 192 reviews, batch 32 | before: data order | after: longest first | speed-up | "
+                  "same accuracy |", "|---|---|---|---|---|"]
+        for length, v in r["eval_sorted"].items():
+            lines.append(f"| {length} tokens | {v['before_samples_per_s']['median']:.1f} samples/s | "
+                         f"{v['after_samples_per_s']['median']:.1f} samples/s | **{v['speedup']:.2f}** | "
+                         f"{'yes' if v['same_accuracy'] else 'NO'} ({v['accuracy']['after']:.3f}) |")
+    if "lora" in r:
+        lo = r["lora"]
+        lines += ["", f"LoRA against full fine-tuning: step {lo['lora_vs_full_step']:.2f}x of full's for "
+                  f"{lo['flops_ratio_lora_vs_full']:.2f}x the FLOPs. Self CPU time per step (torch.profiler, 3 steps):",
+                  "", "| where | full ms | lora ms | lora, lora_dropout=0 ms |", "|---|---|---|---|"]
+        for cat in lo["profile_ms_per_step"]["full"]:
+            lines.append(f"| {cat} | " + " | ".join(f"{lo['profile_ms_per_step'][k][cat]:.0f}" for k in
+                                                    ("full", "lora", "lora_dropout_0")) + " |")
+        sm = lo["step_ms"]
+        lines.append(f"| **measured step (median)** | {sm['full']['median']:.0f} | {sm['lora']['median']:.0f} "
+                     f"({lo['lora_vs_full_step']:.2f}x) | {sm['lora_dropout_0']['median']:.0f} "
+                     f"({lo['lora_dropout_0_vs_full_step']:.2f}x) |")
+    if "sweep_efficiency" in r:
+        import runs
+
+        lines += runs.readme_lines(r)
     from samplers import readme_lines
 
     lines += readme_lines(r["samplers"])
@@ -411,9 +582,33 @@ def write_readme(results: dict) -> None:
     readme.write_text(text[:start] + "<!-- results -->\n" + "\n".join(lines) + "\n" + text[end:])
 
 
+BEFORE = "d8b518b"  # main before issue 16 (sweep fixed costs, eval order, length grouping, default run)
+
+
+@contextlib.contextmanager
+def before_checkout(ref: str):
+    """A temporary git worktree of `ref`, or None where there is no git checkout to make one from."""
+    if not ref:
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-before-") as tmp:
+        made = subprocess.run(["git", "-C", str(HERE.parent), "worktree", "add", "--detach", tmp, ref],
+                              capture_output=True, text=True)
+        if made.returncode != 0:
+            print(f"[before] no worktree of {ref}: {made.stderr.strip()}; measuring 'after' only", flush=True)
+            yield None
+            return
+        try:
+            yield Path(tmp)
+        finally:
+            subprocess.run(["git", "-C", str(HERE.parent), "worktree", "remove", "--force", tmp], capture_output=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer steps and repeats: a smoke run, not for quoting")
+    ap.add_argument("--before", default=BEFORE,
+                    help="git commit to measure the sweep on as 'before' (a temporary worktree); '' skips it")
     ap.add_argument("--only-samplers", action="store_true",
                     help="rerun only GP vs TPE and replace that section of results.json (dated on its own)")
     args = ap.parse_args()
@@ -429,6 +624,7 @@ def main() -> int:
         return 0
     steps, repeats = (4, 1) if args.quick else (10, 3)
     t0 = time.time()
+    import runs
     import transformers
 
     setup = Setup(n_train=max(steps, 8) * BATCH * 2)
@@ -442,7 +638,13 @@ def main() -> int:
     results["mfu"] = bench_mfu(setup, results["overhead"])
     results["methods"] = bench_methods(setup, max(steps // 2, 4))
     results["eval"] = bench_eval(setup, repeats)
+    results["eval_sorted"] = bench_eval_sorted(setup, max(repeats - 1, 1), n=64 if args.quick else 192)
     results["before_after"] = bench_before_after(setup, steps, repeats)
+    results["lora"] = bench_lora(setup, steps, repeats)
+    with before_checkout(args.before) as before:
+        results["sweep_efficiency"] = runs.bench_sweep_efficiency(before)
+    results["default_run"] = runs.bench_default_run()
+    results["grouped_parity"] = runs.bench_grouped_parity()
     from samplers import bench_samplers
 
     results["samplers"] = bench_samplers(args.quick)

@@ -232,8 +232,40 @@ def stratified_split(labels: Sequence[int], eval_fraction: float, seed: int) -> 
     return train_idx, eval_idx
 
 
+# A sweep's trials (and its up-front check of every job) run in one process with the basic launcher: what they
+# share is read and tokenised once. A key holds everything that decides the result, files by size and mtime.
+_SPLITS: dict[str, TextSplits] = {}
+_IDS: dict[str, list[list[int]]] = {}
+_KEEP = 8  # entries per memo: a sweep over data settings holds a few at most
+
+
+def _remember(memo: dict, key: str, value):
+    if len(memo) >= _KEEP:
+        memo.pop(next(iter(memo)))
+    memo[key] = value
+    return value
+
+
+def _stamp(path: str | None) -> str:
+    try:
+        st = Path(path).stat()
+        return f"{path}:{st.st_size}:{st.st_mtime_ns}"
+    except (OSError, TypeError):
+        return f"{path}:-"
+
+
 def load_splits(cfg: DataConfig) -> TextSplits:
-    """Read, check, split and cap the data; labels become ids 0..K-1."""
+    """Read, check, split and cap the data; labels become ids 0..K-1. Kept per process (see _SPLITS)."""
+    files = [getattr(cfg, k, None) for k in ("train_file", "eval_file", "path")]
+    key = repr(cfg) + "|" + "|".join(_stamp(f) for f in files)
+    if key not in _SPLITS:
+        _remember(_SPLITS, key, _load_splits(cfg))
+    kept = _SPLITS[key]
+    return TextSplits(list(kept.train_texts), list(kept.train_labels), list(kept.eval_texts), list(kept.eval_labels),
+                      list(kept.label_names))
+
+
+def _load_splits(cfg: DataConfig) -> TextSplits:
     train_df, eval_df, source, eval_source = _read(cfg)
     texts, raw_labels = _columns(train_df, cfg, source)
     classes = sorted(set(raw_labels), key=_label_key)
@@ -315,7 +347,7 @@ def tokenize(texts: list[str], tokenizer, max_length: int, truncation: Truncatio
     """Token ids with the model's special tokens, at most max_length long, no padding.
 
     Runs through datasets.map(batched=True) with a cache file keyed by the texts,
-    the tokenizer and the settings, so repeated runs and sweep trials reuse it.
+    the tokenizer and the settings, so repeated runs reuse it; trials in one process reuse the ids in memory.
     """
     import datasets
 
@@ -323,6 +355,8 @@ def tokenize(texts: list[str], tokenizer, max_length: int, truncation: Truncatio
     for part in (_tokenizer_fingerprint(tokenizer), str(max_length), truncation.value, *texts):
         key.update(part.encode())
         key.update(b"\0")
+    if key.hexdigest() in _IDS:
+        return _IDS[key.hexdigest()]
     cache = assets.cache_dir() / "tokenized" / f"{key.hexdigest()[:32]}.arrow"
     cache.parent.mkdir(parents=True, exist_ok=True)
 
@@ -332,7 +366,7 @@ def tokenize(texts: list[str], tokenizer, max_length: int, truncation: Truncatio
     ds = datasets.Dataset.from_dict({"text": texts})
     ds = ds.map(encode, batched=True, batch_size=1000, remove_columns=["text"],
                 cache_file_name=str(cache), load_from_cache_file=True, desc="tokenising")
-    return ds["input_ids"]
+    return _remember(_IDS, key.hexdigest(), ds["input_ids"])
 
 
 # --------------------------------------------------------------------------- batching
@@ -389,10 +423,17 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
 
 def make_loader(input_ids: list[list[int]], labels: list[int], batch_size: int, pad_id: int,
                 shuffle: bool, seed: int, group_by_length: bool = False) -> DataLoader:
+    """Training batches (shuffle=True): random, or length-grouped. Eval batches (shuffle=False): longest first,
+    so each batch pads to its own near-equal lengths; the scores do not depend on the order."""
     dataset = EncodedDataset(input_ids, labels)
     collate = PadCollator(pad_id)
-    if shuffle and group_by_length:
-        sampler = LengthGroupedBatchSampler([len(x) for x in input_ids], batch_size, seed)
-        return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate)
+    # Its own generator: iterating a loader draws a seed, which must not come from (and shift) the global RNG
+    # that dropout uses; an evaluation between steps would otherwise change the training after it.
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=collate)
+    if not shuffle:
+        by_length = sorted(range(len(input_ids)), key=lambda i: len(input_ids[i]), reverse=True)
+        return DataLoader(dataset, batch_size=batch_size, sampler=by_length, generator=generator, collate_fn=collate)
+    if group_by_length:
+        sampler = LengthGroupedBatchSampler([len(x) for x in input_ids], batch_size, seed)
+        return DataLoader(dataset, batch_sampler=sampler, generator=generator, collate_fn=collate)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator, collate_fn=collate)

@@ -6,6 +6,7 @@ framework adds. It knows nothing of Hydra, Optuna or MLflow: it reports through 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from tqdm.auto import tqdm
 from ftsweep import interrupt
 from ftsweep.config import OptimizerConfig, Precision
 from ftsweep.errors import TrainingError
-from ftsweep.metrics import classification_scores, confusion_matrix, step_time_stats, tensor_mb
+from ftsweep.metrics import SavedForBackward, classification_scores, confusion_matrix, step_time_stats, tensor_mb
 
 LogFn = Callable[[dict[str, float], int], None]
 
@@ -64,14 +65,21 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def resolve_precision(precision: Precision, device: torch.device) -> Precision:
+    if precision != Precision.auto:
+        return precision
+    return Precision.bf16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else Precision.fp32
+
+
 def autocast(device: torch.device, precision: Precision):
+    precision = resolve_precision(precision, device)
     dtype = {Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}.get(precision)
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, num_labels: int,
-             precision: Precision = Precision.fp32) -> dict:
+             precision: Precision = Precision.auto) -> dict:
     """Accuracy, macro F1 and mean loss over the whole loader, plus the confusion matrix."""
     was_training = model.training
     model.eval()
@@ -162,7 +170,7 @@ class LoopSettings:
     max_grad_norm: Optional[float] = None
     eval_every_steps: Optional[int] = None  # None: at each epoch end only
     log_every_steps: int = 10
-    precision: Precision = Precision.fp32
+    precision: Precision = Precision.auto
     compile: bool = False
     progress: bool = True
     early_stopping: Optional[int] = None  # patience, in evaluations
@@ -182,6 +190,7 @@ class FitResult:
     final_eval: dict = field(default_factory=dict)
     last_eval_step: int = -1
     grads_mb: float = 0.0  # gradient tensors at the first optimizer step
+    activations_saved_mb: Optional[float] = None  # peak of what a step saved for backward (None: not counted)
     compiled: bool = False
     stopped_at: Optional[int] = None  # the step after whose evaluation a hook stopped training
     stop_reason: Optional[str] = None  # what stopped it: "pruned" (a hook), "stopped_early" (early stopping)
@@ -224,7 +233,7 @@ def _evaluate_and_ask(model, eval_loader, device, s: LoopSettings, hooks: Hooks,
 
 
 def _optimizer_step(train_model, micro: list[dict], optimizer, scheduler, trainable, scaler, device,
-                    s: LoopSettings, result: FitResult, step_hook) -> torch.Tensor:
+                    s: LoopSettings, result: FitResult, step_hook, saved) -> torch.Tensor:
     """One optimizer step over `micro` (grad_accum_steps batches); returns the summed loss, on device."""
     loss_sum = torch.zeros((), device=device)
     for batch in micro:
@@ -233,7 +242,7 @@ def _optimizer_step(train_model, micro: list[dict], optimizer, scheduler, traina
             result.samples += batch["labels"].numel()
             result.tokens += int(batch["attention_mask"].sum())  # CPU tensor: no device sync
         batch = _to(batch, device)
-        with autocast(device, s.precision):
+        with saved, autocast(device, s.precision):
             # The model computes the loss: cross-entropy, plus a method's own term (AdaLoRA's orthogonality).
             loss = train_model(**batch).loss
         if weight is not None:
@@ -323,6 +332,8 @@ def fit(model: nn.Module, train_loader: DataLoader, eval_loader: DataLoader, opt
     # fp16 needs loss scaling to keep small gradients from flushing to zero; bf16 has fp32's range.
     scaler = torch.amp.GradScaler(device.type) if s.precision == Precision.fp16 else None
     trainable = [p for p in model.parameters() if p.requires_grad]
+    # Saved-tensor hooks and torch.compile's graphs do not mix: a compiled run does not count its activations.
+    saved = contextlib.nullcontext() if s.compile else SavedForBackward(exclude=model.parameters())
     loss_sum, loss_count = torch.zeros((), device=device), 0  # summed on device: no per-step host sync
     pos = Position()
     if resume is not None:
@@ -369,7 +380,7 @@ def fit(model: nn.Module, train_loader: DataLoader, eval_loader: DataLoader, opt
                 pos.batches += len(micro)
                 t0 = time.perf_counter()
                 loss_sum += _optimizer_step(train_model, micro, optimizer, scheduler, trainable, scaler, device, s,
-                                            result, step_hook)
+                                            result, step_hook, saved)
                 loss_count += len(micro)
                 _sync(device)
                 result.step_times_s.append(time.perf_counter() - t0)
@@ -405,6 +416,8 @@ def fit(model: nn.Module, train_loader: DataLoader, eval_loader: DataLoader, opt
         raise
     finally:
         bar.close()
+    if isinstance(saved, SavedForBackward) and saved.peak_bytes:
+        result.activations_saved_mb = max(result.activations_saved_mb or 0.0, saved.peak_mb)
     if group is not None:  # throughput counts every rank's examples
         result.samples, result.tokens = (int(v) for v in group.sum([result.samples, result.tokens]))
     early.restore(model, result)

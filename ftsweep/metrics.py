@@ -1,4 +1,5 @@
-"""Measurements: classification scores, step-time statistics, tensor sizes and this run's peak memory."""
+"""Measurements: classification scores, step-time statistics, tensor sizes, the activations saved for backward
+and this run's peak memory."""
 
 from __future__ import annotations
 
@@ -153,19 +154,98 @@ def optimizer_state_mb(optimizer: torch.optim.Optimizer) -> float:
     return tensor_mb(v for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v))
 
 
-def memory_breakdown(peak: dict[str, float], model, grads_mb: float, optimizer, memory: PeakMemory) -> dict[str, float]:
+class _Held:
+    """What autograd keeps in place of a saved tensor while SavedForBackward counts it."""
+
+    __slots__ = ("tensor", "key", "counter")
+
+    def __init__(self, tensor: torch.Tensor, key, counter: "SavedForBackward"):
+        self.tensor, self.key, self.counter = tensor, key, counter
+
+    def __del__(self):  # autograd frees saved tensors once backward has used them
+        self.counter._release(self.key)
+
+
+class SavedForBackward:
+    """The activations a training step keeps for backward, in bytes, counted exactly on any device.
+
+    Inside `with counter:` every tensor autograd saves passes through a pack hook. Each storage counts once
+    while anything saved still holds it; parameters are left out (they count as params). `peak_mb` is the
+    largest live total seen, which for a plain step is the end of its forward. Under non-reentrant gradient
+    checkpointing only what checkpointing keeps is seen (each layer's input); the one layer that backward
+    recomputes at a time runs under checkpointing's own hooks and is not counted.
+    """
+
+    def __init__(self, exclude=()):
+        self._skip = {self._key(t) for t in exclude}
+        self._live: dict = {}  # storage key -> [bytes, holders]
+        self.live_bytes = self.peak_bytes = 0
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+
+    @staticmethod
+    def _key(t: torch.Tensor):
+        return t.device, t.untyped_storage().data_ptr()
+
+    def _pack(self, t: torch.Tensor):
+        try:
+            key = self._key(t)
+        except (RuntimeError, NotImplementedError):  # a tensor without storage (e.g. sparse): not countable
+            return t
+        if key in self._skip:
+            return t
+        entry = self._live.get(key)
+        if entry is None:
+            nbytes = t.untyped_storage().nbytes()
+            self._live[key] = [nbytes, 1]
+            self.live_bytes += nbytes
+            self.peak_bytes = max(self.peak_bytes, self.live_bytes)
+        else:
+            entry[1] += 1
+        return _Held(t, key, self)
+
+    @staticmethod
+    def _unpack(held):
+        return held.tensor if isinstance(held, _Held) else held
+
+    def _release(self, key) -> None:
+        entry = self._live.get(key)
+        if entry is not None:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._live[key]
+                self.live_bytes -= entry[0]
+
+    @property
+    def peak_mb(self) -> float:
+        return self.peak_bytes / 2**20
+
+    def __enter__(self) -> "SavedForBackward":
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._hooks.__exit__(*exc)
+
+
+def memory_breakdown(peak: dict[str, float], model, grads_mb: float, optimizer, memory: PeakMemory,
+                     activations_saved_mb: float | None = None) -> dict[str, float]:
     """Split the measured peak: params + grads + optimizer state (exact, from the tensors) + baseline + the rest.
 
     The rest is mostly activations (and allocator slack), hence `activations_est`. It uses the CUDA
     allocator's peak on a GPU and this run's peak RSS on the CPU; the baseline is what was already
     allocated or resident when the run started. `mem/peak_mb` is that same peak under one name, so a
     Pareto search can minimise it on any device.
+
+    `mem/train_state_mb` is exact on any device: params + grads + optimizer state + the activations saved
+    for backward (SavedForBackward; None when they were not counted, e.g. under torch.compile).
+    `mem/footprint_mb` is the memory axis of the report and the Pareto presets: the CUDA allocator peak on a
+    GPU, the training state on a CPU (where the RSS peak is mostly allocator noise).
     """
     on_cuda = "mem/cuda_peak_allocated_mb" in peak
     total = peak["mem/cuda_peak_allocated_mb"] if on_cuda else peak["mem/cpu_peak_rss_mb"]
     baseline = memory.baseline_cuda_mb if on_cuda else memory.baseline_rss_mb
     params_mb, optim_mb = tensor_mb(model.parameters()), optimizer_state_mb(optimizer)
-    return {
+    out = {
         **peak,
         "mem/peak_mb": total,
         "mem/params_mb": params_mb,
@@ -174,3 +254,8 @@ def memory_breakdown(peak: dict[str, float], model, grads_mb: float, optimizer, 
         "mem/baseline_mb": baseline,
         "mem/activations_est_mb": total - baseline - params_mb - grads_mb - optim_mb,
     }
+    if activations_saved_mb is not None:
+        out["mem/activations_saved_mb"] = activations_saved_mb
+        out["mem/train_state_mb"] = params_mb + grads_mb + optim_mb + activations_saved_mb
+    out["mem/footprint_mb"] = total if on_cuda or activations_saved_mb is None else out["mem/train_state_mb"]
+    return out

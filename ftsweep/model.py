@@ -5,6 +5,7 @@ config choice; the training loop never branches on the method.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import re
@@ -51,32 +52,52 @@ def resolve_path(cfg: ModelConfig) -> str:
     path = Path(module.get_model_path())
     if cfg.sha256 and not isinstance(cfg, TinyModelConfig):
         weights = path / "model.safetensors"
-        got = hashlib.sha256(weights.read_bytes()).hexdigest() if weights.exists() else "missing"
+        got = _sha256(str(weights), *_stat(weights)) if weights.exists() else "missing"
         if got != cfg.sha256:
             raise ModelError(f"{weights}: sha256 {got} does not match the pinned {cfg.sha256}; reinstall {cfg.package}")
     return str(path)
 
 
-def load_tokenizer(cfg: ModelConfig):
-    from transformers import AutoTokenizer
+# A sweep's trials, and its check of every job before the first, run in one process with the basic launcher.
+# What they read from a model folder is read once per process: the weights' checksum (90 MB hashed otherwise
+# at every look), the tokenizer and the config. Keys carry the files' size and mtime, so a changed folder is
+# read again.
+def _stat(path: Path) -> tuple[int, int]:
+    try:
+        st = path.stat()
+        return st.st_size, st.st_mtime_ns
+    except OSError:
+        return -1, -1
 
-    path = resolve_path(cfg)
+
+@functools.lru_cache(maxsize=8)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@functools.lru_cache(maxsize=8)
+def _from_folder(kind: str, path: str, stamp: tuple[int, int]):
+    from transformers import AutoConfig, AutoTokenizer
+
     with quiet_logs("huggingface_hub", warnings_too=True):  # no screenful of retries; one line
-        try:
-            return AutoTokenizer.from_pretrained(path, use_fast=True)
-        except (OSError, ValueError) as exc:
-            raise ModelError(_not_found(cfg, path, exc)) from exc
+        return AutoTokenizer.from_pretrained(path, use_fast=True) if kind == "tokenizer" \
+            else AutoConfig.from_pretrained(path)
+
+
+def _load_from_folder(kind: str, cfg: ModelConfig):
+    path = resolve_path(cfg)
+    try:
+        return _from_folder(kind, path, _stat(Path(path) / "config.json"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(_not_found(cfg, path, exc)) from exc
+
+
+def load_tokenizer(cfg: ModelConfig):
+    return _load_from_folder("tokenizer", cfg)
 
 
 def _hf_config(cfg: ModelConfig):
-    from transformers import AutoConfig
-
-    path = resolve_path(cfg)
-    with quiet_logs("huggingface_hub", warnings_too=True):  # no screenful of retries; one line
-        try:
-            return AutoConfig.from_pretrained(path)
-        except (OSError, ValueError) as exc:
-            raise ModelError(_not_found(cfg, path, exc)) from exc
+    return _load_from_folder("config", cfg)
 
 
 def max_positions(cfg: ModelConfig) -> int:

@@ -28,6 +28,7 @@ def default_tracking_uri() -> str:
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _ready: set[str] = set()  # stores this process has already checked and initialised
+_clients: dict[tuple, Any] = {}  # one client per store and process: making one costs ~0.2 s, a sweep makes many
 
 
 def check_store(uri: str) -> None:
@@ -53,6 +54,11 @@ def open_client(uri: str):
     from mlflow.tracking import MlflowClient
 
     check_store(uri)
+    path = file_of(uri)
+    # A database file replaced or removed since (same URI, another inode) gets a new client.
+    key = (uri, os.getpid(), path.stat().st_ino if path is not None and path.exists() else None)
+    if key in _clients:
+        return _clients[key]
     try:
         with url_lock(uri, "mlflow-init"), quiet_logs("mlflow.store.db.utils", "alembic"):
             client = MlflowClient(uri)
@@ -62,6 +68,9 @@ def open_client(uri: str):
     except Exception as exc:
         reason = first_line(exc).split(" Response body:")[0]  # not a page of HTML from a server that is not MLflow
         raise FtsweepError(f"MLflow tracking store {uri} is not usable: {reason}") from exc
+    if path is None or path.exists():  # a new sqlite file exists once the client has made its tables
+        key = (uri, os.getpid(), path.stat().st_ino if path is not None else None)
+        _clients[key] = client
     return client
 
 

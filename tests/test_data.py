@@ -195,3 +195,24 @@ def test_a_data_set_too_small_to_split_says_so_and_what_to_do(tmp_path):
     with pytest.raises(DataError, match=r"too few rows to hold out an eval set \(neg 1, neutral 1, pos 1\).*"
                                          r"data.eval_file"):
         load_splits(local(path))
+
+
+def test_splits_are_read_once_per_process_and_again_when_the_file_changes(tmp_path, monkeypatch):
+    import os
+
+    from ftsweep import data as data_mod
+    from ftsweep.config import LocalDataConfig
+
+    path = write_csv(tmp_path / "d.csv", toy_rows(40))
+    cfg = LocalDataConfig(name="local", train_file=str(path))
+    reads = []
+    real = data_mod._read
+    monkeypatch.setattr(data_mod, "_read", lambda c: reads.append(1) or real(c))
+    first = data_mod.load_splits(cfg)
+    first.train_texts.clear()  # a caller's copy: what the process keeps is untouched
+    again = data_mod.load_splits(cfg)
+    assert len(reads) == 1 and len(again.train_texts) > 0
+    write_csv(path, toy_rows(60, seed=1))
+    os.utime(path, ns=(1, 1))  # a different mtime even within the clock's resolution
+    changed = data_mod.load_splits(cfg)
+    assert len(reads) == 2 and len(changed.train_texts) + len(changed.eval_texts) == 60

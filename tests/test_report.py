@@ -43,7 +43,7 @@ def test_method_summary_compares_with_full():
     rows = [row(0, "full", 0.90, 1000, 100), row(1, "full", 0.86, 1200, 110),
             row(2, "lora", 0.88, 600, 80), row(3, "lora", 0.80, 800, 60)]
     summary = {s["method"]: s for s in method_summary(rows)}
-    assert summary["full"]["best_accuracy"] == 0.90 and summary["full"]["median_peak_mb"] == 1100
+    assert summary["full"]["best_accuracy"] == 0.90 and summary["full"]["median_memory_mb"] == 1100
     lora = summary["lora"]
     assert lora["accuracy_lost_vs_full"] == pytest.approx(0.02)
     assert lora["memory_saved_vs_full_pct"] == pytest.approx(100 * (1 - 700 / 1100))
@@ -271,3 +271,16 @@ def test_a_sweep_over_minilm_and_mpnet_base_compares_the_models(cli):
     assert "full (minilm)" in report and "full (mpnet_base)" in report
     rows = [line for line in report.splitlines() if line.startswith("| full (")]
     assert len(rows) >= 2 and (study_dir(cli.cwd) / "accuracy_vs_memory.png").exists()
+
+
+def test_the_memory_axis_is_the_training_state_on_a_cpu_and_says_so():
+    from ftsweep.report.plots import memory_label
+
+    cpu = row(1, "full", 0.9, 1500.0, 800.0)
+    cpu.metrics["mem/footprint_mb"] = 600.0  # params + grads + optimizer state + saved activations
+    old = row(2, "lora", 0.85, 1400.0, 700.0)  # a run logged before mem/footprint_mb existed
+    assert (cpu.memory_mb, old.memory_mb) == (600.0, 1400.0)
+    assert memory_label([cpu, old]) == "training state: params + grads + optimizer + saved activations"
+    gpu = row(3, "full", 0.9, 900.0, 50.0)
+    gpu.metrics.update({"mem/cuda_peak_allocated_mb": 900.0, "mem/footprint_mb": 900.0})
+    assert memory_label([gpu]) == "CUDA peak allocated" and memory_label([old]) == "CPU RSS peak"

@@ -491,7 +491,7 @@ def test_presets_compose_with_their_objectives_and_search_spaces():
         time_preset = compose("config", ["hparams_search=pareto_time"], return_hydra_config=True)
         lr_bs = compose("config", ["hparams_search=lr_bs", "method=lora", "method.lr_range=[1e-4,1e-2]"],
                         return_hydra_config=True)
-    assert list(time_preset.objectives) == ["eval/accuracy", "mem/peak_mb", "perf/step_time_ms"]
+    assert list(time_preset.objectives) == ["eval/accuracy", "mem/footprint_mb", "perf/step_time_ms"]
     assert time_preset.hydra.sweeper.custom_search_space == "ftsweep.sweep.presets.pareto_space"
     assert lr_bs.hydra.sweeper.params.lr == "tag(log, interval(0.0001, 0.01))"  # the override reaches the space
 

@@ -146,6 +146,10 @@ def test_memory_breakdown_adds_up_and_effective_batch_is_logged(tiny_cfg):
     assert m["mem/grads_mb"] == pytest.approx(2114 * 4 / 2**20)
     assert m["mem/optimizer_state_mb"] == pytest.approx(2 * 2114 * 4 / 2**20, rel=0.01)
     assert m["perf/effective_batch_size"] == 32
+    state = ["mem/params_mb", "mem/grads_mb", "mem/optimizer_state_mb", "mem/activations_saved_mb"]
+    assert m["mem/train_state_mb"] == pytest.approx(sum(m[k] for k in state))
+    assert m["mem/activations_saved_mb"] > 0
+    assert m["mem/footprint_mb"] == m["mem/train_state_mb"]  # the memory axis on a CPU
 
 
 def test_a_batch_larger_than_the_data_set_trains_one_batch_per_epoch_and_says_so(tiny_cfg, caplog):

@@ -23,7 +23,7 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
 
 def mark_pareto(rows: list[Row]) -> None:
     ok = [r for r in rows if r.ok and r.feasible]
-    for label, cost in (("memory", lambda r: r.peak_mb), ("time", lambda r: r.get("perf/step_time_ms"))):
+    for label, cost in (("memory", lambda r: r.memory_mb), ("time", lambda r: r.get("perf/step_time_ms"))):
         usable = [r for r in ok if cost(r) is not None]
         for i in pareto_front([(r.accuracy, cost(r)) for r in usable]):
             usable[i].pareto.append(label)
@@ -46,17 +46,20 @@ def method_summary(rows: list[Row]) -> list[dict[str, Any]]:
             "method": g, "base": mine[0].method, "model": mine[0].model, "trials": len(mine),
             "best_accuracy": max(r.accuracy for r in mine),
             "median_step_ms": _median([r.get("perf/step_time_ms") for r in mine]),
-            "median_peak_mb": _median([r.peak_mb for r in mine]),
+            "median_memory_mb": _median([r.memory_mb for r in mine]),
             "trainable_pct": _median([r.get("params/trainable_pct") for r in mine]),
             **{k.split("/")[1]: _median([r.get(k) for r in mine]) for k in
-               ("mem/params_mb", "mem/grads_mb", "mem/optimizer_state_mb", "mem/activations_est_mb")},
+               ("mem/params_mb", "mem/grads_mb", "mem/optimizer_state_mb")},
+            # counted exactly where the run did (mem/activations_saved_mb), else the peak's unexplained rest
+            "activations_mb": _median([r.get("mem/activations_saved_mb") if r.get("mem/activations_saved_mb")
+                                       is not None else r.get("mem/activations_est_mb") for r in mine]),
         })
     for s in out:
         full = next((f for f in out if f["base"] == "full" and f["model"] == s["model"]), None)
         if full is None or s is full:
             continue
         s["accuracy_lost_vs_full"] = full["best_accuracy"] - s["best_accuracy"]
-        for key, name in (("median_peak_mb", "memory_saved_vs_full_pct"), ("median_step_ms", "time_saved_vs_full_pct")):
+        for key, name in (("median_memory_mb", "memory_saved_vs_full_pct"), ("median_step_ms", "time_saved_vs_full_pct")):
             if s[key] is not None and full[key]:
                 s[name] = 100.0 * (1 - s[key] / full[key])
     return out
@@ -85,10 +88,10 @@ def answer(rows: list[Row]) -> list[str]:
     keys = varying(rows)
     best = max(ok, key=lambda r: r.accuracy)
     lines = [f"**Best overall:** {describe(best, keys)}: accuracy {best.accuracy:.4f}, peak memory "
-             f"{best.peak_mb:.0f} MB, step time {best.get('perf/step_time_ms') or float('nan'):.1f} ms "
+             f"{best.memory_mb:.0f} MB, step time {best.get('perf/step_time_ms') or float('nan'):.1f} ms "
              f"(run `{best.run_id}`)."]
-    budget = _median([r.peak_mb for r in ok])
-    within = [r for r in ok if r.peak_mb is not None and r.peak_mb <= budget]
+    budget = _median([r.memory_mb for r in ok])
+    within = [r for r in ok if r.memory_mb is not None and r.memory_mb <= budget]
     if within:
         cheap = max(within, key=lambda r: r.accuracy)
         if cheap is best:
@@ -97,5 +100,5 @@ def answer(rows: list[Row]) -> list[str]:
             lines.append(
                 f"**Best under the median peak memory ({budget:.0f} MB):** {describe(cheap, keys)}: accuracy "
                 f"{cheap.accuracy:.4f} ({100 * (cheap.accuracy - best.accuracy):+.1f} points) at "
-                f"{cheap.peak_mb:.0f} MB ({100 * (cheap.peak_mb / best.peak_mb - 1):+.0f} % memory).")
+                f"{cheap.memory_mb:.0f} MB ({100 * (cheap.memory_mb / best.memory_mb - 1):+.0f} % memory).")
     return lines

@@ -9,7 +9,12 @@ from ftsweep.report.rows import Row, to_float
 
 
 def memory_label(rows: list[Row]) -> str:
-    return "CUDA" if any(r.get("mem/cuda_peak_allocated_mb") for r in rows) else "CPU RSS"
+    """What the memory axis measured, said honestly: it differs between a GPU and a CPU."""
+    if any(r.get("mem/cuda_peak_allocated_mb") for r in rows):
+        return "CUDA peak allocated"
+    if any(r.get("mem/footprint_mb") is not None for r in rows):
+        return "training state: params + grads + optimizer + saved activations"
+    return "CPU RSS peak"
 
 
 METHOD_MARKERS = "osD^vP*Xh"
@@ -55,7 +60,7 @@ def make_plots(rows: list[Row], importances: dict[str, float], out: Path, title:
         plt.close(fig)
         files.append(path)
 
-    scatter("accuracy_vs_memory", lambda r: r.peak_mb, f"peak memory ({device}, MB)", front="memory")
+    scatter("accuracy_vs_memory", lambda r: r.memory_mb, f"memory, MB ({device})", front="memory")
     scatter("accuracy_vs_step_time", lambda r: r.get("perf/step_time_ms"), "median step time (ms)", front="time")
     scatter("accuracy_vs_lr", lambda r: to_float(r.params.get("lr")), "learning rate (log scale)", logx=True)
     scatter("accuracy_vs_batch_size", lambda r: to_float(r.params.get("batch_size")), "batch size (examples)", logx=True)

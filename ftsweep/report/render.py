@@ -23,7 +23,7 @@ def render(parent, rows: list[Row], summary: list[dict], plots: list[Path], impo
     budget = constraints_of(parent)
     pruned = [r for r in rows if r.state == "PRUNED"]
     failed = [r for r in rows if not r.ok and r.state != "PRUNED"]
-    peak_name = f"peak MB ({memory_label(ok)})"
+    peak_name = f"memory MB ({memory_label(ok)})"
     hyper = varying(rows)
     md = [f"# Trade-off report: {study}", "",
           f"MLflow parent run `{parent.info.run_id}` · {len(ok)} finished, {len(pruned)} pruned, "
@@ -36,7 +36,7 @@ def render(parent, rows: list[Row], summary: list[dict], plots: list[Path], impo
     md += table(["trial", "method", *hyper, "accuracy", "f1_macro", "step ms", "train s", peak_name,
                   "trainable", "trainable %", "Pareto", *(["budget"] if budget else []), "state", "run id"],
                  [[r.trial, r.group or r.method, *(r.params.get(k) for k in hyper), r.accuracy, r.get("eval/f1_macro"),
-                   r.get("perf/step_time_ms"), r.get("perf/train_time_s"), r.peak_mb,
+                   r.get("perf/step_time_ms"), r.get("perf/train_time_s"), r.memory_mb,
                    int(r.get("params/trainable") or 0), r.get("params/trainable_pct"),
                    ("★ " + "+".join(r.pareto)) if r.pareto else "",
                    *([("✗ " + ", ".join(r.over_budget)) if r.over_budget else "ok"] if budget else []),
@@ -57,12 +57,12 @@ def render(parent, rows: list[Row], summary: list[dict], plots: list[Path], impo
                for r in failed]
     if summary:
         md += ["", "## Per method", ""]
-        md += table(["method", "trials", "best accuracy", "median step ms", "median peak MB", "trainable %",
-                      "params MB", "grads MB", "optimizer MB", "activations est MB", "accuracy lost vs full",
+        md += table(["method", "trials", "best accuracy", "median step ms", "median memory MB", "trainable %",
+                      "params MB", "grads MB", "optimizer MB", "activations MB", "accuracy lost vs full",
                       "memory saved vs full %", "time saved vs full %"],
-                     [[s["method"], s["trials"], s["best_accuracy"], s["median_step_ms"], s["median_peak_mb"],
+                     [[s["method"], s["trials"], s["best_accuracy"], s["median_step_ms"], s["median_memory_mb"],
                        s["trainable_pct"], s["params_mb"], s["grads_mb"], s["optimizer_state_mb"],
-                       s["activations_est_mb"], s.get("accuracy_lost_vs_full"), s.get("memory_saved_vs_full_pct"),
+                       s["activations_mb"], s.get("accuracy_lost_vs_full"), s.get("memory_saved_vs_full_pct"),
                        s.get("time_saved_vs_full_pct")] for s in summary])
     if importances:
         md += ["", "## Parameter importances (Optuna's PED-ANOVA)", ""]

@@ -38,8 +38,11 @@ class Row:
         return self.get("eval/accuracy")
 
     @property
-    def peak_mb(self) -> Optional[float]:
-        return self.get("mem/peak_mb")  # logged by every run: the CUDA peak on a GPU, else the CPU RSS peak
+    def memory_mb(self) -> Optional[float]:
+        """The memory axis: the CUDA allocator peak on a GPU, the exact training state on a CPU
+        (mem/footprint_mb); runs logged before that metric existed fall back to mem/peak_mb."""
+        footprint = self.get("mem/footprint_mb")
+        return footprint if footprint is not None else self.get("mem/peak_mb")
 
     @property
     def ok(self) -> bool:

@@ -1,0 +1,164 @@
+"""`make bench`'s measurements of whole runs, as a user starts them (subprocesses with their own MLflow stores):
+
+1. sweep efficiency: the user's grid `python -m ftsweep -m method=full,lora batch_size=8,16,32` on a reduced but
+   realistic slice (400 training and 200 eval reviews, 128 tokens, basic launcher). Its wall time (process start
+   to exit) splits into the trials' `perf/train_time_s`, their `perf/eval_time_s` and the rest, the fixed cost
+   (imports, data read and tokenise, model load, MLflow, artifacts); `sweep_efficiency = sum(train) / wall`.
+   With a `before` checkout the same command runs there too, alternating which goes first.
+2. the default run (`make run`'s `python -m ftsweep`) against the old default (2,000 reviews, 128 tokens,
+   no length grouping), and TF-IDF (1-2 grams) + logistic regression on the same rows (scikit-learn).
+3. grouped against ungrouped training batches (data.group_by_length), same budget, three seeds each.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+GRID = ["method=full,lora", "batch_size=8,16,32", "data.max_train_samples=400", "data.max_eval_samples=200",
+        "data.max_length=128", "progress_bar=false"]
+OLD_DEFAULT = ["data.max_train_samples=2000", "data.max_length=128", "data.group_by_length=false"]
+
+
+def ftsweep(repo: Path, tmp: str, *args: str) -> float:
+    """Run `python -m ftsweep ARGS` in `tmp` on checkout `repo`; its wall time in seconds."""
+    env = {**os.environ, "PYTHONPATH": str(repo), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db"}
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "ftsweep", *args], cwd=tmp, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"ftsweep {' '.join(args)} failed in {repo}:\n{proc.stderr[-3000:]}")
+    return wall
+
+
+def trial_metrics(tmp: str, experiment: str = "imdb") -> list[dict]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    return [r.data.metrics for r in runs if "mlflow.parentRunId" in r.data.tags]
+
+
+# --------------------------------------------------------------------------- 1. sweep efficiency
+def sweep_efficiency(repo: Path) -> dict:
+    with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
+        wall = ftsweep(repo, tmp, "-m", *GRID)
+        trials = trial_metrics(tmp)
+    train = sum(m["perf/train_time_s"] for m in trials)
+    evaluation = sum(m["perf/eval_time_s"] for m in trials)
+    return {"trials": len(trials), "wall_s": wall, "train_s": train, "eval_s": evaluation,
+            "rest_s": wall - train - evaluation, "rest_per_trial_s": (wall - train - evaluation) / len(trials),
+            "sweep_efficiency": train / wall, "accuracies": sorted(round(m["eval/accuracy"], 4) for m in trials)}
+
+
+def bench_sweep_efficiency(before: Path | None) -> dict:
+    sides = {"after": REPO, **({"before": before} if before else {})}
+    with tempfile.TemporaryDirectory() as tmp:  # warm what both share (tokenised data, page cache); not measured
+        for repo in sides.values():
+            ftsweep(repo, tmp, "data.max_train_samples=16", "data.max_eval_samples=16", "max_steps=1",
+                    "progress_bar=false", f"hydra.run.dir={tmp}/warm")
+    out: dict = {"command": "python -m ftsweep -m " + " ".join(GRID)}
+    for name in (["before", "after"] if before else ["after"]):
+        out[name] = sweep_efficiency(sides[name])
+        print(f"[sweep] {name}: wall {out[name]['wall_s']:.1f} s, train {out[name]['train_s']:.1f} s, eval "
+              f"{out[name]['eval_s']:.1f} s, rest {out[name]['rest_s']:.1f} s -> {out[name]['sweep_efficiency']:.3f}",
+              flush=True)
+    return out
+
+
+# --------------------------------------------------------------------------- 2. the default run and TF-IDF
+def default_run(*overrides: str) -> dict:
+    with tempfile.TemporaryDirectory(prefix="bench-run-") as tmp:
+        wall = ftsweep(REPO, tmp, "progress_bar=false", f"hydra.run.dir={tmp}/run", *overrides)
+        m = json.loads((Path(tmp) / "run" / "metrics.json").read_text())
+    return {"overrides": list(overrides), "wall_s": wall, "accuracy": m["eval/accuracy"],
+            "train_s": m["perf/train_time_s"], "eval_s": m["perf/eval_time_s"]}
+
+
+def tfidf_baseline(n_train: int) -> dict:
+    """TF-IDF (1-2 grams) + logistic regression on the rows a default run trains and scores on."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    from ftsweep.config import compose_config, validate
+    from ftsweep.data import load_splits
+
+    splits = load_splits(validate(compose_config(f"data.max_train_samples={n_train}")).data)
+    t0 = time.perf_counter()
+    vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2)
+    clf = LogisticRegression(C=10.0, max_iter=2000).fit(vec.fit_transform(splits.train_texts), splits.train_labels)
+    accuracy = float((clf.predict(vec.transform(splits.eval_texts)) == splits.eval_labels).mean())
+    return {"train_reviews": n_train, "eval_reviews": len(splits.eval_labels), "accuracy": accuracy,
+            "wall_s": time.perf_counter() - t0}
+
+
+def bench_default_run() -> dict:
+    out = {"default": default_run(), "old_default": default_run(*OLD_DEFAULT),
+           "tfidf": tfidf_baseline(2500), "tfidf_2000": tfidf_baseline(2000)}
+    for k, v in out.items():
+        print(f"[default run] {k}: accuracy {v['accuracy']:.3f} in {v['wall_s']:.0f} s", flush=True)
+    return out
+
+
+# --------------------------------------------------------------------------- 3. length grouping parity
+PARITY = ["data.max_train_samples=480", "data.max_eval_samples=400", "data.max_length=256", "save_model=none"]
+
+
+def bench_grouped_parity(seeds=(1, 2, 3)) -> dict:
+    runs: dict[str, list] = {"grouped": [], "ungrouped": []}
+    for seed in seeds:
+        for name in (("grouped", "ungrouped") if seed % 2 else ("ungrouped", "grouped")):
+            flag = "true" if name == "grouped" else "false"
+            runs[name].append(default_run(*PARITY, f"seed={seed}", f"data.group_by_length={flag}"))
+    out: dict = {"settings": " ".join(PARITY), "seeds": list(seeds)}
+    for name, rs in runs.items():
+        acc = [r["accuracy"] for r in rs]
+        out[name] = {"accuracies": acc, "mean": statistics.mean(acc), "spread": max(acc) - min(acc),
+                     "stdev": statistics.stdev(acc), "train_s": [r["train_s"] for r in rs]}
+        print(f"[grouping] {name}: accuracy {statistics.mean(acc):.3f} ± {statistics.stdev(acc):.3f}, train "
+              f"{statistics.mean(out[name]['train_s']):.0f} s", flush=True)
+    out["train_speedup"] = statistics.mean(out["ungrouped"]["train_s"]) / statistics.mean(out["grouped"]["train_s"])
+    return out
+
+
+# --------------------------------------------------------------------------- benchmarks/README.md
+def readme_lines(r: dict) -> list[str]:
+    lines = []
+    s = r["sweep_efficiency"]
+    lines += ["", f"Sweep efficiency, `{s['command']}` (6 trials, basic launcher; wall = process start to exit):", "",
+              "| code | wall s | train s | eval s | rest s (per trial) | sweep_efficiency | target |",
+              "|---|---|---|---|---|---|---|"]
+    for name in ("before", "after"):
+        if name in s:
+            v = s[name]
+            lines.append(f"| {name} | {v['wall_s']:.1f} | {v['train_s']:.1f} | {v['eval_s']:.1f} | {v['rest_s']:.1f} "
+                         f"({v['rest_per_trial_s']:.1f}) | **{v['sweep_efficiency']:.3f}** | >= 0.85 |")
+    d = r["default_run"]
+    lines += ["", "Default run (`make run`, data cached; wall = process start to exit) against TF-IDF + logistic "
+              "regression on the same rows (1,000 fixed eval reviews):", "",
+              "| run | accuracy | wall s | train s | eval s |", "|---|---|---|---|---|"]
+    lines.append(f"| default: 2,500 reviews, 256 tokens, length-grouped | **{d['default']['accuracy']:.3f}** | "
+                 f"{d['default']['wall_s']:.0f} | {d['default']['train_s']:.0f} | {d['default']['eval_s']:.0f} |")
+    lines.append(f"| old default: 2,000 reviews, 128 tokens | {d['old_default']['accuracy']:.3f} | "
+                 f"{d['old_default']['wall_s']:.0f} | {d['old_default']['train_s']:.0f} | {d['old_default']['eval_s']:.0f} |")
+    for key in ("tfidf", "tfidf_2000"):
+        t = d[key]
+        lines.append(f"| TF-IDF (1-2 grams) + logistic regression, {t['train_reviews']:,} reviews | {t['accuracy']:.3f} | "
+                     f"{t['wall_s']:.0f} | | |")
+    g = r["grouped_parity"]
+    lines += ["", f"Length-grouped against random training batches (`{g['settings']}`, MiniLM full, seeds "
+              f"{g['seeds']}):", "", "| batches | accuracy per seed | mean ± stdev (spread) | train s (mean) |",
+              "|---|---|---|---|"]
+    for name in ("ungrouped", "grouped"):
+        v = g[name]
+        lines.append(f"| {name} | {', '.join(f'{a:.3f}' for a in v['accuracies'])} | {v['mean']:.3f} ± "
+                     f"{v['stdev']:.3f} ({v['spread']:.3f}) | {statistics.mean(v['train_s']):.0f} |")
+    lines.append(f"\nGrouping trains {g['train_speedup']:.2f}x as fast at 256 tokens.")
+    return lines
