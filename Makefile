@@ -10,7 +10,7 @@ DASH_PORT ?= 8080
 STORAGE ?= sqlite:///multirun/optuna.db
 N      ?= 500
 
-.PHONY: help install lock run test test-fast fuzz bench ui dashboard report clean
+.PHONY: help install lock run test test-fast fuzz bench study ui dashboard report clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -47,6 +47,12 @@ fuzz: $(STAMP) ## the entry-point fuzzer with a random, larger budget (N=500 cas
 
 bench: $(STAMP) ## benchmarks (minutes): writes benchmarks/results.json and benchmarks/README.md
 	$(PY) benchmarks/bench.py $(ARGS)
+
+study: $(STAMP) ## the seed's study at CPU scale (~30 min): full vs LoRA x 3 lrs x batch 8/16/32 on IMDB; report in docs/study/
+	@date -u +"study started %Y-%m-%dT%H:%M:%SZ"
+	$(PY) -m ftsweep -m hparams_search=study $(ARGS)
+	$(PY) -m ftsweep.report --experiment study --out docs/study
+	@date -u +"study finished %Y-%m-%dT%H:%M:%SZ"
 
 ui: $(STAMP) ## MLflow UI over the project's store on 127.0.0.1 (PORT=5000)
 	@echo "MLflow UI: http://127.0.0.1:$(PORT)  (Ctrl-C stops it)"

@@ -101,7 +101,7 @@ class MethodConfig:
 class LoraMethodConfig(MethodConfig):
     r: int = 8
     lora_alpha: int = 16
-    lora_dropout: float = 0.1
+    lora_dropout: float = 0.0  # peft's default (conf/method/lora.yaml says why)
     # null: the model's attention query and value projections (query/value on BERT, q/v on MPNet: model.py)
     target_modules: Optional[List[str]] = None
 

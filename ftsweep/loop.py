@@ -277,11 +277,13 @@ class Position:
     loader: Any = None  # the train loader's shuffling state at the start of this epoch
 
 
-def _loader_state(loader: DataLoader) -> Any:
-    sampler = loader.batch_sampler
+def _loader_state(loader) -> Any:
+    """What decides the order of the next epoch's batches; nothing for a plain list of batches."""
+    sampler = getattr(loader, "batch_sampler", None)
     if hasattr(sampler, "epoch"):  # LengthGroupedBatchSampler: seed + epoch decide the order
         return {"epoch": sampler.epoch}
-    return {"generator": loader.generator.get_state()} if loader.generator is not None else {}
+    generator = getattr(loader, "generator", None)
+    return {"generator": generator.get_state()} if generator is not None else {}
 
 
 def _set_loader_state(loader: DataLoader, state: Any) -> None:

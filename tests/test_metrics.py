@@ -81,8 +81,9 @@ def _saved_mb(method: str, checkpointing: bool = False) -> float:
 
 def test_lora_and_checkpointing_save_activations_in_the_right_direction_and_proportion():
     full, lora, ckpt = _saved_mb("full"), _saved_mb("lora"), _saved_mb("full", checkpointing=True)
-    # LoRA's frozen projections need no saved input for their weight gradient, but its adapters save theirs:
-    # a little below full (0.93 here; 0.77 for MiniLM on an H200, benchmarks/results/gpu_throughput_*.json).
-    assert 0.8 * full < lora < full, (full, lora)
+    # LoRA's frozen layers need no saved input for a weight gradient, but most inputs are saved anyway for the
+    # adapters or the next op: somewhat below full (0.78 here; 0.77 for MiniLM on an H200 with lora_dropout=0.1,
+    # benchmarks/results/gpu_throughput_2026-11-27.json).
+    assert 0.6 * full < lora < 0.9 * full, (full, lora)
     # Checkpointing keeps each layer's input and little else: under a fifth of the plain step here.
     assert ckpt < 0.2 * full, (full, ckpt)

@@ -583,3 +583,32 @@ def test_a_grid_runs_its_largest_trials_first_so_that_slots_finish_together():
     assert work == sorted(work, reverse=True) and len(grid) == 12
     assert [p["method"] for p in grid[:2]] == ["full", "lora"]  # equal work keeps the product's order
     assert list(define("method=full,lora").grid) == [{"method": "full"}, {"method": "lora"}]
+
+
+def test_the_study_preset_runs_each_method_lr_and_batch_size_combination_exactly_once():
+    import warnings
+
+    from hydra import compose, initialize_config_dir
+
+    from ftsweep.config import CONF_DIR
+    from ftsweep.sweep.presets import study_space
+
+    with initialize_config_dir(config_dir=str(CONF_DIR)):
+        cfg = compose("config", ["hparams_search=study"], return_hydra_config=True)
+    settings = cfg.hydra.sweeper
+    assert (settings.sampler, settings.n_trials, settings.custom_search_space) == \
+        ("bruteforce", 18, "ftsweep.sweep.presets.study_space")
+    d = define("batch_size=8", sampler="bruteforce", n_trials=18, custom_search_space="ftsweep.sweep.presets.study_space")
+    study = optuna.create_study()
+    seen = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # BruteForceSampler is marked experimental
+        for k in range(18):
+            study.sampler = d.make_sampler(k)  # the runner makes a fresh, reseeded sampler for every claim
+            trial = study.ask()
+            study_space(cfg, trial)
+            seen.append((trial.params["method"], trial.params["lr"], trial.params["batch_size"]))
+            study.tell(trial, 0.5)
+    assert sorted(set(seen)) == sorted(seen) and len(seen) == 18
+    assert {lr for m, lr, _ in seen if m == "full"} == {2e-5, 5e-5, 8e-5}
+    assert {lr for m, lr, _ in seen if m == "lora"} == {2e-4, 5e-4, 8e-4}

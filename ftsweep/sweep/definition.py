@@ -22,7 +22,8 @@ from ftsweep.errors import ConfigError
 from ftsweep.sweep.storage import check_url
 
 MAXIMIZE = ("accuracy", "f1")  # objective names containing these are maximised; everything else minimised
-SAMPLERS = ("auto", "grid", "tpe", "gp", "random", "nsga2", "motpe")  # motpe: the old name of multi-objective TPE
+# motpe: the old name of multi-objective TPE; bruteforce: every combination of a conditional (custom) space once
+SAMPLERS = ("auto", "grid", "tpe", "gp", "random", "nsga2", "motpe", "bruteforce")
 PRUNERS = ("none", "median", "successive_halving", "hyperband")
 DIRECTIONS = ("maximize", "minimize")
 
@@ -31,7 +32,8 @@ DIRECTIONS = ("maximize", "minimize")
 class SweepSettings:
     """`hydra.sweeper.*`: the one place where a sweep's settings are declared, with their defaults."""
 
-    sampler: str = "auto"  # auto (grid when every swept key is a list, else tpe), grid, tpe, gp, random, nsga2
+    sampler: str = "auto"  # auto (grid when every swept key is a list, else tpe), grid, tpe, gp, random, nsga2,
+    # bruteforce (each combination of a conditional custom_search_space once; set n_trials to their number)
     seed: int = 42  # sampler seed
     direction: Optional[Any] = None  # null: from `objectives` (accuracy and f1 maximised, the rest minimised)
     storage: Optional[str] = None  # null: sqlite:///multirun/optuna.db; journal:///path.log; postgresql://...
@@ -239,6 +241,7 @@ class SweepDefinition:
             "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=seed, **constraints),
             "random": lambda: optuna.samplers.RandomSampler(seed=seed),
             "grid": lambda: optuna.samplers.RandomSampler(seed=seed),  # grid points are enqueued, fixed
+            "bruteforce": lambda: _Exhaustive(seed=seed),
         }
         return samplers[self.sampler]()
 
@@ -288,3 +291,11 @@ def _grid(space: Dict[str, BaseDistribution]) -> Optional[list[dict[str, Any]]]:
     names = sorted(space)
     points = [dict(zip(names, values)) for values in itertools.product(*(space[n].choices for n in names))]
     return sorted(points, key=_work, reverse=True)  # stable: equal work keeps the product's order
+
+
+class _Exhaustive(optuna.samplers.BruteForceSampler):
+    """Optuna's brute-force sampler for ask-and-tell: it stops a study through Study.stop(), which only works
+    inside study.optimize; here n_trials ends the sweep, so its stop is left out."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        pass

@@ -31,3 +31,21 @@ def pareto_space(cfg: DictConfig, trial: Trial) -> None:
     trial.suggest_categorical("batch_size", [8, 16, 32])
     if method == "lora":
         trial.suggest_categorical("method.r", [4, 8, 16])
+
+
+STUDY_LR_FACTORS = (0.4, 1.0, 1.6)  # evenly spaced: a float step is how a brute-force lr may depend on the method
+
+
+def method_default_lr(method: str) -> float:
+    from ftsweep.config import CONF_DIR
+
+    return float(OmegaConf.load(CONF_DIR / "method" / f"{method}.yaml").lr)
+
+
+def study_space(cfg: DictConfig, trial: Trial) -> None:
+    """`make study`: full fine-tuning and LoRA, each at 0.4x, 1x and 1.6x its own default lr, x batch size
+    8/16/32. With sampler=bruteforce every one of the 18 combinations runs once."""
+    method = trial.suggest_categorical("method", ["full", "lora"])
+    low, mid, high = (float(f"{f * method_default_lr(method):.6g}") for f in STUDY_LR_FACTORS)
+    trial.suggest_float("lr", low, high, step=float(f"{mid - low:.6g}"))
+    trial.suggest_categorical("batch_size", [8, 16, 32])
