@@ -657,9 +657,22 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="fewer steps and repeats: a smoke run, not for quoting")
     ap.add_argument("--before", default=BEFORE,
                     help="git commit to measure the sweep on as 'before' (a temporary worktree); '' skips it")
+    ap.add_argument("--only-parity", action="store_true",
+                    help="rerun only the length-grouping parity and replace it in results.json (dated on its own)")
     ap.add_argument("--only-samplers", action="store_true",
                     help="rerun only GP vs TPE and replace that section of results.json (dated on its own)")
     args = ap.parse_args()
+    if args.only_parity:
+        import runs
+
+        results = json.loads((HERE / "results.json").read_text())
+        t0 = time.time()
+        results["grouped_parity"] = runs.bench_grouped_parity()
+        results["grouped_parity"].update(date=dt.date.today().isoformat(), wall_s=time.time() - t0, cpu=cpu_model(),
+                                         rerun="--only-parity")
+        (HERE / "results.json").write_text(json.dumps(results, indent=2))
+        write_readme(results)
+        return 0
     if args.only_samplers:
         from samplers import bench_samplers
 

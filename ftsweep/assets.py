@@ -62,6 +62,22 @@ BBC_NEWS = PackagedAsset(
 )
 
 
+def stamp(path: str | Path | None) -> tuple:
+    """What changes when a file or folder's content may have: size and mtime of the file, or of every file
+    under the folder. Keys of the per-process memos (data splits, tokenizers, checksums); () when missing."""
+    try:
+        p = Path(path)
+        if p.is_file():
+            st = p.stat()
+            return (st.st_size, st.st_mtime_ns)
+        if p.is_dir():
+            return tuple(sorted((str(f.relative_to(p)), f.stat().st_size, f.stat().st_mtime_ns)
+                                for f in p.rglob("*") if f.is_file()))
+    except (OSError, TypeError):
+        pass
+    return ()
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("FTSWEEP_CACHE") or Path.home() / ".cache" / "ftsweep")
 

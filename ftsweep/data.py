@@ -233,7 +233,8 @@ def stratified_split(labels: Sequence[int], eval_fraction: float, seed: int) -> 
 
 
 # A sweep's trials (and its up-front check of every job) run in one process with the basic launcher: what they
-# share is read and tokenised once. A key holds everything that decides the result, files by size and mtime.
+# share is read and tokenised once. A key holds everything that decides the result; files and folders count
+# by the size and mtime of what is in them (assets.stamp).
 _SPLITS: dict[str, TextSplits] = {}
 _IDS: dict[str, list[list[int]]] = {}
 _KEEP = 8  # entries per memo: a sweep over data settings holds a few at most
@@ -246,18 +247,10 @@ def _remember(memo: dict, key: str, value):
     return value
 
 
-def _stamp(path: str | None) -> str:
-    try:
-        st = Path(path).stat()
-        return f"{path}:{st.st_size}:{st.st_mtime_ns}"
-    except (OSError, TypeError):
-        return f"{path}:-"
-
-
 def load_splits(cfg: DataConfig) -> TextSplits:
     """Read, check, split and cap the data; labels become ids 0..K-1. Kept per process (see _SPLITS)."""
     files = [getattr(cfg, k, None) for k in ("train_file", "eval_file", "path")]
-    key = repr(cfg) + "|" + "|".join(_stamp(f) for f in files)
+    key = repr(cfg) + "|" + repr([(f, assets.stamp(f)) for f in files])
     if key not in _SPLITS:
         _remember(_SPLITS, key, _load_splits(cfg))
     kept = _SPLITS[key]

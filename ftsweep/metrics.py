@@ -201,7 +201,9 @@ class SavedForBackward:
             self.peak_bytes = max(self.peak_bytes, self.live_bytes)
         else:
             entry[1] += 1
-        return _Held(t, key, self)
+        # Detached: a holder that kept the tensor itself would close a cycle (tensor -> grad_fn -> saved slot
+        # -> holder) that only backward breaks, so a step that raised would keep its graph alive.
+        return _Held(t.detach(), key, self)
 
     @staticmethod
     def _unpack(held):

@@ -17,6 +17,7 @@ from torch import nn
 
 from ftsweep.config import (AdaLoraMethodConfig, FreezeMethodConfig, IA3MethodConfig, LoraMethodConfig, MethodConfig,
                             ModelConfig, PromptTuningMethodConfig, QLoraMethodConfig, TinyModelConfig)
+from ftsweep import assets
 from ftsweep.errors import ModelError, first_line, quiet_logs
 
 # Names of classification-head modules across BERT-family models (peft uses the same list for SEQ_CLS).
@@ -38,8 +39,6 @@ def resolve_path(cfg: ModelConfig) -> str:
             return str(local)
         return cfg.name_or_path
     if cfg.asset:
-        from ftsweep import assets
-
         if cfg.asset not in assets.MODEL_ASSETS:
             raise ModelError(f"model.asset={cfg.asset} is not a model ftsweep ships; known: "
                              f"{', '.join(assets.MODEL_ASSETS)}")
@@ -52,7 +51,7 @@ def resolve_path(cfg: ModelConfig) -> str:
     path = Path(module.get_model_path())
     if cfg.sha256 and not isinstance(cfg, TinyModelConfig):
         weights = path / "model.safetensors"
-        got = _sha256(str(weights), *_stat(weights)) if weights.exists() else "missing"
+        got = _sha256(str(weights), assets.stamp(weights)) if weights.exists() else "missing"
         if got != cfg.sha256:
             raise ModelError(f"{weights}: sha256 {got} does not match the pinned {cfg.sha256}; reinstall {cfg.package}")
     return str(path)
@@ -60,23 +59,15 @@ def resolve_path(cfg: ModelConfig) -> str:
 
 # A sweep's trials, and its check of every job before the first, run in one process with the basic launcher.
 # What they read from a model folder is read once per process: the weights' checksum (90 MB hashed otherwise
-# at every look), the tokenizer and the config. Keys carry the files' size and mtime, so a changed folder is
-# read again.
-def _stat(path: Path) -> tuple[int, int]:
-    try:
-        st = path.stat()
-        return st.st_size, st.st_mtime_ns
-    except OSError:
-        return -1, -1
-
-
+# at every look), the tokenizer and the config. Keys carry the size and mtime of the files (assets.stamp), so
+# a changed folder is read again. A caller that changes the tokenizer must copy it first (keep.py does).
 @functools.lru_cache(maxsize=8)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
+def _sha256(path: str, stamp: tuple) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 @functools.lru_cache(maxsize=8)
-def _from_folder(kind: str, path: str, stamp: tuple[int, int]):
+def _from_folder(kind: str, path: str, stamp: tuple):
     from transformers import AutoConfig, AutoTokenizer
 
     with quiet_logs("huggingface_hub", warnings_too=True):  # no screenful of retries; one line
@@ -87,7 +78,7 @@ def _from_folder(kind: str, path: str, stamp: tuple[int, int]):
 def _load_from_folder(kind: str, cfg: ModelConfig):
     path = resolve_path(cfg)
     try:
-        return _from_folder(kind, path, _stat(Path(path) / "config.json"))
+        return _from_folder(kind, path, assets.stamp(path))  # a hub id: () (the hub's cache decides)
     except (OSError, ValueError) as exc:
         raise ModelError(_not_found(cfg, path, exc)) from exc
 

@@ -8,6 +8,7 @@ run exists; once the run exists it always ends FINISHED, FAILED or KILLED.
 from __future__ import annotations
 
 import contextlib
+import copy
 import gc
 import json
 import logging
@@ -144,15 +145,7 @@ class Loaders:
     total_steps: int
 
 
-def eval_batch_size(tc: TrainConfig, device: torch.device) -> int:
-    """data.eval_batch_size, or by default twice the training batch; on CUDA at least 256, where eval
-    throughput (MiniLM, 256 tokens, bf16, H200) went 15k samples/s at 64 to 29k at 256 and 32k at 1024."""
-    if tc.data.eval_batch_size:
-        return tc.data.eval_batch_size
-    return max(2 * tc.batch_size, 256) if device.type == "cuda" else 2 * tc.batch_size
-
-
-def setup_data(tc: TrainConfig, splits: data_mod.TextSplits, tokenizer, device: torch.device) -> Loaders:
+def setup_data(tc: TrainConfig, splits: data_mod.TextSplits, tokenizer) -> Loaders:
     if tc.batch_size > len(splits.train_texts):
         log.warning("batch_size=%d is above the %d training examples: each epoch is one batch of %d",
                     tc.batch_size, len(splits.train_texts), len(splits.train_texts))
@@ -161,8 +154,10 @@ def setup_data(tc: TrainConfig, splits: data_mod.TextSplits, tokenizer, device: 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     train = data_mod.make_loader(train_ids, splits.train_labels, tc.batch_size, pad_id, shuffle=True, seed=tc.seed,
                                  group_by_length=tc.data.group_by_length)
-    evaluation = data_mod.make_loader(eval_ids, splits.eval_labels, eval_batch_size(tc, device), pad_id,
-                                      shuffle=False, seed=tc.seed)
+    # 2 x batch_size by default, on CUDA too: a larger eval batch fills a card (README, "GPU throughput") but
+    # would often set the run's CUDA peak, which is the memory axis of a sweep's trade-offs.
+    evaluation = data_mod.make_loader(eval_ids, splits.eval_labels, tc.data.eval_batch_size or 2 * tc.batch_size,
+                                      pad_id, shuffle=False, seed=tc.seed)
     return Loaders(train, evaluation, total_optimizer_steps(len(train), tc.grad_accum_steps, tc.epochs, tc.max_steps))
 
 
@@ -241,6 +236,7 @@ def keep_model(tc: TrainConfig, tracker: Tracker, model, tokenizer, splits: data
     if tc.save_model == SaveModel.none:
         return
     model = model_mod.to_device(model, torch.device("cpu"))  # a 4-bit model stays where it is
+    tokenizer = copy.deepcopy(tokenizer)  # the process keeps one tokenizer per folder (model.py): not this one
     keep.set_length(tokenizer, tc.data.max_length, tail=tc.data.truncation.value == "tail")
     cut = {"max_length": tc.data.max_length, "truncation": tc.data.truncation.value}  # predict cuts the same way
     try:
@@ -258,7 +254,7 @@ def keep_model(tc: TrainConfig, tracker: Tracker, model, tokenizer, splits: data
 
 def setup_training(tc: TrainConfig, splits: data_mod.TextSplits, tokenizer, device: torch.device, out_dir: Path):
     """Loaders, model (with its method), optimizer and scheduler: the same on every rank of a run."""
-    loaders = setup_data(tc, splits, tokenizer, device)
+    loaders = setup_data(tc, splits, tokenizer)
     model = setup_model(tc, splits, tokenizer, loaders.total_steps, device, out_dir)
     optimizer = build_optimizer(model, tc.optimizer, tc.lr)
     return loaders, model, optimizer, build_scheduler(optimizer, tc.optimizer, loaders.total_steps)

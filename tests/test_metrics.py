@@ -87,3 +87,24 @@ def test_lora_and_checkpointing_save_activations_in_the_right_direction_and_prop
     assert 0.6 * full < lora < 0.9 * full, (full, lora)
     # Checkpointing keeps each layer's input and little else: under a fifth of the plain step here.
     assert ckpt < 0.2 * full, (full, ckpt)
+
+
+def test_a_step_that_fails_mid_forward_leaves_nothing_held():
+    import gc
+    import weakref
+
+    weight = torch.nn.Parameter(torch.randn(64, 64))
+    counter = SavedForBackward(exclude=[weight])
+    refs = []
+
+    def failing_step():
+        with counter:
+            h = (torch.randn(32, 64) @ weight).softmax(-1)  # softmax saves its own output
+            refs.append(weakref.ref(h))
+            raise RuntimeError("out of memory, say")
+    try:
+        failing_step()
+    except RuntimeError:
+        pass  # handled here, so no traceback keeps the failed step's frame
+    gc.collect()
+    assert refs[0]() is None and counter.live_bytes == 0 and counter.peak_bytes > 0

@@ -152,3 +152,25 @@ def test_a_lora_rank_above_the_hidden_size_is_refused_before_any_weights_load():
     check_fits(LoraMethodConfig(name="lora", r=32), tiny_cfg)
     with pytest.raises(ModelError, match="method.r=33 is above model 'tiny' hidden size 32"):
         check_fits(LoraMethodConfig(name="lora", r=33), tiny_cfg)
+
+
+def test_a_folder_is_read_once_per_process_and_again_after_it_changes(tmp_path, tiny_tokenizer):
+    import os
+
+    tiny_tokenizer.save_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text('{"model_type": "bert"}')
+    cfg = ModelConfig(name="bert_base", name_or_path=str(tmp_path))
+    first = load_tokenizer(cfg)
+    assert load_tokenizer(cfg) is first  # a sweep's trials share it
+    vocab = next(f for f in tmp_path.iterdir() if f.name.startswith(("tokenizer.json", "vocab")))
+    os.utime(vocab, ns=(1, 1))  # a tokenizer file changed, config.json did not
+    assert load_tokenizer(cfg) is not first
+
+
+def test_precision_auto_is_fp32_on_a_cpu_and_a_named_precision_stays():
+    from ftsweep.config import Precision
+    from ftsweep.loop import resolve_precision
+
+    cpu = torch.device("cpu")
+    assert resolve_precision(Precision.auto, cpu) == Precision.fp32
+    assert resolve_precision(Precision.bf16, cpu) == Precision.bf16

@@ -87,7 +87,7 @@ def answer(rows: list[Row]) -> list[str]:
                 "the same command (finished trials are kept)."]
     keys = varying(rows)
     best = max(ok, key=lambda r: r.accuracy)
-    lines = [f"**Best overall:** {describe(best, keys)}: accuracy {best.accuracy:.4f}, peak memory "
+    lines = [f"**Best overall:** {describe(best, keys)}: accuracy {best.accuracy:.4f}, memory "
              f"{best.memory_mb:.0f} MB, step time {best.get('perf/step_time_ms') or float('nan'):.1f} ms "
              f"(run `{best.run_id}`)."]
     budget = _median([r.memory_mb for r in ok])
@@ -95,10 +95,10 @@ def answer(rows: list[Row]) -> list[str]:
     if within:
         cheap = max(within, key=lambda r: r.accuracy)
         if cheap is best:
-            lines.append(f"**Best under the median peak memory ({budget:.0f} MB):** the same configuration.")
+            lines.append(f"**Best under the median memory ({budget:.0f} MB):** the same configuration.")
         else:
             lines.append(
-                f"**Best under the median peak memory ({budget:.0f} MB):** {describe(cheap, keys)}: accuracy "
+                f"**Best under the median memory ({budget:.0f} MB):** {describe(cheap, keys)}: accuracy "
                 f"{cheap.accuracy:.4f} ({100 * (cheap.accuracy - best.accuracy):+.1f} points) at "
                 f"{cheap.memory_mb:.0f} MB ({100 * (cheap.memory_mb / best.memory_mb - 1):+.0f} % memory).")
     return lines

@@ -161,6 +161,12 @@ class SweepRunner:
             trial = study.ask(fixed_distributions=self.d.space)
             if self.custom is not None:
                 self.custom(self.config, trial)
+            if self.d.sampler == "bruteforce" and _key(trial.params) in ran:  # it offers a repeat only when done
+                trial.set_user_attr("error", "not run: every combination of the search space has run "
+                                             "(hydra.sweeper.n_trials is above their number)")
+                study.tell(trial, state=TrialState.FAIL)
+                log.warning("every combination of the search space has run; the sweep stops here")
+                return None
             resume = resumable.get(_key(trial.params))
             if resume:
                 trial.set_user_attr("resume_from", resume)
