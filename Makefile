@@ -48,7 +48,7 @@ fuzz: $(STAMP) ## the entry-point fuzzer with a random, larger budget (N=500 cas
 bench: $(STAMP) ## benchmarks (minutes): writes benchmarks/results.json and benchmarks/README.md
 	$(PY) benchmarks/bench.py $(ARGS)
 
-study: $(STAMP) ## the seed's study at CPU scale (~30 min): full vs LoRA x 3 lrs x batch 8/16/32 on IMDB; report in docs/study/
+study: $(STAMP) ## the seed's study at CPU scale (~24 min): full vs LoRA x 3 lrs x batch 8/16/32 on IMDB; report in docs/study/
 	@date -u +"study started %Y-%m-%dT%H:%M:%SZ"
 	$(PY) -m ftsweep -m hparams_search=study $(ARGS)
 	$(PY) -m ftsweep.report --experiment study --out docs/study

@@ -602,7 +602,7 @@ def test_the_study_preset_runs_each_method_lr_and_batch_size_combination_exactly
     study = optuna.create_study()
     seen = []
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # BruteForceSampler is marked experimental
+        warnings.simplefilter("error", optuna.exceptions.ExperimentalWarning)  # the sampler keeps it quiet
         for k in range(18):
             study.sampler = d.make_sampler(k)  # the runner makes a fresh, reseeded sampler for every claim
             trial = study.ask()
@@ -612,3 +612,25 @@ def test_the_study_preset_runs_each_method_lr_and_batch_size_combination_exactly
     assert sorted(set(seen)) == sorted(seen) and len(seen) == 18
     assert {lr for m, lr, _ in seen if m == "full"} == {2e-5, 5e-5, 8e-5}
     assert {lr for m, lr, _ in seen if m == "lora"} == {2e-4, 5e-4, 8e-4}
+
+
+def test_a_bruteforce_sweep_stops_at_the_first_repeat_when_n_trials_is_above_the_combinations(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from ftsweep.config import CONF_DIR
+    from ftsweep.sweep.runner import SweepRunner
+
+    with initialize_config_dir(config_dir=str(CONF_DIR)):
+        cfg = compose("config", ["hparams_search=study"], return_hydra_config=True)
+    d = define("batch_size=8", sampler="bruteforce", n_trials=20,
+               custom_search_space="ftsweep.sweep.presets.study_space")
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    runner = SweepRunner(SweepSettings(), d, config=cfg, launcher=None, storage_url=url, sweep_dir=tmp_path)
+    study = optuna.create_study(storage=open_storage(url), direction="maximize")
+    ran = []
+    while (trial := runner._claim(study)) is not None:
+        ran.append((trial.params["method"], trial.params["lr"], trial.params["batch_size"]))
+        study.tell(trial, 0.5)
+    assert len(ran) == len(set(ran)) == 18  # every combination once, then no repeat
+    repeat = [t for t in study.get_trials() if t.state.name == "FAIL"]
+    assert len(repeat) == 1 and "every combination of the search space has run" in repeat[0].user_attrs["error"]

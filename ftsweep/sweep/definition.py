@@ -295,7 +295,15 @@ def _grid(space: Dict[str, BaseDistribution]) -> Optional[list[dict[str, Any]]]:
 
 class _Exhaustive(optuna.samplers.BruteForceSampler):
     """Optuna's brute-force sampler for ask-and-tell: it stops a study through Study.stop(), which only works
-    inside study.optimize; here n_trials ends the sweep, so its stop is left out."""
+    inside study.optimize; here n_trials ends the sweep (and the runner stops at the first repeat), so its stop
+    is left out."""
+
+    def __init__(self, seed: int):
+        import warnings
+
+        with warnings.catch_warnings():  # "experimental" since optuna 3.1: a warning per claimed trial otherwise
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            super().__init__(seed=seed)
 
     def after_trial(self, study, trial, state, values) -> None:
         pass
