@@ -210,7 +210,7 @@ def test_pareto_search_writes_a_front(cli, toy):
     for t in study.get_trials():
         assert ("method.r" in t.params) == (t.params["method"] == "lora")  # conditional parameter
     text = (cli.cwd / "multirun" / study.study_name / "optimization_results.yaml").read_text()
-    assert "solutions:" in text and "mem/peak_mb" in text
+    assert "solutions:" in text and "mem/footprint_mb" in text
     parents, _ = mlflow_runs()
     assert parents[0].data.metrics["sweep/pareto_size"] >= 1
 
