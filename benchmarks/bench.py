@@ -255,15 +255,7 @@ def bench_padding(setup: Setup, n_batches: int, repeats: int) -> dict:
 
 # --------------------------------------------------------------------------- 4. against the limit
 def matmul_gflops(size: int = 2048, reps: int = 10) -> float:
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    for _ in range(3):
-        a @ b
-    best = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        a @ b
-        best.append(time.perf_counter() - t0)
-    return 2 * size**3 / statistics.median(best) / 1e9
+    return 2 * size**3 / _mm_seconds(size, size, size, reps=reps, warmup=3) / 1e9
 
 
 def step_flops(setup: Setup, method: MethodConfig, tokens_per_seq: int) -> dict:
@@ -284,10 +276,10 @@ def step_flops(setup: Setup, method: MethodConfig, tokens_per_seq: int) -> dict:
             "lora_params": lora}
 
 
-def _mm_seconds(m: int, k: int, n: int, batch: int = 1, reps: int = 5) -> float:
+def _mm_seconds(m: int, k: int, n: int, batch: int = 1, reps: int = 5, warmup: int = 2) -> float:
     """Median seconds of one (m x k) @ (k x n) product (batched when batch > 1), as torch runs it here."""
     a, b = (torch.randn(batch, m, k), torch.randn(batch, k, n)) if batch > 1 else (torch.randn(m, k), torch.randn(k, n))
-    for _ in range(2):
+    for _ in range(warmup):
         a @ b
     times = []
     for _ in range(reps):

@@ -260,15 +260,45 @@ def cut(ids: torch.Tensor, lens: torch.Tensor, length: int) -> tuple[torch.Tenso
     return out, new
 
 
-def choose_default(assets: Path, rows: list, budget_s: float) -> None:
-    """Accuracy of `make run` candidates (full fine-tuning, fp32 as on the CPU, ftsweep's AdamW recipe: warm-up
-    0.1, linear decay, clip 1.0, batch 16, 1 epoch) on the 1,000 reviews make run scores. Speed is measured on
-    the CPU; this only says which candidates reach the accuracy."""
+def _imdb_slices(assets: Path) -> tuple[torch.Tensor, ...]:
+    """Training ids, lengths and labels, and those of the 1,000 eval reviews `make run` scores."""
+    data = np.load(assets / "imdb_256.npz")
+    train = (torch.from_numpy(data[f"train_{k}"].astype(np.int64)) for k in ("ids", "len", "labels"))
+    evaluation = (torch.from_numpy(data[f"eval_{k}"][:1000].astype(np.int64)) for k in ("ids", "len", "labels"))
+    return (*train, *evaluation)
+
+
+def fine_tune_and_score(model, lr: float, tx, tl, ty, vx, vl, vy) -> float:
+    """ftsweep's recipe in fp32 on cut reviews: AdamW (weight decay 0.01) on the trainable parameters, warm-up 0.1
+    then linear decay, clip 1.0, batch 16, one epoch; then the accuracy on the eval reviews."""
     from transformers import get_linear_schedule_with_warmup
 
-    data = np.load(assets / "imdb_256.npz")
-    x, lens, y = (torch.from_numpy(data[f"train_{k}"].astype(np.int64)) for k in ("ids", "len", "labels"))
-    ex, el, ey = (torch.from_numpy(data[f"eval_{k}"][:1000].astype(np.int64)) for k in ("ids", "len", "labels"))
+    device = next(model.parameters()).device
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.01, fused=True)
+    steps = len(ty) // 16
+    sched = get_linear_schedule_with_warmup(opt, int(0.1 * steps), steps)
+    order = torch.randperm(len(ty))
+    pos = torch.arange(tx.shape[1])
+    for i in range(steps):
+        idx = order[i * 16:(i + 1) * 16]
+        loss = model(input_ids=tx[idx].to(device), attention_mask=(pos < tl[idx, None]).long().to(device),
+                     labels=ty[idx].to(device)).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+    model.eval()
+    with torch.inference_mode():
+        logits = model(input_ids=vx.to(device), attention_mask=(pos < vl[:, None]).long().to(device)).logits
+    return (logits.argmax(-1).cpu() == vy).float().mean().item()
+
+
+def choose_default(assets: Path, rows: list, budget_s: float) -> None:
+    """Accuracy of `make run` candidates (full fine-tuning, fp32 as on the CPU, ftsweep's recipe) on the 1,000
+    reviews make run scores. Speed is measured on the CPU; this only says which candidates reach the accuracy."""
+    x, lens, y, ex, el, ey = _imdb_slices(assets)
     t_start = time.time()
     for length, n in ((128, 3000), (128, 4000), (128, 5000), (192, 2500), (192, 3000), (192, 3500),
                       (256, 2000), (256, 2500)):
@@ -279,61 +309,22 @@ def choose_default(assets: Path, rows: list, budget_s: float) -> None:
                 if time.time() - t_start > budget_s:
                     return
                 model = build("minilm", assets, "full", seed=seed)  # the seed sets the head and the order
-                opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, fused=True)
-                steps = n // 16
-                sched = get_linear_schedule_with_warmup(opt, int(0.1 * steps), steps)
-                order = torch.randperm(n)
-                pos = torch.arange(length)
-                for i in range(steps):
-                    idx = order[i * 16:(i + 1) * 16]
-                    loss = model(input_ids=tx[idx].cuda(), attention_mask=(pos < tl[idx, None]).long().cuda(),
-                                 labels=y[:n][idx].cuda()).loss
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                    opt.step()
-                    sched.step()
-                    opt.zero_grad(set_to_none=True)
-                model.eval()
-                with torch.inference_mode():
-                    logits = model(input_ids=vx.cuda(), attention_mask=(pos < vl[:, None]).long().cuda()).logits
-                acc = (logits.argmax(-1).cpu() == ey).float().mean().item()
+                acc = fine_tune_and_score(model, lr, tx, tl, y[:n], vx, vl, ey)
                 rows.append({"length": length, "train_reviews": n, "lr": lr, "seed": seed, "accuracy": acc})
                 print(json.dumps(rows[-1]), flush=True)
 
 
 def lora_dropout_parity(assets: Path, rows: list) -> None:
-    """LoRA with lora_dropout 0.1 (ftsweep's default) against 0.0 (peft's), 3 seeds each, ftsweep's recipe in fp32:
-    is dropping it (0.88x -> 0.76x of full fine-tuning's CPU step) free in accuracy?"""
-    from transformers import get_linear_schedule_with_warmup
-
-    data = np.load(assets / "imdb_256.npz")
-    x, lens, y = (torch.from_numpy(data[f"train_{k}"].astype(np.int64)) for k in ("ids", "len", "labels"))
-    ex, el, ey = (torch.from_numpy(data[f"eval_{k}"][:1000].astype(np.int64)) for k in ("ids", "len", "labels"))
+    """LoRA with lora_dropout 0.1 (ftsweep's old default) against 0.0 (peft's), 3 seeds each, ftsweep's recipe in
+    fp32: is dropping it (0.89x -> 0.80x of full fine-tuning's CPU step) free in accuracy?"""
+    x, lens, y, ex, el, ey = _imdb_slices(assets)
     for length, n in ((256, 2500), (128, 2000)):
         tx, tl = cut(x[:n], lens[:n], length)
         vx, vl = cut(ex, el, length)
-        pos = torch.arange(length)
         for dropout in (0.1, 0.0):
             for seed in (1, 2, 3):
                 model = build("minilm", assets, "lora", seed=seed, lora_dropout=dropout)
-                trainable = [p for p in model.parameters() if p.requires_grad]
-                opt = torch.optim.AdamW(trainable, lr=5e-4, weight_decay=0.01, fused=True)
-                steps = n // 16
-                sched = get_linear_schedule_with_warmup(opt, int(0.1 * steps), steps)
-                order = torch.randperm(n)
-                for i in range(steps):
-                    idx = order[i * 16:(i + 1) * 16]
-                    loss = model(input_ids=tx[idx].cuda(), attention_mask=(pos < tl[idx, None]).long().cuda(),
-                                 labels=y[:n][idx].cuda()).loss
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-                    opt.step()
-                    sched.step()
-                    opt.zero_grad(set_to_none=True)
-                model.eval()
-                with torch.inference_mode():
-                    logits = model(input_ids=vx.cuda(), attention_mask=(pos < vl[:, None]).long().cuda()).logits
-                acc = (logits.argmax(-1).cpu() == ey).float().mean().item()
+                acc = fine_tune_and_score(model, 5e-4, tx, tl, y[:n], vx, vl, ey)
                 rows.append({"length": length, "train_reviews": n, "lora_dropout": dropout, "seed": seed,
                              "accuracy": acc})
                 print(json.dumps(rows[-1]), flush=True)

@@ -20,29 +20,14 @@ import datetime
 import json
 import os
 import platform
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
+
+from runs import ftsweep, trial_runs  # benchmarks/runs.py: a user's command as a subprocess
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = ["data.max_train_samples=400", "data.max_eval_samples=100", "data.max_length=128", "progress_bar=false",
         "save_model=none"]
-
-
-def ftsweep(repo: Path, tmp: str, *args: str) -> None:
-    env = {**os.environ, "PYTHONPATH": str(repo), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db"}
-    proc = subprocess.run([sys.executable, "-m", "ftsweep", *args], cwd=tmp, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"ftsweep {' '.join(args)} failed in {repo}:\n{proc.stderr[-3000:]}")
-
-
-def runs(tmp: str) -> list:
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
-    experiment = client.get_experiment_by_name("imdb")
-    return client.search_runs([experiment.experiment_id])
 
 
 GRIDS = {"user grid": ["method=full,lora", "batch_size=8,16,32", "max_steps=20"],
@@ -53,7 +38,7 @@ def utilisation(repo: Path, grid: list[str], workers: int = 2) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-slots-") as tmp:
         ftsweep(repo, tmp, "-m", *DATA, *grid, "hydra/launcher=joblib",
                 f"hydra.sweeper.n_jobs={workers}", f"hydra.launcher.n_jobs={workers}")
-        trials = [r for r in runs(tmp) if "mlflow.parentRunId" in r.data.tags]
+        trials = trial_runs(tmp)
         spans = [(r.info.start_time / 1000, r.info.end_time / 1000) for r in trials]
         wall = max(e for _, e in spans) - min(s for s, _ in spans)
         busy = sum(e - s for s, e in spans)
