@@ -9,8 +9,10 @@ PORT   ?= 5000
 DASH_PORT ?= 8080
 STORAGE ?= sqlite:///multirun/optuna.db
 N      ?= 500
+KILLS  ?= 12
+SEED   ?= 1
 
-.PHONY: help install lock run test test-fast fuzz bench study ui dashboard report clean
+.PHONY: help install lock run test test-fast fuzz chaos bench study ui dashboard report clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -44,6 +46,9 @@ test-fast: $(STAMP) ## the fast tests only
 
 fuzz: $(STAMP) ## the entry-point fuzzer with a random, larger budget (N=500 cases)
 	FTSWEEP_FUZZ_EXAMPLES=$(N) FTSWEEP_FUZZ_RANDOM=1 $(PY) -m pytest -q tests/test_fuzz.py --hypothesis-show-statistics
+
+chaos: $(STAMP) ## a joblib sweep SIGKILLed KILLS=12 times at random (SEED=1), rerun after each; checks the result
+	$(PY) -m tests.chaos --kills $(KILLS) --seed $(SEED)
 
 bench: $(STAMP) ## benchmarks (minutes): writes benchmarks/results.json and benchmarks/README.md
 	$(PY) benchmarks/bench.py $(ARGS)

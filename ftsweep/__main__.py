@@ -35,7 +35,7 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from ftsweep.config import CONF_DIR  # noqa: E402  (importing it registers the schemas)
+from ftsweep.config import CONF_DIR, objectives_of  # noqa: E402  (importing it registers the schemas)
 from ftsweep.errors import FtsweepError, describe_config_error  # noqa: E402
 
 log = logging.getLogger("ftsweep")
@@ -77,7 +77,20 @@ def app(cfg: DictConfig) -> dict[str, float]:
 
         raise optuna.TrialPruned(f"pruned at step {link.pruned_at}")  # its MLflow run has ended FINISHED
     log.info("  ".join(f"{k}={metrics[k]:.4g}" for k in SUMMARY if k in metrics))
-    return metrics
+    return sweeper_return(metrics, objectives_of(cfg), str(hc.sweeper.get("_target_", "")) if sweep_job else "")
+
+
+FTSWEEP_SWEEPER = "hydra_plugins.ftsweep_sweeper.sweeper.FtsweepSweeper"
+
+
+def sweeper_return(metrics: dict[str, float], objectives: list[str], sweeper: str):
+    """What the job hands back: ftsweep's sweeper (and a single run) takes every metric; any other sweeper,
+    hydra-optuna-sweeper's `hydra/sweeper=optuna` among them, gets what it expects of a task, the objective
+    as a float, or a tuple for several, in the order of `objectives` (`optimized_metric` sets that list)."""
+    if not sweeper or sweeper == FTSWEEP_SWEEPER:
+        return metrics
+    values = tuple(float(metrics[name]) for name in objectives)
+    return values[0] if len(values) == 1 else values
 
 
 def _with_resumed_settings(cfg: DictConfig, task_overrides: list[str]) -> DictConfig:

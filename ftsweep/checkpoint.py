@@ -33,7 +33,7 @@ def save(path: Path, model: nn.Module, optimizer, scheduler, loop_state: dict, r
     state = {"format": 1, "run_id": run_id, "overrides": list(overrides), "config": comparable(config),
              "model": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad},
              "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "loop": loop_state}
-    artifacts.atomic_write(path, lambda f: torch.save(state, f), binary=True)
+    artifacts.atomic_write(path, lambda f: torch.save(state, f), binary=True, need_bytes=artifacts.tensor_bytes(state))
     # Beside it, small: what `python -m ftsweep resume=...` needs to compose the same config again.
     artifacts.write_json(path.with_suffix(".json"), {"run_id": run_id, "overrides": list(overrides)})
 

@@ -334,6 +334,8 @@ class TrainConfig:
     experiment_name: Optional[str] = None  # null: one experiment per dataset
     run_name: Optional[str] = None  # null: built from method and hyper-parameters
     objectives: List[str] = field(default_factory=lambda: ["eval/accuracy"])
+    # lightning-hydra-template's name for a single objective (its hparams_search overlays set it)
+    optimized_metric: Optional[str] = None
     progress_bar: bool = True
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     save_model: SaveModel = SaveModel.best
@@ -357,8 +359,16 @@ class TrainConfig:
                f"device must be auto, cpu or cuda[:N], got '{self.device}'")
         _check(self.checkpoint_every_steps is None or self.checkpoint_every_steps >= 1,
                f"checkpoint_every_steps must be >= 1 or null, got {self.checkpoint_every_steps}")
+        if self.optimized_metric is not None:
+            self.objectives = [self.optimized_metric]
         _check(len(self.objectives) >= 1, "objectives must name at least one metric")
         check_metric_names(self.objectives, "objectives")
+
+
+def objectives_of(cfg: DictConfig) -> list[str]:
+    """The objectives of a composed (not yet validated) config: `optimized_metric`, when set, is the one."""
+    metric = cfg.get("optimized_metric")
+    return [str(metric)] if metric else [str(name) for name in cfg.objectives]
 
 
 def register_configs() -> None:

@@ -29,7 +29,7 @@ from typing import Any, Iterator, Optional
 import torch
 import torch.distributed as dist
 
-from ftsweep.errors import TrainingError, first_line
+from ftsweep.errors import first_line
 
 log = logging.getLogger("ftsweep")
 TIMEOUT = timedelta(hours=1)  # a collective waits this long: helpers wait out rank 0's evaluations
@@ -137,7 +137,7 @@ def start(raw_cfg, world: int, device: torch.device) -> Group:
     try:
         _init(group, port)
     except BaseException:
-        stop(group)
+        stop(group, finished=False)
         raise
     log.info("distributed: %d processes (%s), global batch split across them", world, backend_for(device))
     return group
@@ -159,33 +159,49 @@ def _init(group: Group, port: int) -> None:
                             timeout=TIMEOUT)
 
 
-def stop(group: Optional[Group], wait_s: float = 60.0) -> None:
-    """Leave the process group and wait for the helpers; a helper that is still running after a failure on
-    rank 0 is stopped (it would wait for rank 0 until the timeout). Raises if a helper failed."""
+def stop(group: Optional[Group], wait_s: float = 60.0, finished: bool = True) -> dict[int, int]:
+    """Wait for the helpers and leave the process group; return the exit code of each helper that did not
+    exit 0 (rank -> code). A helper still running after `wait_s` is stopped.
+
+    After a finished run rank 0 leaves last: it hosts the TCPStore the group was built on, and a helper
+    whose store vanished while it was still tearing its own group down could abort ("terminate called
+    without an active exception", exit -6) after training had finished. After a failure (`finished` False)
+    rank 0 leaves first, so that helpers blocked in a collective see it gone and stop."""
     if group is None:
-        return
+        return {}
+    if not finished:
+        _leave(group)
+    codes = {rank: _wait(proc, wait_s) for rank, proc in enumerate(group.helpers, start=1)}
+    if finished:
+        _leave(group)
+    if group.spec is not None:
+        group.spec.unlink(missing_ok=True)
+        group.spec.parent.rmdir()
+    return {rank: code for rank, code in codes.items() if code != 0}
+
+
+def _leave(group: Group) -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
     if group.threads:
         torch.set_num_threads(group.threads)
-    failed = []
-    for rank, proc in enumerate(group.helpers, start=1):
+        group.threads = 0
+
+
+def _wait(proc: subprocess.Popen, wait_s: float) -> int:
+    try:
+        return proc.wait(timeout=wait_s)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
         try:
-            code = proc.wait(timeout=wait_s)
+            return proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            proc.terminate()
-            try:
-                code = proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                code = proc.wait()
-        if code != 0:
-            failed.append(f"rank {rank} exited with code {code}")
-    if group.spec is not None:
-        group.spec.unlink(missing_ok=True)
-        group.spec.parent.rmdir()
-    if failed:
-        raise TrainingError(f"distributed training: {'; '.join(failed)}")
+            proc.kill()
+            return proc.wait()
+
+
+def describe(failed: dict[int, int]) -> str:
+    return "; ".join(f"rank {rank} exited with code {code}" for rank, code in sorted(failed.items()))
 
 
 def _helper(spec_path: str, rank: int) -> int:
@@ -211,4 +227,10 @@ def _helper(spec_path: str, rank: int) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_helper(sys.argv[1], int(sys.argv[2])))
+    code = _helper(sys.argv[1], int(sys.argv[2]))
+    # A helper has nothing left to write once its group is gone. Leaving through os._exit skips the C++
+    # static destructors of gloo and the store client, whose threads could abort an exit that had
+    # nothing left to do (exit -6 after training had finished).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

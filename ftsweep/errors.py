@@ -26,6 +26,10 @@ class TrainingError(FtsweepError):
     """Training diverged (NaN or inf loss)."""
 
 
+class DiskFullError(FtsweepError):
+    """No space was left where a file had to go; what was there before is intact (ftsweep.artifacts.no_space)."""
+
+
 def is_out_of_memory(error: str) -> bool:
     """Whether a one-line error (see first_line) says a run ran out of CUDA or host memory."""
     return any(word in error for word in ("OutOfMemoryError", "MemoryError", "out of memory"))
@@ -52,6 +56,12 @@ def describe_config_error(exc: BaseException) -> str:
             if not line.startswith("base_"):  # the schemas, not choices a user means
                 options.append(line)
         message += f"; choose from {', '.join(options)}"
+    if message.startswith("hydra.mode changed"):  # Hydra 1.4: an overlay's `hydra.mode: MULTIRUN` needs -m
+        message += " (a search preset with hydra.mode: MULTIRUN runs as a sweep: add -m)"
+    if message.startswith("Could not override 'hydra.sweeper.sampler."):  # hydra-optuna-sweeper's node shape
+        return (f"{message}: ftsweep's sweeper names its sampler, e.g. hydra.sweeper.sampler=tpe "
+                f"hydra.sweeper.seed=123 (hydra-optuna-sweeper's node works in YAML, or as "
+                f"+hydra.sweeper.sampler._target_=optuna.samplers.TPESampler)")
     cause = exc.__cause__
     if cause is not None and first_line(cause) not in message:
         message += f": {first_line(cause)}"
@@ -59,11 +69,12 @@ def describe_config_error(exc: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def quiet_logs(*loggers: str, warnings_too: bool = False) -> Iterator[None]:
-    """Libraries' INFO chatter and retry warnings silenced around a call whose failure ftsweep reports in one line."""
+def quiet_logs(*loggers: str, warnings_too: bool = False, level: int | None = None) -> Iterator[None]:
+    """Libraries' INFO chatter and retry warnings (or everything below `level`) silenced around a call whose
+    failure ftsweep reports in one line."""
     saved = [(logging.getLogger(name), logging.getLogger(name).level) for name in loggers]
     for logger, _ in saved:
-        logger.setLevel(logging.ERROR if warnings_too else logging.WARNING)
+        logger.setLevel(level or (logging.ERROR if warnings_too else logging.WARNING))
     try:
         with warnings.catch_warnings():
             if warnings_too:

@@ -9,6 +9,7 @@ has no weights folder of its own, so its random base is written beside the run f
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 from typing import Any, Optional
@@ -49,16 +50,41 @@ CUT = "ftsweep_cut.json"  # how training cut texts: {"max_length": 128, "truncat
 
 
 def save_folder(model, tokenizer, folder: Path, examples: list[str], cut: dict) -> Path:
-    """The model (or its adapter), its tokenizer, two example inputs and how texts were cut, as a folder."""
-    from ftsweep.artifacts import write_json
+    """The model (or its adapter), its tokenizer, two example inputs and how texts were cut, as a folder.
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # transformers' deprecation notices inside peft's save
-        model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    write_json(folder / EXAMPLES, list(examples[:2]))
-    write_json(folder / CUT, cut)
+    Written whole: into a temporary folder beside it, then swapped in, so that a full disk leaves the folder
+    it would have replaced as it was (and raises DiskFullError naming the folder and the space needed)."""
+    import shutil
+    import tempfile
+
+    from ftsweep.artifacts import no_space, write_json
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # transformers' deprecation notices inside peft's save
+            model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_json(tmp / EXAMPLES, list(examples[:2]))
+        write_json(tmp / CUT, cut)
+        old = folder.with_name(f".{folder.name}.old")
+        if folder.exists():
+            folder.rename(old)
+        tmp.rename(folder)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        full = no_space(exc, folder, saved_bytes(model))
+        if full is not None:
+            raise full from exc
+        raise
     return folder
+
+
+def saved_bytes(model) -> int:
+    """About what keeping this model writes: its adapter and head for a peft model, else every weight."""
+    return sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad or not is_peft(model))
 
 
 def _json_in(folder: Path, name: str, default):
@@ -123,7 +149,10 @@ def log_model(tracking_uri: str, run_id: str, model, tokenizer, examples: list[s
         extra["base_model_path"] = base_folder(model)
     from ftsweep.errors import quiet_logs
 
-    with warnings.catch_warnings(), quiet_logs("mlflow.transformers", "mlflow.models"):
+    # MLflow logs its own failed cleanup (a store too full to mark the model FAILED) as an ERROR with a
+    # traceback; ftsweep reports the failure itself, in one line.
+    with warnings.catch_warnings(), quiet_logs("mlflow.transformers", "mlflow.models"), \
+            quiet_logs("mlflow.store.db.utils", level=logging.CRITICAL):
         warnings.simplefilter("ignore", FutureWarning)
         info = mlflow.transformers.log_model(
             transformers_model={"model": model, "tokenizer": tokenizer}, name=MODEL_NAME, task="text-classification",

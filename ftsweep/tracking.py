@@ -6,17 +6,23 @@ so several runs in one process (Hydra's basic launcher) never step on each other
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import re
+import socket
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
+from ftsweep.artifacts import DATABASE_FULL, write_json
+from ftsweep.assets import cache_dir
 from ftsweep.errors import FtsweepError, first_line, quiet_logs
 from ftsweep.locks import SQLITE, file_of, url_lock
 
+log = logging.getLogger("ftsweep")
 T = TypeVar("T")
 MAX_PARAM_LEN = 6000  # MLflow's limit on a param value (older servers: 500)
 
@@ -112,6 +118,42 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+HOST_TAG, PID_TAG = "ftsweep.host", "ftsweep.pid"  # which process owns a RUNNING run (end_orphans)
+
+
+def owner_tags() -> dict[str, str]:
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def _orphan_note(run_id: str) -> Path:
+    return cache_dir() / "orphans" / f"{run_id}.json"
+
+
+def _note_orphan(run_id: str | None, status: str, error: str) -> None:
+    """How a run ended, for the next start to record, when its store could not take it. Best effort: the disk
+    that filled may be this one too, and then the next start says only that the process is gone."""
+    if run_id is not None:
+        with contextlib.suppress(Exception):
+            write_json(_orphan_note(run_id), {"status": status, "error": error})
+
+
+def _read_orphan_note(run_id: str) -> dict[str, str]:
+    try:
+        return dict(json.loads(_orphan_note(run_id).read_text()))
+    except (OSError, ValueError):
+        return {}
+
+
 class Tracker:
     def __init__(self, tracking_uri: str | None = None):
         self.tracking_uri = tracking_uri or default_tracking_uri()
@@ -141,7 +183,7 @@ class Tracker:
 
     def start(self, experiment: str, run_name: str, tags: Mapping[str, str], parent_run_id: str | None = None) -> str:
         exp_id = self.experiment_id(experiment)
-        tags = {k: str(v) for k, v in tags.items()}
+        tags = {**{k: str(v) for k, v in tags.items()}, **owner_tags()}
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id  # MLflow's own tag: the UI nests the run under its parent
         run = _retry(lambda: self.client.create_run(exp_id, run_name=run_name, tags=tags))
@@ -158,6 +200,7 @@ class Tracker:
             return False
         self.run_id = run_id
         _retry(lambda: self.client.update_run(run_id, status="RUNNING"))
+        self.set_tags(owner_tags())  # this process owns it now
         return True
 
     def log_params(self, params: Mapping[str, Any]) -> None:
@@ -221,3 +264,49 @@ class Tracker:
             run_id = self.run_id
             _retry(lambda: self.client.set_terminated(run_id, status=status))
             self.run_id = None
+
+    def fail(self, exc: BaseException, status: str) -> None:
+        """End the run with the error that stopped it. When the store cannot take even that (its disk is full,
+        it is gone), the reason is noted on this host and the next ftsweep start here ends the run (end_orphans)."""
+        error = first_line(exc, with_type=True)
+        run_id = self.run_id
+        # A store that cannot take these writes has MLflow log an ERROR with a traceback for each: one line below.
+        with quiet_logs("mlflow.store.db.utils", level=logging.CRITICAL):
+            try:
+                self.set_tags({"error": error, "error_type": type(exc).__name__})
+            except Exception:  # noqa: BLE001 - the end below matters more than the tags
+                pass
+            try:
+                self.end(status)
+                return
+            except Exception as caught:  # noqa: BLE001 - the run's own error is the one to report
+                store_error = caught
+        self.run_id = None
+        _note_orphan(run_id, status, error)
+        reason = DATABASE_FULL if DATABASE_FULL in str(store_error) else first_line(store_error)
+        log.warning("could not record the end of run %s in %s (%s); the next ftsweep start on this host ends it",
+                    run_id, redact(self.tracking_uri), reason)
+
+    def end_orphans(self) -> list[str]:
+        """End this host's RUNNING runs whose process is gone (it was killed, or its store was full when it tried
+        to end them): FAILED, or the status it noted, with its reason. Never another host's run, nor a live one."""
+        host = socket.gethostname()
+        try:
+            experiments = [e.experiment_id for e in _retry(lambda: self.client.search_experiments())]
+            runs = _retry(lambda: self.client.search_runs(
+                experiments, f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'")) if experiments else []
+        except Exception:  # noqa: BLE001 - a store that cannot answer this fails the run's own calls next, clearly
+            return []
+        ended = []
+        for run in runs:
+            pid = run.data.tags.get(PID_TAG, "")
+            if not pid.isdigit() or int(pid) == os.getpid() or pid_alive(int(pid)):
+                continue
+            note = _read_orphan_note(run.info.run_id)
+            reason = note.get("error") or f"its process ({pid} on {host}) ended without ending the run"
+            _retry(lambda r=run: self.client.set_tag(r.info.run_id, "error", f"orphaned: {reason}"))
+            _retry(lambda r=run: self.client.set_terminated(r.info.run_id, status=note.get("status", "FAILED")))
+            _orphan_note(run.info.run_id).unlink(missing_ok=True)
+            log.warning("ended run %s, left RUNNING by a process that is gone: %s", run.info.run_id, reason)
+            ended.append(run.info.run_id)
+        return ended

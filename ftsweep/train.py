@@ -28,13 +28,15 @@ from ftsweep import artifacts, checkpoint, distributed, interrupt, keep
 from ftsweep import data as data_mod
 from ftsweep import model as model_mod
 from ftsweep.config import LoraMethodConfig, Precision, SaveModel, TinyModelConfig, TrainConfig, validate
-from ftsweep.errors import ConfigError, FtsweepError, first_line
+from ftsweep.errors import ConfigError, DiskFullError, FtsweepError, first_line
 from ftsweep.loop import (FitResult, Hooks, LoopSettings, build_optimizer, build_scheduler, fit, resolve_precision,
                           seed_everything, total_optimizer_steps)
 from ftsweep.metrics import PeakMemory, classification_report, memory_breakdown
+from ftsweep.locks import file_of
 from ftsweep.tracking import Tracker, flatten
 
 log = logging.getLogger("ftsweep")
+HELPER_EXIT_TAG = "ftsweep.helper_exit"  # a helper rank that exited non-zero after the results were in
 
 
 def resolve_device(name: str, pinned: str | None = None) -> torch.device:
@@ -223,9 +225,9 @@ def finish(tc: TrainConfig, tracker: Tracker, result: FitResult, model, optimize
         png = out_dir / "confusion_matrix.png"
         artifacts.confusion_matrix_png(ev["confusion_matrix"], splits.label_names, png)
         tracker.log_artifact(png)
-    except OSError as exc:  # disk full, read-only artifact store: the metrics above are already safe
-        raise FtsweepError(f"could not write the run's artifacts ({exc.strerror or exc}); its metrics are logged "
-                           f"and saved in {out_dir / 'metrics.json'}") from exc
+    except (OSError, DiskFullError) as exc:  # disk full, read-only artifact store: the metrics are already safe
+        raise FtsweepError(f"could not write the run's artifacts ({_write_failure(exc, out_dir)}); its metrics are "
+                           f"logged and saved in {out_dir / 'metrics.json'}") from exc
     return metrics
 
 
@@ -247,9 +249,20 @@ def keep_model(tc: TrainConfig, tracker: Tracker, model, tokenizer, splits: data
                              splits.label_names, cut)
         tracker.set_tags({"ftsweep.model_uri": uri})
         log.info("model kept: %s (also runs:/%s/%s)", uri, tracker.run_id, keep.MODEL_NAME)
-    except OSError as exc:  # disk full, read-only artifact store: the metrics are already safe
-        raise FtsweepError(f"could not keep the model ({exc.strerror or exc}); its metrics are logged and saved "
-                           f"in {out_dir / 'metrics.json'}") from exc
+    except Exception as exc:  # disk full, read-only artifact store: the metrics are already safe
+        if not isinstance(exc, OSError) and artifacts.no_space(exc, out_dir) is None:
+            raise
+        store = file_of(tracker.tracking_uri) or tracker.tracking_uri  # where log_model writes
+        in_folder = tc.sweep.trial_id is not None and tc.save_model == SaveModel.best
+        reason = _write_failure(exc, out_dir / keep.MODEL_NAME if in_folder else store, keep.saved_bytes(model))
+        raise FtsweepError(f"could not keep the model ({reason}); its metrics are logged and saved in "
+                           f"{out_dir / 'metrics.json'}") from exc
+
+
+def _write_failure(exc: BaseException, path: Path, need_bytes: int | None = None) -> str:
+    """Why a write failed, in a few words: a full disk names the path it hit and the space needed."""
+    full = artifacts.no_space(exc, path, need_bytes)
+    return str(full) if full is not None else (getattr(exc, "strerror", None) or str(exc))
 
 
 def setup_training(tc: TrainConfig, splits: data_mod.TextSplits, tokenizer, device: torch.device, out_dir: Path):
@@ -305,6 +318,7 @@ def train(cfg: DictConfig | TrainConfig, output_dir: str | Path | None = None, o
     seed_everything(tc.seed)
     tracker = tracker or Tracker()
     tracker.experiment_id(tc.experiment_name or tc.data.name)  # a store that cannot work fails before data loads
+    tracker.end_orphans()  # runs this host left RUNNING (killed, or a store too full to take their end)
     ck, where = None, None
     if tc.resume:
         where = checkpoint.locate(tc.resume, tracker.client)
@@ -363,9 +377,12 @@ def train(cfg: DictConfig | TrainConfig, output_dir: str | Path | None = None, o
                      checkpoint=save_checkpoint if tc.checkpoint_every_steps else None,
                      resume=ck["loop"] if ck else None, group=group)
         ranks = rank_memory(group, memory) if group else {}
-        if group:
-            distributed.stop(group)
-            group = None
+        if group:  # rank 0 holds the final results now: a helper's exit can no longer fail the run
+            failed, group = distributed.stop(group), None
+            if failed:
+                tracker.set_tags({HELPER_EXIT_TAG: distributed.describe(failed)})
+                log.warning("distributed: %s after training had finished; the run keeps its results",
+                            distributed.describe(failed))
         metrics = finish(tc, tracker, result, model, optimizer, memory, splits, loaders.total_steps, params, out_dir,
                          ranks)
         if result.stop_reason != "pruned":  # a pruned trial is never a sweep's best
@@ -375,15 +392,12 @@ def train(cfg: DictConfig | TrainConfig, output_dir: str | Path | None = None, o
         return metrics
     except BaseException as exc:
         with interrupt.deferred():  # a second Ctrl-C must not leave the run RUNNING
-            try:
-                tracker.set_tags({"error": first_line(exc, with_type=True), "error_type": type(exc).__name__})
-            finally:
-                tracker.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+            tracker.fail(exc, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
     finally:
         if group is not None:  # rank 0 failed or was interrupted: the helpers must not wait for it
             with contextlib.suppress(Exception):
-                distributed.stop(group, wait_s=10)
+                distributed.stop(group, wait_s=10, finished=False)
         memory.stop()
         del model
         gc.collect()

@@ -7,10 +7,14 @@ Tiers: a test that starts a subprocess, a server or a browser (it uses `cli`, `p
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +52,7 @@ def write_csv(path: Path, rows, header=("text", "label")) -> Path:
     return path
 
 
-SLOW_FIXTURES = {"cli", "postgres_server", "chromium", "installed_wheel"}
+SLOW_FIXTURES = {"cli", "postgres_server", "chromium", "installed_wheel", "small_tmpfs"}
 
 
 def pytest_collection_modifyitems(items):
@@ -92,18 +96,70 @@ def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("ftsweep: error:")]
 
 
-def run_statuses(tracking_uri: str | None = None) -> list[str]:
-    """The status of every MLflow run in a sqlite store (default: the test's own)."""
+# --------------------------------------------------------------------------- reading a store while it is written
+def mlflow_db(tracking_uri: str | None = None) -> Path:
+    """The sqlite file of an MLflow store (default: the test's own)."""
+    return Path((tracking_uri or os.environ["MLFLOW_TRACKING_URI"])[len("sqlite:///"):])
+
+
+def query(db: Path, sql: str) -> list[tuple]:
+    """Rows of a sqlite store that another process may be creating: [] while the file is missing, its tables
+    are not created yet, or a writer holds it. Read-only, so a poll never creates the file itself."""
     import sqlite3
 
-    db = Path((tracking_uri or os.environ["MLFLOW_TRACKING_URI"])[len("sqlite:///"):])
-    if not db.exists():
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=2)) as con:
+            return list(con.execute(sql))
+    except sqlite3.DatabaseError:  # no file, not a database, no such table (not initialised yet), locked
         return []
-    with sqlite3.connect(db) as con:
-        try:
-            return [s for (s,) in con.execute("select status from runs")]
-        except sqlite3.OperationalError:  # the store was never initialised
-            return []
+
+
+def count(db: Path, sql: str) -> int:
+    """The one number a `select count(*)` or `select max(...)` gives, 0 while the store cannot answer yet."""
+    rows = query(db, sql)
+    return (rows[0][0] or 0) if rows else 0
+
+
+def logged_losses(db: Path | None = None) -> int:
+    return count(db or mlflow_db(), "select count(*) from metrics where key='train/loss'")
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def pause_when(proc: subprocess.Popen, condition: Callable[[], bool], what: str, timeout: float = 240) -> None:
+    """Return with `proc` stopped (SIGSTOP) at a moment when `condition` holds, checked while it is stopped.
+
+    A test that signals a run "once it has logged N steps" must not depend on the machine's speed: a fast
+    one could finish the run between the check and the signal. Stopped, it cannot. Follow with `resume`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"the process ended (exit {proc.returncode}) before {what}")
+        proc.send_signal(signal.SIGSTOP)
+        if condition():
+            return
+        proc.send_signal(signal.SIGCONT)
+        time.sleep(0.1)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def resume(proc: subprocess.Popen, sig: int | None = None) -> None:
+    """Deliver `sig` (if any) to a process that `pause_when` stopped, then let it go on."""
+    if sig is not None:
+        proc.send_signal(sig)
+    proc.send_signal(signal.SIGCONT)
+
+
+def run_statuses(tracking_uri: str | None = None) -> list[str]:
+    """The status of every MLflow run in a sqlite store (default: the test's own)."""
+    return [s for (s,) in query(mlflow_db(tracking_uri), "select status from runs")]
 
 
 def broken_store(kind: str, folder: Path) -> str:
@@ -200,6 +256,31 @@ def postgres_server():
     subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
                    capture_output=True)
     shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """small_tmpfs(mb) -> a folder on a real tmpfs of that size (root mounts it here); resize(mb) grows it."""
+    mounts: list[Path] = []
+
+    def mount(mb: int) -> Path:
+        folder = tmp_path / f"tmpfs{len(mounts)}"
+        folder.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mb}m", "tmpfs", str(folder)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode}); the fault-injected "
+                        "disk-full tests cover the same paths")
+        mounts.append(folder)
+        return folder
+
+    def resize(folder: Path, mb: int) -> None:
+        subprocess.run(["mount", "-o", f"remount,size={mb}m", str(folder)], check=True, capture_output=True)
+
+    mount.resize = resize  # type: ignore[attr-defined]
+    yield mount
+    for folder in mounts:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
 
 
 # --------------------------------------------------------------------------- servers and a browser

@@ -4,6 +4,7 @@ process groups on loopback, started by train() as a user's run starts them (slow
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,8 @@ from mlflow.tracking import MlflowClient
 from ftsweep.distributed import shard
 from ftsweep.errors import ConfigError
 from ftsweep.train import check, train
-from tests.test_reliability import long_run, mlflow_db, query, start, wait_for
+from tests.conftest import logged_losses, mlflow_db, query, wait_for
+from tests.test_reliability import long_run, start
 
 
 def batch(n: int) -> dict[str, torch.Tensor]:
@@ -83,8 +85,7 @@ def test_a_stop_decided_on_rank_0_reaches_every_rank(tiny_cfg):
 def test_sigterm_to_rank_0_stops_every_rank_and_ends_the_run_killed(cli, tmp_path):
     proc = start(cli, *long_run(tmp_path), "batch_size=8", "distributed.nproc=2")
     db = mlflow_db()
-    wait_for(lambda: db.exists() and query(db, "select count(*) from metrics where key='train/loss'")[0][0] >= 2,
-             "the distributed run to log")
+    wait_for(lambda: logged_losses(db) >= 2, "the distributed run to log")
     helpers = _helpers_of(proc.pid)
     assert len(helpers) == 1
     proc.send_signal(signal.SIGTERM)
@@ -97,3 +98,55 @@ def test_sigterm_to_rank_0_stops_every_rank_and_ends_the_run_killed(cli, tmp_pat
 def _helpers_of(pid: int) -> list[str]:
     out = subprocess.run(["pgrep", "-P", str(pid), "-f", "ftsweep.distributed"], capture_output=True, text=True)
     return out.stdout.split()
+
+
+@pytest.mark.slow
+def test_a_helper_that_exits_non_zero_after_the_results_are_in_is_a_tag_not_a_failure(tiny_cfg, monkeypatch):
+    """The teardown race (a helper aborting with -6 once training had finished) failed finished runs; now
+    rank 0's results stand and the tag says what the helper did. The race itself is forced here."""
+    from ftsweep import distributed
+
+    real_stop = distributed.stop
+
+    def aborting_helper(group, wait_s=60.0, finished=True):
+        codes = real_stop(group, wait_s, finished)  # the real teardown, then the exit the race produced
+        return {**codes, 1: -6} if finished else codes
+
+    monkeypatch.setattr(distributed, "stop", aborting_helper)
+    metrics = train(tiny_cfg("batch_size=8", "max_steps=2", "distributed.nproc=2", "save_model=none"))
+    [run] = client().search_runs([client().get_experiment_by_name("local").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["ftsweep.helper_exit"] == "rank 1 exited with code -6"
+    assert run.data.metrics["eval/accuracy"] == metrics["eval/accuracy"]
+
+
+@pytest.mark.slow  # starts (tiny) processes
+def test_stop_reports_each_helper_exit_and_stops_one_that_hangs(tmp_path):
+    from ftsweep import distributed
+
+    helpers = [subprocess.Popen(["sh", "-c", "exit 0"]), subprocess.Popen(["sh", "-c", "kill -ABRT $$"]),
+               subprocess.Popen(["sleep", "60"])]
+    group = distributed.Group(0, 4, torch.device("cpu"), helpers)
+    assert distributed.stop(group, wait_s=1) == {2: -6, 3: -15}  # the hanging one was terminated
+
+
+@pytest.mark.slow
+def test_repeated_two_process_runs_on_a_loaded_cpu_all_finish(tiny_cfg, monkeypatch):
+    """1 in 5 of these runs had ended FAILED with "rank 1 exited with code -6" on this 2-core machine while
+    other work ran beside it. 10 runs beside a busy process miss a 1-in-5 flake with probability 0.8^10 = 11 %;
+    `make chaos` repeats them longer. The real teardown here: no helper may exit non-zero."""
+    from ftsweep import distributed
+
+    exits: list[dict[int, int]] = []
+    real_stop = distributed.stop
+    monkeypatch.setattr(distributed, "stop", lambda *a, **k: exits.append(real_stop(*a, **k)) or exits[-1])
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        for seed in range(10):
+            train(tiny_cfg("batch_size=8", "max_steps=1", "distributed.nproc=2", "save_model=none", f"seed={seed}"))
+    finally:
+        busy.kill()
+        busy.wait()
+    runs = client().search_runs([client().get_experiment_by_name("local").experiment_id])
+    assert [r.info.status for r in runs] == ["FINISHED"] * 10
+    assert exits == [{}] * 10 and not any("ftsweep.helper_exit" in r.data.tags for r in runs)

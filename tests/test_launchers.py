@@ -9,8 +9,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.conftest import run_statuses, toy_rows, write_csv
-from tests.test_reliability import mlflow_db, query, start, wait_for
+from tests.conftest import count, mlflow_db, query, run_statuses, toy_rows, wait_for, write_csv
+from tests.test_reliability import start
 from tests.test_sweep import mlflow_runs, studies
 
 pytestmark = pytest.mark.slow
@@ -86,11 +86,8 @@ def test_submitit_runs_the_grid_and_a_preempted_job_reruns_its_trial_from_its_ch
     proc = start(cli, "-m", *base(tmp_path, rows=64), "max_steps=3,150", "epochs=1000", "log_every_steps=5",
                  "checkpoint_every_steps=10", "hydra/launcher=submitit_local", "hydra.sweeper.n_jobs=2")
     db = mlflow_db()
-    def long_trial_steps() -> int:
-        rows = query(db, "select max(step) from metrics where key='train/loss'")
-        return (rows[0][0] or 0) if rows else 0
-
-    wait_for(lambda: long_trial_steps() >= 40, "the long trial to pass two checkpoints")
+    wait_for(lambda: count(db, "select max(step) from metrics where key='train/loss'") >= 40,
+             "the long trial to pass two checkpoints")
     [study] = studies(cli.cwd)
     [long_trial] = [t for t in study.get_trials() if t.params.get("max_steps") == 150]
     long_run = long_trial.user_attrs["mlflow_run_id"]
@@ -147,3 +144,18 @@ def test_sigterm_to_a_sweep_stops_the_jobs_in_its_worker_processes_too(cli, tmp_
     assert [t.state.name for t in study.get_trials()] == ["FAIL", "FAIL"]
     statuses = sorted(query(db, "select name, status from runs"))
     assert statuses == [("full-lr5e-5-bs16", "KILLED")] * 2 + [(f"sweep-{study.study_name}", "FAILED")]
+
+
+@pytest.mark.slow
+def test_a_short_chaos_run_completes_the_grid_once_with_the_calm_runs_metrics(tmp_path):
+    """`make chaos` in small: three SIGKILLs (a worker, the sweeper, both) at seeded random moments, each followed
+    by the same command; then exactly the grid, no RUNNING run, and metrics equal to a calm run's."""
+    from tests.chaos import Chaos, check, run_chaos
+
+    calm = Chaos(tmp_path / "calm")
+    calm.folder.mkdir()
+    calm.finish(attempts=1)
+    (tmp_path / "chaos").mkdir()
+    chaos = run_chaos(tmp_path / "chaos", kills=3, seed=1, max_wait_s=15.0)
+    check(chaos, calm)
+    assert sum(line.startswith("kill") and "killed" in line for line in chaos.log) >= 2, chaos.log

@@ -1,9 +1,9 @@
 """Faults and signals (RELIABILITY.md): each test proves that nothing finished is lost and no run stays RUNNING."""
 
+import json
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -13,32 +13,12 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.conftest import run_statuses, toy_rows, write_csv
+from tests.conftest import (count, logged_losses, mlflow_db, pause_when, query, resume, run_statuses, toy_rows,
+                            wait_for, write_csv)
 
 
 def start(cli, *args: str) -> subprocess.Popen:
     return cli.popen(*args, stderr=subprocess.PIPE)
-
-
-def query(db: Path, sql: str) -> list[tuple]:
-    try:
-        with sqlite3.connect(db) as con:
-            return list(con.execute(sql))
-    except sqlite3.OperationalError:  # not created yet
-        return []
-
-
-def wait_for(condition, what: str, timeout: float = 240) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if condition():
-            return
-        time.sleep(0.2)
-    pytest.fail(f"timed out waiting for {what}")
-
-
-def mlflow_db() -> Path:
-    return Path(os.environ["MLFLOW_TRACKING_URI"][len("sqlite:///"):])
 
 
 def long_run(tmp_path: Path) -> list[str]:
@@ -51,8 +31,7 @@ def long_run(tmp_path: Path) -> list[str]:
 def test_signal_during_a_single_run_ends_it_killed_and_keeps_its_metrics(cli, tmp_path, sig):
     proc = start(cli, *long_run(tmp_path), "hydra.run.dir=out")
     db = mlflow_db()
-    wait_for(lambda: query(db, "select count(*) from metrics where key='train/loss'")[0][0] >= 2 if db.exists()
-             else False, "train/loss to be logged")
+    wait_for(lambda: logged_losses(db) >= 2, "train/loss to be logged")
     t0 = time.time()
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
@@ -60,7 +39,7 @@ def test_signal_during_a_single_run_ends_it_killed_and_keeps_its_metrics(cli, tm
     assert proc.returncode != 0
     assert "MLflow run is marked KILLED" in err and "Traceback" not in err
     assert run_statuses() == ["KILLED"]
-    assert query(db, "select count(*) from metrics where key='train/loss'")[0][0] >= 2  # kept
+    assert logged_losses(db) >= 2  # kept
     leftovers = [p for p in (tmp_path / "out").rglob("*") if p.name.startswith(".") and p.suffix == ".tmp"]
     cache = Path(os.environ["FTSWEEP_CACHE"])
     leftovers += [p for p in cache.rglob("*") if p.name.startswith((".fetch-", "tmp"))]
@@ -73,9 +52,8 @@ def test_sigterm_during_a_sweep_fails_the_trial_and_the_same_command_resumes(cli
             "log_every_steps=5", "batch_size=8,16"]
     proc = start(cli, *args)
     db = mlflow_db()
-    wait_for(lambda: query(db, "select count(*) from metrics where key='train/loss'")[0][0] >= 1 if db.exists()
-             else False, "the first trial to log")
-    proc.send_signal(signal.SIGTERM)
+    pause_when(proc, lambda: logged_losses(db) >= 1, "the first trial to log")
+    resume(proc, signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0 and "rerun the same command to resume" in err
     storage = f"sqlite:///{tmp_path / 'multirun' / 'optuna.db'}"
@@ -161,6 +139,116 @@ def test_disk_full_while_writing_artifacts_fails_clearly_and_keeps_the_metrics(t
     assert "eval/accuracy" in run.data.metrics and (tmp_path / "out" / "metrics.json").exists()
 
 
+# --------------------------------------------------------------------------- round 3: a full disk (fault-injected here;
+# the real tmpfs case is test_a_store_on_a_full_tmpfs_...)
+def enospc(*_a, **_k):
+    import errno
+
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_checkpoint_that_finds_the_disk_full_leaves_the_previous_one_and_says_where_and_how_much(
+        tiny_cfg, tmp_path, monkeypatch):
+    import torch
+
+    from ftsweep.checkpoint import load
+    from ftsweep.errors import DiskFullError
+    from ftsweep.train import train
+
+    real_save, saves = torch.save, []
+
+    def second_save_fills_the_disk(obj, f, *a, **k):
+        saves.append(1)
+        if len(saves) == 2:
+            f.write(b"half a checkpoint")
+            enospc()
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", second_save_fills_the_disk)
+    out = tmp_path / "out"
+    with pytest.raises(DiskFullError) as err:
+        train(tiny_cfg("max_steps=30", "epochs=100", "log_every_steps=5", "checkpoint_every_steps=10"), output_dir=out)
+    ckpt = out / "checkpoint" / "checkpoint.pt"
+    message = str(err.value)
+    assert message.startswith(f"No space left on device writing {ckpt} (needs about ") and " MB free there)" in message
+    assert load(ckpt)["loop"]["result"].steps == 10  # the first checkpoint, whole
+    assert [p.name for p in ckpt.parent.iterdir() if p.name.startswith(".")] == []  # no half-written file
+    [(status, error)] = query(mlflow_db(), "select status, (select value from tags t where t.run_uuid = r.run_uuid "
+                                           "and key='error') from runs r")
+    assert status == "FAILED" and "No space left" in error
+    assert logged_losses() >= 2  # the metrics already logged are kept
+
+
+def test_a_kept_model_that_finds_the_disk_full_leaves_the_previous_folder_intact(tiny_cfg, tmp_path, monkeypatch):
+    from ftsweep import keep
+    from ftsweep.errors import DiskFullError
+    from ftsweep.model import load_model, load_tokenizer
+    from ftsweep.config import validate
+
+    tc = validate(tiny_cfg())
+    tokenizer = load_tokenizer(tc.model)
+    model = load_model(tc.model, ["neg", "pos"], tokenizer, tc.method)
+    folder = keep.save_folder(model, tokenizer, tmp_path / "model", ["a text"], {"max_length": 16})
+    before = sorted((p.name, p.stat().st_size) for p in folder.iterdir())
+    def half_then_full(self, where, **_kwargs):
+        (Path(where) / "model.safetensors").write_bytes(b"half a model")
+        enospc()
+
+    monkeypatch.setattr(type(model), "save_pretrained", half_then_full)
+    with pytest.raises(DiskFullError, match=f"No space left on device writing {folder} \\(needs about .* MB"):
+        keep.save_folder(model, tokenizer, folder, ["a text"], {"max_length": 16})
+    assert sorted((p.name, p.stat().st_size) for p in folder.iterdir()) == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_store_that_cannot_record_a_runs_end_has_it_ended_by_the_next_start_on_this_host(tiny_cfg, monkeypatch):
+    """The store's disk is full: the run's end cannot be written. The reason is noted on this host, and the next
+    start ends the run with it; a live process's run and another host's run are left alone."""
+    from ftsweep.tracking import HOST_TAG, PID_TAG, Tracker
+
+    tracker = Tracker()
+    orphan = tracker.start("local", "orphan", {})
+    with monkeypatch.context() as patched:
+        patched.setattr(tracker.client, "set_terminated", lambda *a, **k: enospc())
+        tracker.fail(RuntimeError("database or disk is full"), "FAILED")
+    dead_pid = int(Path("/proc/sys/kernel/pid_max").read_text())  # pids are below pid_max: never alive
+    other = Tracker()
+    other.client.set_tag(orphan, PID_TAG, str(dead_pid))
+    live = Tracker().start("local", "live", {})  # this process: alive
+    elsewhere = Tracker().start("local", "elsewhere", {})
+    other.client.set_tag(elsewhere, HOST_TAG, "another-host")
+    other.client.set_tag(elsewhere, PID_TAG, str(dead_pid))
+    assert Tracker().end_orphans() == [orphan]
+    run = other.client.get_run(orphan)
+    assert run.info.status == "FAILED" and run.data.tags["error"] == "orphaned: RuntimeError: database or disk is full"
+    assert {other.client.get_run(r).info.status for r in (live, elsewhere)} == {"RUNNING"}
+    assert Tracker().end_orphans() == []  # once
+
+
+def test_a_store_on_a_full_tmpfs_fails_the_kept_model_in_one_line_and_the_next_start_ends_its_run(
+        cli, tmp_path, monkeypatch, small_tmpfs):
+    """The MLflow store (sqlite file and artifacts) on a real 2 MB tmpfs: the tiny model's kept copy (4 MB) does
+    not fit, and then neither does the run's end. One line naming the path and the space; the metrics stay in
+    metrics.json; the next start, with space again, ends the run FAILED with that line as its reason."""
+    store = small_tmpfs(2)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store / 'mlflow.db'}")
+    args = [*long_run(tmp_path)[:4], "max_steps=3"]
+    full = cli.run(*args, "hydra.run.dir=out")
+    assert full.returncode == 2 and "Traceback" not in full.stderr, full.stderr[-3000:]
+    [line] = [l for l in full.stderr.splitlines() if l.startswith("ftsweep: error:")]
+    assert f"No space left on device writing {store}" in line and "needs about" in line and "MB free there" in line
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["eval/accuracy"] >= 0 and run_statuses() == ["RUNNING"]  # the store could not take the end
+
+    small_tmpfs.resize(store, 32)
+    again = cli.run(*args, "save_model=none", "hydra.run.dir=out2")
+    assert again.returncode == 0, again.stderr[-3000:]
+    ended = dict(query(mlflow_db(), "select r.run_uuid, r.status from runs r"))
+    assert sorted(ended.values()) == ["FAILED", "FINISHED"]
+    [(reason,)] = query(mlflow_db(), f"select value from tags where run_uuid='{metrics['run_id']}' and key='error'")
+    assert reason.startswith("orphaned: FtsweepError: could not keep the model (No space left on device writing")
+
+
 # --------------------------------------------------------------------------- round 2: concurrency, signals, stores
 class Watched:
     """A CLI process whose output (stdout and stderr together) is read line by line as it comes."""
@@ -235,8 +323,7 @@ def test_ctrl_c_at_any_phase_of_a_sweep_ends_cleanly_and_the_command_resumes(cli
 def test_a_second_ctrl_c_while_the_sweep_finishes_still_writes_its_results(cli, tmp_path):
     args = [*sweep_args(tmp_path), "max_steps=100000", "epochs=100000"]
     watched = Watched(cli, *args)
-    wait_for(lambda: mlflow_db().exists() and
-             query(mlflow_db(), "select count(*) from metrics where key='train/loss'")[0][0] >= 1, "a trial to log")
+    wait_for(lambda: logged_losses() >= 1, "a trial to log")
     watched.proc.send_signal(signal.SIGINT)
     watched.wait_for("marked FAIL")
     watched.proc.send_signal(signal.SIGINT)  # the impatient second Ctrl-C, while results are being written
@@ -268,9 +355,8 @@ def test_sigterm_writes_a_checkpoint_and_resume_with_the_run_id_alone_finishes_t
     proc = start(cli, "model=tiny", "data=local", f"data.train_file={toy}", "progress_bar=false", "epochs=1000",
                  "max_steps=200", "log_every_steps=5", "checkpoint_every_steps=20")
     db = mlflow_db()
-    wait_for(lambda: db.exists() and query(db, "select count(*) from metrics where key='train/loss'")[0][0] >= 6,
-             "a checkpoint's worth of steps")
-    proc.send_signal(signal.SIGTERM)
+    pause_when(proc, lambda: logged_losses(db) >= 6, "a checkpoint's worth of steps")
+    resume(proc, signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "Traceback" not in err
     [(run_id, status)] = query(db, "select run_uuid, status from runs")
@@ -290,9 +376,8 @@ def test_an_interrupted_trial_resumes_from_its_checkpoint_when_the_sweep_runs_ag
     args = [*sweep_args(tmp_path), "max_steps=60", "epochs=1000", "log_every_steps=5", "checkpoint_every_steps=10"]
     proc = start(cli, *args)
     db = mlflow_db()
-    wait_for(lambda: db.exists() and query(db, "select count(*) from metrics where key='train/loss'")[0][0] >= 5,
-             "two checkpoints of the first trial")
-    proc.send_signal(signal.SIGTERM)
+    pause_when(proc, lambda: logged_losses(db) >= 5, "two checkpoints of the first trial")
+    resume(proc, signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err[-3000:]
     [(cut_run,)] = query(db, "select run_uuid from runs where status='KILLED'")
@@ -311,9 +396,8 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_without_logging_a_step_tw
     proc = start(cli, "model=tiny", "data=local", f"data.train_file={toy}", "progress_bar=false", "epochs=1000",
                  "max_steps=120", "log_every_steps=5", "checkpoint_every_steps=20")
     db = mlflow_db()
-    wait_for(lambda: db.exists() and query(db, "select count(*) from tags where key='ftsweep.checkpoint'")[0][0]
-             and query(db, "select count(*) from metrics where key='train/loss'")[0][0] >= 7,
-             "steps logged after the first checkpoint")
+    pause_when(proc, lambda: count(db, "select count(*) from tags where key='ftsweep.checkpoint'") > 0
+               and logged_losses(db) >= 7, "steps logged after the first checkpoint")
     proc.kill()  # SIGKILL: no chance to write a last checkpoint or end the run
     proc.communicate(timeout=60)
     [(run_id, status)] = query(db, "select run_uuid, status from runs")

@@ -2,6 +2,7 @@
 `python -m ftsweep -m ...` subprocesses on the tiny model with the test's own Optuna storage and MLflow store."""
 
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -20,7 +21,7 @@ from ftsweep.errors import ConfigError
 from ftsweep.sweep import results
 from ftsweep.sweep.definition import SweepDefinition, SweepSettings, canonical, directions_for
 from ftsweep.sweep.storage import open_storage
-from tests.conftest import REPO, run_statuses, toy_rows, write_csv
+from tests.conftest import REPO, logged_losses, pause_when, query, run_statuses, toy_rows, write_csv
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 FIXTURE_2_10 = REPO / "tests" / "fixtures" / "optuna_2_10.db"  # written by ftsweep 0.1 on optuna 2.10.1
@@ -109,6 +110,144 @@ def test_bad_sweep_settings_are_one_config_error(settings, arguments, message):
     objectives = ["mem/peak_mb"] if settings.get("pruner") == "median" else ["eval/accuracy"]
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         SweepDefinition.build(SweepSettings(**settings), objectives, arguments)
+
+
+# --------------------------------------------------------------------------- configs written for hydra-optuna-sweeper
+def plugin_node(**sweeper) -> SweepSettings:
+    """`hydra.sweeper` as Hydra composes it from ftsweep's schema with a plugin-shaped YAML merged on top."""
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.ftsweep_sweeper.sweeper import _node
+
+    return SweepSettings.from_config(OmegaConf.merge(_node(), sweeper))
+
+
+def test_a_sampler_node_in_the_plugins_shape_means_the_same_sampler_and_seed():
+    settings = plugin_node(sampler={"_target_": "optuna.samplers.TPESampler", "seed": 123})
+    assert (settings.sampler, settings.seed) == ("tpe", 123)
+    assert plugin_node(sampler={"_target_": "optuna.samplers.RandomSampler"}).seed == 42  # no seed: ftsweep's
+    grid = plugin_node(sampler={"_target_": "optuna.samplers.GridSampler", "_partial_": True, "seed": None})
+    assert grid.sampler == "grid"
+    nsga = plugin_node(sampler={"_target_": "hydra_plugins.hydra_optuna_sweeper._impl.create_nsgaii_sampler"})
+    assert nsga.sampler == "nsga2"
+    from hydra import compose, initialize_config_dir
+
+    from ftsweep.config import CONF_DIR
+
+    from hydra.errors import HydraException
+
+    from ftsweep.errors import describe_config_error
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):  # as the command line writes it
+        cfg = compose("config", ["+hydra.sweeper.sampler._target_=optuna.samplers.TPESampler",
+                                 "+hydra.sweeper.sampler.seed=7"], return_hydra_config=True)
+        with pytest.raises(HydraException) as err:  # without +: Hydra's struct check, then ftsweep's line
+            compose("config", ["hydra.sweeper.sampler._target_=optuna.samplers.TPESampler"], return_hydra_config=True)
+    settings = SweepSettings.from_config(cfg.hydra.sweeper)
+    assert (settings.sampler, settings.seed) == ("tpe", 7)
+    line = describe_config_error(err.value)
+    assert "hydra.sweeper.sampler=tpe" in line and "+hydra.sweeper.sampler._target_" in line and "\n" not in line
+
+
+@pytest.mark.parametrize("sampler, message", [
+    ({"_target_": "optuna.samplers.CmaEsSampler"}, "sampler._target_=optuna.samplers.CmaEsSampler has no equivalent "
+                                                   "in ftsweep's sweeper; use hydra.sweeper.sampler=auto|grid|tpe"),
+    ({"_target_": "optuna.samplers.TPESampler", "n_startup_trials": 10}, "sampler.n_startup_trials: ftsweep's sweeper "
+                                                                         "sets its sampler's settings itself"),
+])
+def test_a_plugin_sampler_ftsweep_cannot_honour_is_one_line_naming_its_equivalent(sampler, message):
+    with pytest.raises(ConfigError, match=re.escape(message)) as err:
+        plugin_node(sampler=sampler)
+    assert "hydra/sweeper=optuna" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_plugins_documented_keys_keep_their_meaning_in_ftsweeps_sweeper():
+    settings = plugin_node(direction=["maximize", "minimize"], study_name="mine", storage="sqlite:///o.db",
+                           n_trials=7, n_jobs=2,
+                           params={"lr": "tag(log, interval(1e-5, 1e-3))", "warmup": "interval(0, 0.2)",
+                                   "layers": "int(interval(1, 4))", "r": "range(4, 12, step=4)",
+                                   "method": "choice(full, lora)"})
+    d = SweepDefinition.build(settings, ["eval/accuracy", "mem/peak_mb"], [])
+    assert d.directions == ("maximize", "minimize") and d.study_name == "mine" and d.n_trials == 7
+    assert (settings.storage, settings.n_jobs) == ("sqlite:///o.db", 2)
+    assert d.space == {"lr": F(1e-5, 1e-3, log=True), "warmup": F(0, 0.2), "layers": I(1, 4),
+                       "r": I(4, 8, step=4), "method": C(["full", "lora"])}
+    assert define("a=1,2", direction="maximize").directions == ("maximize",)  # a string, for one objective
+    custom = plugin_node(custom_search_space="ftsweep.sweep.presets.pareto_space")
+    assert custom.custom_search_space == "ftsweep.sweep.presets.pareto_space"
+
+
+def test_optimized_metric_is_the_one_objective(tiny_cfg):
+    from ftsweep.config import objectives_of, validate
+
+    cfg = tiny_cfg("optimized_metric=eval/f1_macro")
+    assert objectives_of(cfg) == ["eval/f1_macro"] == validate(cfg).objectives
+    assert objectives_of(tiny_cfg()) == ["eval/accuracy"]
+    with pytest.raises(ConfigError, match="objectives: eval/acc is not a metric a run logs"):
+        validate(tiny_cfg("optimized_metric=eval/acc"))
+
+
+def test_the_task_returns_what_its_sweeper_expects():
+    from ftsweep.__main__ import FTSWEEP_SWEEPER, sweeper_return
+
+    metrics = {"eval/accuracy": 0.75, "mem/peak_mb": 900.0, "perf/step_time_ms": 12.0}
+    stock = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+    assert sweeper_return(metrics, ["eval/accuracy"], stock) == 0.75
+    assert sweeper_return(metrics, ["mem/peak_mb", "eval/accuracy"], stock) == (900.0, 0.75)  # objectives' order
+    assert sweeper_return(metrics, ["eval/accuracy"], FTSWEEP_SWEEPER) is metrics
+    assert sweeper_return(metrics, ["eval/accuracy"], "") is metrics  # a single run
+
+
+LHT_OVERLAY = """# @package _global_
+# lightning-hydra-template's hparams_search/mnist_optuna.yaml, with ftsweep's keys
+defaults:
+  - override /hydra/sweeper: optuna
+
+optimized_metric: eval/accuracy
+
+hydra:
+  mode: MULTIRUN
+  sweeper:
+    _target_: hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper
+    storage: null
+    study_name: null
+    n_jobs: 1
+    direction: maximize
+    n_trials: 2
+    sampler:
+      _target_: optuna.samplers.TPESampler
+      seed: 1234
+      n_startup_trials: 10
+    params:
+      lr: interval(1e-5, 1e-3)
+      batch_size: choice(4, 8)
+"""
+
+
+@pytest.mark.parametrize("shape", ["command line", "lightning-hydra-template overlay"])
+def test_hydra_optuna_sweepers_own_sweeper_runs_ftsweep_as_its_users_know_it(cli, toy, shape):
+    """`hydra/sweeper=optuna` is the plugin's sweeper, not ftsweep's: the task hands it the objective as a
+    float, and the plugin tells its own in-memory study and writes optimization_results.yaml."""
+    if shape == "command line":
+        proc = cli.sweep(*base(toy), "hydra/sweeper=optuna", "lr=interval(1e-5,1e-3)", "hydra.sweeper.n_trials=2",
+                         "hydra.sweeper.direction=maximize")
+    else:
+        (cli.cwd / "conf" / "hparams_search").mkdir(parents=True)
+        (cli.cwd / "conf" / "hparams_search" / "lht.yaml").write_text(LHT_OVERLAY)
+        without_m = cli.run(*base(toy), "hparams_search=lht")  # Hydra 1.4 wants -m for an overlay's MULTIRUN
+        assert without_m.returncode == 2 and "add -m" in without_m.stderr, without_m.stderr[-3000:]
+        proc = cli.sweep(*base(toy), "hparams_search=lht")  # as the template's README runs it
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "Failed experiment" not in proc.stdout + proc.stderr
+    from omegaconf import OmegaConf
+
+    results = OmegaConf.load(cli.cwd / "multirun" / "optimization_results.yaml")
+    parents, children = mlflow_runs()
+    assert parents == [] and len(children) == 0  # the plugin's sweeper has no parent run: two plain runs
+    runs = MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).search_runs(
+        [MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_experiment_by_name("local").experiment_id])
+    assert sorted(r.info.status for r in runs) == ["FINISHED"] * 2
+    assert results.best_value == max(r.data.metrics["eval/accuracy"] for r in runs)
 
 
 def test_feasibility_is_metric_minus_bound_and_missing_metrics_are_infeasible():
@@ -242,19 +381,9 @@ def test_sigkill_mid_trial_then_the_same_command_resumes(cli, toy, pruner):
             "eval_every_steps=100"]
     proc = cli.popen("-m", *args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     db = cli.cwd / "multirun" / "optuna.db"
-    deadline = time.time() + 240
-    while time.time() < deadline:  # kill while trial 1 runs: trial 0 done, 1 in flight, 2 not started
-        try:
-            with sqlite3.connect(db) as con:
-                rows = dict(con.execute("select number, state from trials"))
-        except sqlite3.OperationalError:  # not created yet
-            rows = {}
-        if rows.get(1) == "RUNNING":
-            break
-        time.sleep(0.2)
-    else:
-        pytest.fail("trial 1 never started")
-    time.sleep(1.0)
+    # Killed while trial 1 trains (it has logged; trial 0 logged 8 losses): 0 done, 1 in flight, 2 not started.
+    pause_when(proc, lambda: dict(query(db, "select number, state from trials")).get(1) == "RUNNING"
+               and logged_losses() >= 9, "trial 1 to train")
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
 
@@ -400,6 +529,41 @@ def test_two_workers_on_a_journal_file_share_one_grid(cli, toy):
     assert len({t.user_attrs["worker"] for t in trials}) == 2  # both did work
     parents, children = mlflow_runs()
     assert len(parents) == 1 and len(children) == 8 and "RUNNING" not in run_statuses()
+
+
+def workers_at_once(cli, n: int, args: list[str]) -> tuple[list[int], float]:
+    """n sweep processes of one command, started together (as fast as they can be spawned, before any has
+    imported anything), as a cluster's job array starts them; their exit codes and the wall time."""
+    t0 = time.monotonic()
+    procs = [cli.popen("-m", *args) for _ in range(n)]
+    outs = [p.communicate(timeout=900)[0] for p in procs]
+    codes = [p.returncode for p in procs]
+    assert codes == [0] * n and not any("Traceback" in out for out in outs), "\n---\n".join(o[-1500:] for o in outs)
+    return codes, time.monotonic() - t0
+
+
+@pytest.mark.parametrize("storage_kind, n", [("postgresql", 8), ("journal", 4)])
+def test_many_workers_started_at_once_on_a_fresh_study_run_each_trial_once(cli, toy, storage_kind, n, request,
+                                                                          monkeypatch):
+    """Load (RELIABILITY row 41): 8 processes on a fresh PostgreSQL study and a fresh PostgreSQL MLflow store;
+    4 on one journal file. Exactly n_trials trials, each point once, every run FINISHED, no error."""
+    if storage_kind == "postgresql":
+        new_database = request.getfixturevalue("postgres_server")
+        url = new_database()
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", new_database())
+    else:
+        url = f"journal://{cli.cwd / 'shared' / 'study.log'}"
+    grid = ["batch_size=2,4,8,16", "method=full,lora"]  # 8 points: with 8 workers, every claim contends
+    _, wall = workers_at_once(cli, n, [*base(toy), *grid, f"hydra.sweeper.storage={url}"])
+    storage = open_storage(url)
+    [name] = optuna.get_all_study_names(storage)
+    trials = optuna.load_study(study_name=name, storage=storage).get_trials()
+    assert len(trials) == 8 and all(t.state.name == "COMPLETE" for t in trials)
+    assert len({(t.params["batch_size"], t.params["method"]) for t in trials}) == 8  # no claim twice
+    parents, children = mlflow_runs()
+    assert len(parents) == 1 and len(children) == 8
+    assert all(r.info.status == "FINISHED" for r in parents + children)
+    print(f"{n} workers on {storage_kind}: 8 trials in {wall:.1f} s")  # shown with -s; quoted in RELIABILITY.md
 
 
 def test_budgets_make_trials_infeasible_the_sampler_is_told_and_the_answer_keeps_within(cli, toy):

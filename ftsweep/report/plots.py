@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+from ftsweep.artifacts import save_png
 from ftsweep.report.rows import Row, to_float
 
 
@@ -56,8 +57,7 @@ def make_plots(rows: list[Row], importances: dict[str, float], out: Path, title:
         ax.legend(title="method", fontsize=8)
         fig.tight_layout()
         path = out / f"{name}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        save_png(fig, path)
         files.append(path)
 
     scatter("accuracy_vs_memory", lambda r: r.memory_mb, f"memory, MB ({device})", front="memory")
@@ -72,7 +72,6 @@ def make_plots(rows: list[Row], importances: dict[str, float], out: Path, title:
         ax.set_title(f"{title}: parameter importances")
         fig.tight_layout()
         path = out / "param_importances.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        save_png(fig, path)
         files.append(path)
     return files

@@ -32,8 +32,9 @@ DIRECTIONS = ("maximize", "minimize")
 class SweepSettings:
     """`hydra.sweeper.*`: the one place where a sweep's settings are declared, with their defaults."""
 
-    sampler: str = "auto"  # auto (grid when every swept key is a list, else tpe), grid, tpe, gp, random, nsga2,
-    # bruteforce (each combination of a conditional custom_search_space once; set n_trials to their number)
+    sampler: Any = "auto"  # auto (grid when every swept key is a list, else tpe), grid, tpe, gp, random, nsga2,
+    # bruteforce (each combination of a conditional custom_search_space once; set n_trials to their number);
+    # or hydra-optuna-sweeper's shape, a node {_target_: optuna.samplers.TPESampler, seed: N} (read as tpe, seed N)
     seed: int = 42  # sampler seed
     direction: Optional[Any] = None  # null: from `objectives` (accuracy and f1 maximised, the rest minimised)
     storage: Optional[str] = None  # null: sqlite:///multirun/optuna.db; journal:///path.log; postgresql://...
@@ -56,6 +57,9 @@ class SweepSettings:
             if not ok:
                 raise ConfigError(f"hydra.sweeper.{message}")
 
+        if isinstance(self.sampler, dict):
+            self.sampler, seed = _sampler_from_node(self.sampler)
+            self.seed = self.seed if seed is None else seed
         need(self.sampler in SAMPLERS, f"sampler must be one of {', '.join(SAMPLERS)}; got '{self.sampler}'")
         need(self.pruner in PRUNERS, f"pruner must be one of {', '.join(PRUNERS)}; got '{self.pruner}'")
         need(self.n_trials >= 1, f"n_trials must be >= 1, got {self.n_trials}")
@@ -84,6 +88,32 @@ class SweepSettings:
             return cls(**values)
         except TypeError as exc:
             raise ConfigError(f"hydra.sweeper: {exc}") from exc
+
+
+# hydra-optuna-sweeper's sampler nodes (its config.py) and the ftsweep sampler each one means.
+SAMPLER_TARGETS = {
+    "optuna.samplers.TPESampler": "tpe", "optuna.samplers.GPSampler": "gp", "optuna.samplers.RandomSampler": "random",
+    "optuna.samplers.GridSampler": "grid", "optuna.samplers.NSGAIISampler": "nsga2",
+    "hydra_plugins.hydra_optuna_sweeper._impl.create_nsgaii_sampler": "nsga2",
+    "optuna.samplers.BruteForceSampler": "bruteforce",
+}
+_NODE_KEYS = ("_target_", "seed", "_partial_")  # the rest (n_startup_trials, ...) ftsweep's sweeper sets itself
+
+
+def _sampler_from_node(node: dict) -> tuple[str, Optional[int]]:
+    """`hydra.sweeper.sampler` written for hydra-optuna-sweeper: its sampler name and seed in ftsweep's terms."""
+    target = node.get("_target_")
+    choices = "hydra.sweeper.sampler=" + "|".join(s for s in SAMPLERS if s != "motpe")
+    if target not in SAMPLER_TARGETS:
+        raise ConfigError(f"hydra.sweeper.sampler._target_={target} has no equivalent in ftsweep's sweeper; use "
+                          f"{choices}, or hydra/sweeper=optuna for hydra-optuna-sweeper's own")
+    extra = sorted(k for k, v in node.items() if k not in _NODE_KEYS and v is not None)
+    if extra:
+        raise ConfigError(f"hydra.sweeper.sampler.{extra[0]}: ftsweep's sweeper sets its sampler's settings itself "
+                          f"(sampler={SAMPLER_TARGETS[target]}, seed); drop {', '.join(extra)}, or use "
+                          f"hydra/sweeper=optuna for hydra-optuna-sweeper's own")
+    seed = node.get("seed")
+    return SAMPLER_TARGETS[target], None if seed is None else int(seed)
 
 
 def directions_for(objectives: List[str]) -> list[str]:

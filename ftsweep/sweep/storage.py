@@ -22,7 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ftsweep.errors import ConfigError
 from ftsweep.locks import JOURNAL, SQLITE, file_of, url_lock
-from ftsweep.tracking import redact
+from ftsweep.tracking import pid_alive, redact
 
 log = logging.getLogger("ftsweep.sweep")
 
@@ -82,23 +82,13 @@ def worker_attrs() -> dict[str, object]:
     return {"worker": f"{socket.gethostname()}:{os.getpid()}", "host": socket.gethostname(), "pid": os.getpid()}
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def is_stale(trial: FrozenTrial, stale_after_s: Optional[float], now: float) -> bool:
     """A RUNNING trial whose worker is gone: its process is dead (same host) or it is older than stale_after_s."""
     if trial.state != TrialState.RUNNING:
         return False
     attrs = trial.user_attrs
     if attrs.get("host") == socket.gethostname() and "pid" in attrs:
-        return not _pid_alive(int(attrs["pid"]))
+        return not pid_alive(int(attrs["pid"]))
     if stale_after_s is not None and trial.datetime_start is not None:
         return now - trial.datetime_start.timestamp() > stale_after_s
     return False

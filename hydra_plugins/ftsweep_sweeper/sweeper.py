@@ -16,6 +16,7 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
+from ftsweep.config import objectives_of
 from ftsweep.sweep.definition import SweepSettings
 
 
@@ -58,7 +59,7 @@ class FtsweepSweeper(Sweeper):
 
         try:
             settings = SweepSettings.from_config(self.config.hydra.sweeper)
-            definition = SweepDefinition.build(settings, list(self.config.objectives), arguments)
+            definition = SweepDefinition.build(settings, objectives_of(self.config), arguments)
             self._check_jobs(definition)
             interrupt.check()  # a Ctrl-C during start-up stops here, before a study or run exists
             sweep_dir = Path(str(self.config.hydra.sweep.dir))

@@ -1,0 +1,153 @@
+"""`make chaos`: a joblib sweep with 2 workers, SIGKILLed at random moments (a worker, the sweeper, both) and
+run again after each kill, until it completes. Then the study must hold the grid's trials COMPLETE, each
+once; no MLflow run may be RUNNING; and every trial's metrics must equal a calm run's of the same grid.
+
+    python -m tests.chaos --kills 12 --seed 1        # make chaos (KILLS=12 SEED=1)
+
+Bounded: `--kills` kills, each at a seeded random moment, then at most 4 clean reruns. The slow tier of the
+tests runs a short version (tests/test_launchers.py)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+import psutil
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import REPO, toy_rows, write_csv
+
+GRID = ["batch_size=4,8", "seed=1,2"]  # 4 trials
+COMPARED = ("eval/accuracy", "eval/loss", "train/steps")
+KINDS = ("worker", "sweeper", "both")
+
+
+@dataclass
+class Chaos:
+    folder: Path
+    steps: int = 120  # per trial: a few seconds each on the tiny model, so kills land mid-trial
+    log: list[str] = field(default_factory=list)
+
+    def command(self) -> list[str]:
+        toy = write_csv(self.folder / "toy.csv", toy_rows(64)) if not (self.folder / "toy.csv").exists() \
+            else self.folder / "toy.csv"
+        return [sys.executable, "-m", "ftsweep", "-m", "model=tiny", "data=local", f"data.train_file={toy}",
+                "progress_bar=false", f"max_steps={self.steps}", "epochs=1000", "log_every_steps=20", "save_model=none",
+                *GRID, "hydra/launcher=joblib", "hydra.sweeper.n_jobs=2", "hydra.launcher.n_jobs=2"]
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": f"sqlite:///{self.folder / 'mlflow.db'}",
+                "FTSWEEP_CACHE": os.environ.get("FTSWEEP_CACHE", str(self.folder / "cache"))}
+
+    def start(self) -> subprocess.Popen:
+        return subprocess.Popen(self.command(), cwd=self.folder, env=self.env(), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def finish(self, attempts: int = 4) -> None:
+        """Rerun the same command until it exits 0, as a user would after a crash."""
+        for _ in range(attempts):
+            code = self.start().wait(timeout=900)
+            self.log.append(f"rerun: exit {code}")
+            if code == 0:
+                return
+        raise AssertionError(f"the sweep did not complete in {attempts} reruns: {self.log}")
+
+    # ---- what the sweep left
+    def study(self) -> optuna.Study:
+        storage = f"sqlite:///{self.folder / 'multirun' / 'optuna.db'}"
+        [name] = optuna.get_all_study_names(storage)
+        return optuna.load_study(study_name=name, storage=storage)
+
+    def metrics_by_point(self) -> dict[tuple, dict[str, float]]:
+        client = MlflowClient(self.env()["MLFLOW_TRACKING_URI"])
+        out = {}
+        for trial in self.study().get_trials(states=[optuna.trial.TrialState.COMPLETE]):
+            run = client.get_run(trial.user_attrs["mlflow_run_id"])
+            out[tuple(sorted(trial.params.items()))] = {k: run.data.metrics[k] for k in COMPARED}
+        return out
+
+    def statuses(self) -> list[str]:
+        client = MlflowClient(self.env()["MLFLOW_TRACKING_URI"])
+        return [r.info.status for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+
+
+def _workers(proc: subprocess.Popen) -> list[psutil.Process]:
+    try:
+        return [p for p in psutil.Process(proc.pid).children(recursive=True) if "python" in p.name().lower()]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def kill(proc: subprocess.Popen, kind: str, rng: random.Random) -> str:
+    """SIGKILL a worker, the sweeper, or the sweeper and its whole process group ("both")."""
+    workers = _workers(proc)
+    if kind == "worker" and workers:
+        victim = rng.choice(workers)
+        victim.send_signal(signal.SIGKILL)
+        return f"killed worker {victim.pid}"
+    if kind == "both":
+        os.killpg(proc.pid, signal.SIGKILL)
+        return f"killed sweeper {proc.pid} and its {len(workers)} workers"
+    proc.send_signal(signal.SIGKILL)  # its workers notice their parent is gone and stop
+    return f"killed sweeper {proc.pid}"
+
+
+def run_chaos(folder: Path, kills: int, seed: int, max_wait_s: float = 25.0) -> Chaos:
+    rng = random.Random(seed)
+    chaos = Chaos(folder)
+    strays: list[psutil.Process] = []  # workers of a killed sweeper: they finish their job alone, as they would
+    for i in range(kills):
+        proc = chaos.start()
+        time.sleep(rng.uniform(3.0, max_wait_s))  # start-up, claims, training or telling: wherever it is
+        if proc.poll() is not None:
+            chaos.log.append(f"kill {i}: the sweep had ended (exit {proc.returncode})")
+            if proc.returncode == 0:
+                break
+            continue
+        strays += _workers(proc)
+        kind = KINDS[i % len(KINDS)] if kills >= len(KINDS) else rng.choice(KINDS)
+        chaos.log.append(f"kill {i}: {kill(proc, kind, rng)}")
+        proc.wait(timeout=900)  # a killed worker's job reruns in the sweep itself, which then goes on
+    chaos.finish()
+    psutil.wait_procs(strays, timeout=300)  # their runs are ended (KILLED by the rerun, or by themselves) first
+    return chaos
+
+
+def check(chaos: Chaos, calm: Chaos) -> None:
+    trials = chaos.study().get_trials()
+    complete = [tuple(sorted(t.params.items())) for t in trials if t.state.name == "COMPLETE"]
+    assert sorted(complete) == sorted(set(complete)) and len(complete) == 4, (complete, chaos.log)
+    assert "RUNNING" not in chaos.statuses(), (chaos.statuses(), chaos.log)
+    assert chaos.metrics_by_point() == calm.metrics_by_point(), chaos.log
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--kills", type=int, default=12)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="ftsweep-chaos-") as tmp:
+        calm = Chaos(Path(tmp) / "calm")
+        calm.folder.mkdir()
+        calm.finish(attempts=1)
+        wild = Path(tmp) / "chaos"
+        wild.mkdir()
+        t0 = time.monotonic()
+        chaos = run_chaos(wild, args.kills, args.seed)
+        check(chaos, calm)
+        print("\n".join(chaos.log))
+        print(f"chaos: {args.kills} kills (seed {args.seed}), grid complete once each, no RUNNING run, metrics equal "
+              f"to the calm run's; {time.monotonic() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
