@@ -9,6 +9,8 @@ PORT   ?= 5000
 DASH_PORT ?= 8080
 STORAGE ?= sqlite:///multirun/optuna.db
 N      ?= 500
+# pytest-xdist processes for the suites: this project's machines have 2 cores
+WORKERS ?= 2
 KILLS  ?= 12
 SEED   ?= 1
 
@@ -38,11 +40,11 @@ lock: $(STAMP) ## re-resolve requirements.lock from pyproject.toml's ranges (uv;
 run: $(STAMP) ## fine-tune MiniLM on IMDB with the defaults and log to MLflow (ARGS="method=lora ...")
 	$(PY) -m ftsweep $(ARGS)
 
-test: $(STAMP) ## run the whole test suite, slow tests included
-	$(PY) -m pytest -q $(ARGS)
+test: $(STAMP) ## run the whole test suite, slow tests included (WORKERS=2 processes)
+	$(PY) -m pytest -q -n $(WORKERS) $(ARGS)
 
 test-fast: $(STAMP) ## the fast tests only
-	$(PY) -m pytest -q -m "not slow" $(ARGS)
+	$(PY) -m pytest -q -n $(WORKERS) -m "not slow" $(ARGS)
 
 fuzz: $(STAMP) ## the entry-point fuzzer with a random, larger budget (N=500 cases)
 	FTSWEEP_FUZZ_EXAMPLES=$(N) FTSWEEP_FUZZ_RANDOM=1 $(PY) -m pytest -q tests/test_fuzz.py --hypothesis-show-statistics

@@ -174,8 +174,14 @@ def broken_store(kind: str, folder: Path) -> str:
 
 
 @pytest.fixture(scope="session")
-def session_cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("ftsweep-cache")
+def session_cache(tmp_path_factory, worker_id) -> Path:
+    """One data cache for the session, shared by pytest-xdist's workers (their base folders are siblings): the
+    cache's own fetch-then-rename tolerates two workers fetching the same asset at once."""
+    if worker_id == "master":
+        return tmp_path_factory.mktemp("ftsweep-cache")
+    shared = tmp_path_factory.getbasetemp().parent / "ftsweep-cache"
+    shared.mkdir(exist_ok=True)
+    return shared
 
 
 @pytest.fixture(autouse=True)
