@@ -21,7 +21,7 @@ from ftsweep.errors import ConfigError
 FILE = "checkpoint.pt"
 RUN_TAG = "ftsweep.checkpoint"
 # Settings that may differ between a run and its resumption: they change neither the data nor the numbers.
-FREE_ON_RESUME = ("resume", "progress_bar", "run_name", "sweep", "checkpoint_every_steps", "save_model")
+FREE_ON_RESUME = ("resume", "progress_bar", "run_name", "sweep", "checkpoint_every_steps", "save_model", "tracking")
 
 
 def comparable(config: dict) -> dict:

@@ -253,6 +253,18 @@ class DistributedConfig:
         _check(self.nproc >= 1, f"distributed.nproc must be >= 1, got {self.nproc}")
 
 
+# --------------------------------------------------------------------------- tracking
+@dataclass
+class TrackingConfig:
+    # A store that stops answering mid-run: its writes wait on disk (<run dir>/tracking) and are retried with
+    # backoff for this long; then the run finishes locally and `python -m ftsweep.sync RUN_DIR` uploads them.
+    retry_window_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        _check(math.isfinite(self.retry_window_s) and self.retry_window_s >= 0,
+               f"tracking.retry_window_s must be >= 0 (seconds), got {self.retry_window_s}")
+
+
 # --------------------------------------------------------------------------- sweep
 @dataclass
 class SweepInfo:
@@ -342,6 +354,7 @@ class TrainConfig:
     checkpoint_every_steps: Optional[int] = None  # also on SIGTERM/Ctrl-C when set; null: no checkpoints
     resume: Optional[str] = None  # an MLflow run id or a checkpoint folder to continue from
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     sweep: SweepInfo = field(default_factory=SweepInfo)
 
     def __post_init__(self) -> None:

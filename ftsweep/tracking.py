@@ -6,7 +6,6 @@ so several runs in one process (Hydra's basic launcher) never step on each other
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -17,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
-from ftsweep.artifacts import DATABASE_FULL, write_json
-from ftsweep.assets import cache_dir
+from ftsweep import spool as spool_mod
+from ftsweep.artifacts import DATABASE_FULL
 from ftsweep.errors import FtsweepError, first_line, quiet_logs
 from ftsweep.locks import SQLITE, file_of, url_lock
 
@@ -118,6 +117,25 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def deliver(client, run_id: str, op: dict[str, Any]) -> None:
+    """One write of a run's spool (or of a run without one), sent to MLflow."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    kind = op["kind"]
+    if kind == "params":
+        client.log_batch(run_id, params=[Param(k, v) for k, v in op["params"]])
+    elif kind == "metrics":
+        client.log_batch(run_id, metrics=[Metric(k, v, op["ts"], op["step"]) for k, v in op["metrics"].items()])
+    elif kind == "tags":
+        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in op["tags"].items()])
+    elif kind == "artifact":
+        client.log_artifact(run_id, op["path"])
+    elif kind == "end":
+        client.set_terminated(run_id, status=op["status"], end_time=op.get("ts"))
+    else:
+        raise ValueError(f"unknown tracking write {kind!r}")
+
+
 HOST_TAG, PID_TAG = "ftsweep.host", "ftsweep.pid"  # which process owns a RUNNING run (end_orphans)
 
 
@@ -135,30 +153,63 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def _orphan_note(run_id: str) -> Path:
-    return cache_dir() / "orphans" / f"{run_id}.json"
-
-
-def _note_orphan(run_id: str | None, status: str, error: str) -> None:
-    """How a run ended, for the next start to record, when its store could not take it. Best effort: the disk
-    that filled may be this one too, and then the next start says only that the process is gone."""
-    if run_id is not None:
-        with contextlib.suppress(Exception):
-            write_json(_orphan_note(run_id), {"status": status, "error": error})
-
-
-def _read_orphan_note(run_id: str) -> dict[str, str]:
-    try:
-        return dict(json.loads(_orphan_note(run_id).read_text()))
-    except (OSError, ValueError):
-        return {}
-
-
 class Tracker:
+    """One MLflow run's writes. With `keep_writes`, they go to an on-disk spool first (ftsweep/spool.py), so
+    that a store that cannot be reached for a while delays them instead of killing training."""
+
     def __init__(self, tracking_uri: str | None = None):
         self.tracking_uri = tracking_uri or default_tracking_uri()
         self.client = open_client(self.tracking_uri)
         self.run_id: str | None = None
+        self.spool: spool_mod.Spool | None = None
+        self.backoff: spool_mod.Backoff | None = None
+        self._identity: dict[str, Any] = {}
+
+    # ---- the spool
+    def keep_writes(self, folder: Path, retry_window_s: float) -> None:
+        """From now on every write of this run is appended to `folder` before it is sent, and one the store
+        cannot take for `retry_window_s` waits there for `python -m ftsweep.sync`."""
+        self.spool = spool_mod.Spool.create(folder, {"run_id": self.run_id, "tracking_uri": self.tracking_uri,
+                                                     **self._identity})
+        self.backoff = spool_mod.Backoff(retry_window_s)
+
+    def _write(self, op: dict[str, Any]) -> None:
+        if self.spool is None:
+            _retry(lambda: deliver(self.client, self.run_id, op))
+            return
+        self.spool.append(op)
+        self.flush()
+
+    def flush(self, wait: bool = False) -> bool:
+        """Send the spool's waiting writes, in order; True when none is left. `wait`: retry with backoff until
+        they are sent or the retry window has passed since the store stopped answering."""
+        assert self.spool is not None and self.backoff is not None
+        while not self.backoff.expired:
+            if not self.backoff.due:
+                if not wait:
+                    return False
+                self.backoff.sleep_until_due()
+            try:
+                for i, op in self.spool.pending():
+                    _retry(lambda o=op: deliver(self.client, self.run_id, o))
+                    self.spool.mark(i + 1)
+            except Exception as exc:
+                if not spool_mod.unreachable(exc):
+                    raise
+                if self.backoff.down_since is None:
+                    log.warning("MLflow tracking store %s cannot be reached (%s); training goes on and the run's "
+                                "writes wait in %s (retried for %.0f s)", redact(self.tracking_uri),
+                                first_line(exc)[:120], self.spool.folder, self.backoff.window_s)
+                self.backoff.failed()
+                if not wait:
+                    return False
+                continue
+            if self.backoff.down_since is not None:
+                log.info("MLflow tracking store %s answers again: every waiting write delivered",
+                         redact(self.tracking_uri))
+            self.backoff.succeeded()
+            return True
+        return not self.spool.waiting()
 
     def experiment_id(self, name: str) -> str:
         from mlflow.exceptions import MlflowException
@@ -188,6 +239,7 @@ class Tracker:
             tags["mlflow.parentRunId"] = parent_run_id  # MLflow's own tag: the UI nests the run under its parent
         run = _retry(lambda: self.client.create_run(exp_id, run_name=run_name, tags=tags))
         self.run_id = run.info.run_id
+        self._identity = {"experiment": experiment, "run_name": run_name, "tags": tags}
         return self.run_id
 
     def resume(self, run_id: str) -> bool:
@@ -195,33 +247,27 @@ class Tracker:
         from mlflow.exceptions import MlflowException
 
         try:
-            _retry(lambda: self.client.get_run(run_id))
+            run = _retry(lambda: self.client.get_run(run_id))
         except MlflowException:
             return False
         self.run_id = run_id
         _retry(lambda: self.client.update_run(run_id, status="RUNNING"))
+        self._identity = {"experiment": self.client.get_experiment(run.info.experiment_id).name,
+                          "run_name": run.info.run_name, "tags": dict(run.data.tags)}
         self.set_tags(owner_tags())  # this process owns it now
         return True
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        from mlflow.entities import Param
-
-        items = [Param(k, redact(str(v))[:MAX_PARAM_LEN]) for k, v in params.items()]
+        items = [[k, redact(str(v))[:MAX_PARAM_LEN]] for k, v in params.items()]
         for i in range(0, len(items), 100):  # log_batch takes at most 100 params
-            _retry(lambda chunk=items[i:i + 100]: self.client.log_batch(self.run_id, params=chunk))
+            self._write({"kind": "params", "params": items[i:i + 100]})
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
-        _retry(lambda: self.client.log_batch(self.run_id, metrics=batch))
+        self._write({"kind": "metrics", "step": step, "ts": int(time.time() * 1000),
+                     "metrics": {k: float(v) for k, v in metrics.items()}})
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        from mlflow.entities import RunTag
-
-        batch = [RunTag(k, redact(str(v))[:5000]) for k, v in tags.items()]
-        _retry(lambda: self.client.log_batch(self.run_id, tags=batch))
+        self._write({"kind": "tags", "tags": {k: redact(str(v))[:5000] for k, v in tags.items()}})
 
     def last_step(self, *keys: str) -> int:
         """The highest step this run has logged for any of `keys` (-1 for none)."""
@@ -248,7 +294,7 @@ class Tracker:
         _retry(lambda: self.client.log_inputs(self.run_id, datasets=[entity]))
 
     def log_artifact(self, path: str | Path) -> None:
-        self.client.log_artifact(self.run_id, str(path))
+        self._write({"kind": "artifact", "path": str(path)})
 
     def log_text(self, text: str, name: str) -> None:
         with tempfile.TemporaryDirectory() as tmp:
@@ -260,10 +306,25 @@ class Tracker:
         self.log_text(json.dumps(obj, indent=2, default=str), name)
 
     def end(self, status: str = "FINISHED") -> None:
-        if self.run_id is not None:
+        """End the run. With a spool, a finished run waits (within the retry window) for a store that cannot
+        be reached; a failed or killed one does not. Writes still waiting then stay for ftsweep.sync."""
+        if self.run_id is None:
+            return
+        if self.spool is None:
             run_id = self.run_id
             _retry(lambda: self.client.set_terminated(run_id, status=status))
             self.run_id = None
+            return
+        self.spool.append({"kind": "end", "status": status, "ts": int(time.time() * 1000)})
+        delivered = self.flush(wait=status == "FINISHED")
+        run_id, self.run_id = self.run_id, None
+        if delivered:
+            spool_mod.unregister(run_id)
+            return
+        spool_mod.register_waiting(run_id, self.spool.folder)
+        log.warning("MLflow tracking store %s could not take run %s's last writes; they are kept in %s: "
+                    "python -m ftsweep.sync %s uploads them", redact(self.tracking_uri), run_id, self.spool.folder,
+                    self.spool.folder.parent)
 
     def fail(self, exc: BaseException, status: str) -> None:
         """End the run with the error that stopped it. When the store cannot take even that (its disk is full,
@@ -282,7 +343,7 @@ class Tracker:
             except Exception as caught:  # noqa: BLE001 - the run's own error is the one to report
                 store_error = caught
         self.run_id = None
-        _note_orphan(run_id, status, error)
+        spool_mod.note_end(run_id, status, error)
         reason = DATABASE_FULL if DATABASE_FULL in str(store_error) else first_line(store_error)
         log.warning("could not record the end of run %s in %s (%s); the next ftsweep start on this host ends it",
                     run_id, redact(self.tracking_uri), reason)
@@ -302,11 +363,13 @@ class Tracker:
             pid = run.data.tags.get(PID_TAG, "")
             if not pid.isdigit() or int(pid) == os.getpid() or pid_alive(int(pid)):
                 continue
-            note = _read_orphan_note(run.info.run_id)
+            if spool_mod.is_waiting(run.info.run_id):  # its true end waits in a spool for ftsweep.sync
+                continue
+            note = spool_mod.noted_end(run.info.run_id)
             reason = note.get("error") or f"its process ({pid} on {host}) ended without ending the run"
             _retry(lambda r=run: self.client.set_tag(r.info.run_id, "error", f"orphaned: {reason}"))
             _retry(lambda r=run: self.client.set_terminated(r.info.run_id, status=note.get("status", "FAILED")))
-            _orphan_note(run.info.run_id).unlink(missing_ok=True)
+            spool_mod.forget_end(run.info.run_id)
             log.warning("ended run %s, left RUNNING by a process that is gone: %s", run.info.run_id, reason)
             ended.append(run.info.run_id)
         return ended

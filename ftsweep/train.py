@@ -24,7 +24,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import ftsweep
-from ftsweep import artifacts, checkpoint, distributed, interrupt, keep
+from ftsweep import artifacts, checkpoint, distributed, interrupt, keep, spool
 from ftsweep import data as data_mod
 from ftsweep import model as model_mod
 from ftsweep.config import LoraMethodConfig, Precision, SaveModel, TinyModelConfig, TrainConfig, validate
@@ -341,6 +341,8 @@ def train(cfg: DictConfig | TrainConfig, output_dir: str | Path | None = None, o
             tags["ftsweep.resumed_from"] = ck["run_id"]
         tracker.start(experiment=tc.experiment_name or tc.data.name, run_name=run_name(tc), tags=tags,
                       parent_run_id=hooks.parent_run_id)
+    # From here a store that stops answering delays the run's writes (kept on disk) instead of ending it.
+    tracker.keep_writes(out_dir / spool.FOLDER, tc.tracking.retry_window_s)
     model, group = None, None
     try:
         hooks.on_start(tracker.run_id)

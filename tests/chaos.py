@@ -10,6 +10,7 @@ tests runs a short version (tests/test_launchers.py)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import signal
@@ -28,13 +29,13 @@ from tests.conftest import REPO, toy_rows, write_csv
 
 GRID = ["batch_size=4,8", "seed=1,2"]  # 4 trials
 COMPARED = ("eval/accuracy", "eval/loss", "train/steps")
-KINDS = ("worker", "sweeper", "both")
+KINDS = ("sweeper", "both", "worker")  # in turn: a killed worker's sweep goes on and completes, so it comes last
 
 
 @dataclass
 class Chaos:
     folder: Path
-    steps: int = 120  # per trial: a few seconds each on the tiny model, so kills land mid-trial
+    steps: int = 80  # per trial: a second or two on the tiny model, so kills land mid-trial
     log: list[str] = field(default_factory=list)
 
     def command(self) -> list[str]:
@@ -75,6 +76,11 @@ class Chaos:
             out[tuple(sorted(trial.params.items()))] = {k: run.data.metrics[k] for k in COMPARED}
         return out
 
+    def running_runs_of(self, pids: set[str]) -> list[str]:
+        client = MlflowClient(self.env()["MLFLOW_TRACKING_URI"])
+        return [r.info.run_id for e in client.search_experiments() for r in client.search_runs([e.experiment_id])
+                if r.info.status == "RUNNING" and r.data.tags.get("ftsweep.pid") in pids]
+
     def statuses(self) -> list[str]:
         client = MlflowClient(self.env()["MLFLOW_TRACKING_URI"])
         return [r.info.status for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
@@ -113,12 +119,21 @@ def run_chaos(folder: Path, kills: int, seed: int, max_wait_s: float = 25.0) -> 
             if proc.returncode == 0:
                 break
             continue
-        strays += _workers(proc)
         kind = KINDS[i % len(KINDS)] if kills >= len(KINDS) else rng.choice(KINDS)
+        if kind == "sweeper":
+            strays += _workers(proc)
         chaos.log.append(f"kill {i}: {kill(proc, kind, rng)}")
         proc.wait(timeout=900)  # a killed worker's job reruns in the sweep itself, which then goes on
     chaos.finish()
-    psutil.wait_procs(strays, timeout=300)  # their runs are ended (KILLED by the rerun, or by themselves) first
+    # A killed sweeper's workers train on alone (the rerun ran their trials again) and end their runs; then they
+    # idle until loky's timeout (300 s), so once their runs are over they are stopped.
+    pids = {str(p.pid) for p in strays}
+    deadline = time.monotonic() + 300
+    while chaos.running_runs_of(pids) and time.monotonic() < deadline:
+        time.sleep(1)
+    for stray in strays:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            stray.kill()
     return chaos
 
 

@@ -108,7 +108,7 @@ def query(db: Path, sql: str) -> list[tuple]:
     import sqlite3
 
     try:
-        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=2)) as con:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.5)) as con:
             return list(con.execute(sql))
     except sqlite3.DatabaseError:  # no file, not a database, no such table (not initialised yet), locked
         return []
@@ -142,10 +142,11 @@ def pause_when(proc: subprocess.Popen, condition: Callable[[], bool], what: str,
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             pytest.fail(f"the process ended (exit {proc.returncode}) before {what}")
-        proc.send_signal(signal.SIGSTOP)
-        if condition():
-            return
-        proc.send_signal(signal.SIGCONT)
+        if condition():  # seen running; checked again stopped (a stopped writer may hold the store's lock)
+            proc.send_signal(signal.SIGSTOP)
+            if condition():
+                return
+            proc.send_signal(signal.SIGCONT)
         time.sleep(0.1)
     pytest.fail(f"timed out waiting for {what}")
 

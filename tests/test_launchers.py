@@ -31,7 +31,8 @@ def test_free_slots_start_the_next_trial_at_once_and_each_slot_keeps_its_device(
     """Six trials of unequal length on two joblib workers. Hydra's launchers wait for a whole batch; here a
     slot whose trial ended claims the next one at once, so no slot waits for the other's long trial. Each slot
     pins its trials to its own device id (hydra.sweeper.devices; fake ids on this CPU machine)."""
-    proc = cli.sweep(*base(tmp_path, rows=96), "max_steps=2,1000", "seed=1,2,3", "hydra/launcher=joblib",
+    proc = cli.sweep(*base(tmp_path, rows=96), "max_steps=2,1000", "epochs=1000", "seed=1,2,3",
+                     "hydra/launcher=joblib",
                      "hydra.sweeper.n_jobs=2", "hydra.launcher.n_jobs=2", "hydra.sweeper.devices=[7,9]")
     assert proc.returncode == 0, proc.stderr[-3000:]
     [study] = studies(cli.cwd)
@@ -164,6 +165,6 @@ def test_a_short_chaos_run_completes_the_grid_once_with_the_calm_runs_metrics(tm
     calm.folder.mkdir()
     calm.finish(attempts=1)
     (tmp_path / "chaos").mkdir()
-    chaos = run_chaos(tmp_path / "chaos", kills=3, seed=1, max_wait_s=15.0)
+    chaos = run_chaos(tmp_path / "chaos", kills=3, seed=1, max_wait_s=12.0)
     check(chaos, calm)
     assert sum(line.startswith("kill") and "killed" in line for line in chaos.log) >= 2, chaos.log

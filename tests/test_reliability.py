@@ -13,8 +13,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.conftest import (count, logged_losses, mlflow_db, pause_when, query, resume, run_statuses, toy_rows,
-                            wait_for, write_csv)
+from tests.conftest import (count, free_port, logged_losses, mlflow_db, pause_when, query, resume, run_statuses,
+                            toy_rows, wait_for, wait_http, write_csv)
 
 
 def start(cli, *args: str) -> subprocess.Popen:
@@ -247,6 +247,48 @@ def test_a_store_on_a_full_tmpfs_fails_the_kept_model_in_one_line_and_the_next_s
     assert sorted(ended.values()) == ["FAILED", "FINISHED"]
     [(reason,)] = query(mlflow_db(), f"select value from tags where run_uuid='{metrics['run_id']}' and key='error'")
     assert reason.startswith("orphaned: FtsweepError: could not keep the model (No space left on device writing")
+
+
+def mlflow_server(folder: Path, port: int) -> subprocess.Popen:
+    """A real `mlflow server` on loopback (sqlite backend, artifacts served from `folder`), answering."""
+    folder.mkdir(exist_ok=True)
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+                               f"sqlite:///{folder / 'server.db'}", "--host", "127.0.0.1", "--port", str(port),
+                               "--workers", "1"], cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    wait_http(f"http://127.0.0.1:{port}/health", timeout_s=120)
+    return server
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    os.killpg(server.pid, signal.SIGTERM)
+    server.wait(timeout=60)
+
+
+def test_a_tracking_server_restarted_mid_run_loses_nothing_and_the_run_ends_in_its_true_state(cli, tmp_path,
+                                                                                              monkeypatch):
+    """The issue's case: the server goes away during training and comes back later. Before: the run died
+    after urllib3's retries with a traceback, and stayed RUNNING. Now every write waits on disk and lands."""
+    port, folder = free_port(), tmp_path / "server"
+    server = mlflow_server(folder, port)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    proc = start(cli, *long_run(tmp_path)[:4], "max_steps=300", "epochs=1000", "log_every_steps=5",
+                 "save_model=none", "hydra.run.dir=out")
+    db = folder / "server.db"
+    try:
+        wait_for(lambda: logged_losses(db) >= 3, "the run to log through the server")
+        stop_server(server)
+        time.sleep(5)  # training goes on meanwhile; its writes wait in out/tracking
+        server = mlflow_server(folder, port)
+        out, err = proc.communicate(timeout=600)
+    finally:
+        stop_server(server)
+    assert proc.returncode == 0 and "Traceback" not in out + err, err[-3000:]
+    assert "cannot be reached" in out + err
+    assert [s for (s,) in query(db, "select status from runs")] == ["FINISHED"]
+    steps = [s for (s,) in query(db, "select step from metrics where key='train/loss'")]
+    assert sorted(steps) == list(range(5, 301, 5))  # every write once
+    assert count(db, "select count(*) from metrics where key='eval/accuracy'") >= 1
 
 
 # --------------------------------------------------------------------------- round 2: concurrency, signals, stores

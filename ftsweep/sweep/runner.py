@@ -27,7 +27,7 @@ import optuna
 from omegaconf import DictConfig
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from ftsweep import interrupt
+from ftsweep import interrupt, spool
 from ftsweep.errors import first_line, is_out_of_memory
 from ftsweep.sweep import results
 from ftsweep.sweep.definition import CONSTRAINTS_ATTR, SweepDefinition, SweepSettings, make_pruner
@@ -96,7 +96,9 @@ class SweepRunner:
         """Created by the first worker, reopened by later ones (or created again if this store lacks it)."""
         tracker = Tracker()
         run_id = study.user_attrs.get(PARENT_RUN_ATTR)
+        window = float(self.config.tracking.retry_window_s)
         if run_id and tracker.resume(run_id):
+            tracker.keep_writes(self.sweep_dir / spool.FOLDER, window)
             return tracker
         tracker.start(self.config.experiment_name or self.config.data.name, run_name=f"sweep-{study.study_name}",
                       tags={"ftsweep.role": "sweep", "optuna.study_name": study.study_name,
@@ -111,6 +113,7 @@ class SweepRunner:
             "sweep.constraints": json.dumps(self.d.constraints), "sweep.pruner": self.d.pruner,
         })
         study.set_user_attr(PARENT_RUN_ATTR, tracker.run_id)
+        tracker.keep_writes(self.sweep_dir / spool.FOLDER, window)  # its results wait out a store's outage too
         return tracker
 
     # ---- claiming
@@ -229,9 +232,16 @@ class SweepRunner:
         result = results.write_results(study, self.d, self.sweep_dir)
         for name in ("optimization_results.yaml", "trials.csv"):
             parent.log_artifact(self.sweep_dir / name)
-        children = parent.client.search_runs(
-            [parent.client.get_run(parent.run_id).info.experiment_id],
-            f"tags.`mlflow.parentRunId` = '{parent.run_id}'", max_results=10000)
+        try:
+            children = parent.client.search_runs(
+                [parent.client.get_run(parent.run_id).info.experiment_id],
+                f"tags.`mlflow.parentRunId` = '{parent.run_id}'", max_results=10000)
+        except Exception as exc:
+            if not spool.unreachable(exc):
+                raise
+            log.warning("MLflow cannot be reached to read the trials' runs: no best model or report now; after "
+                        "python -m ftsweep.sync %s, python -m ftsweep.report --sweep %s", self.sweep_dir, parent.run_id)
+            children = []
         parent.log_metrics({**results.sweep_metrics(result, [c.data.metrics for c in children]), **utilisation}, step=0)
         if utilisation:
             log.info("%d slot(s) busy %.0f%% of %.0f s", self.settings.n_jobs,
