@@ -139,7 +139,7 @@ class Backoff:
         time.sleep(max(0.0, self.next_try - time.monotonic()))
 
 
-# Runs whose spool still holds writes for `ftsweep.sync`: the orphan check (tracking.end_orphans) leaves
+# Runs whose spool still holds writes for `ftsweep.sync`: the orphan check (orphans.end_orphans) leaves
 # them alone, since their true end is in the spool, not lost.
 def _registry(run_id: str) -> Path:
     return cache_dir() / "spools" / run_id
@@ -158,7 +158,7 @@ def is_waiting(run_id: str) -> bool:
 
 
 # How a run ended, when its store could not take it (tracking.Tracker.fail): the next start records it
-# (tracking.Tracker.end_orphans). Best effort: the disk that filled may be this one too.
+# (orphans.end_orphans). Best effort: the disk that filled may be this one too.
 def _end_note(run_id: str) -> Path:
     return cache_dir() / "orphans" / f"{run_id}.json"
 

@@ -10,12 +10,12 @@ import json
 import logging
 import os
 import re
-import socket
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
+from ftsweep import orphans
 from ftsweep import spool as spool_mod
 from ftsweep.artifacts import DATABASE_FULL
 from ftsweep.errors import FtsweepError, first_line, quiet_logs
@@ -136,23 +136,6 @@ def deliver(client, run_id: str, op: dict[str, Any]) -> None:
         raise ValueError(f"unknown tracking write {kind!r}")
 
 
-HOST_TAG, PID_TAG = "ftsweep.host", "ftsweep.pid"  # which process owns a RUNNING run (end_orphans)
-
-
-def owner_tags() -> dict[str, str]:
-    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
-
-
 class Tracker:
     """One MLflow run's writes. With `keep_writes`, they go to an on-disk spool first (ftsweep/spool.py), so
     that a store that cannot be reached for a while delays them instead of killing training."""
@@ -234,7 +217,7 @@ class Tracker:
 
     def start(self, experiment: str, run_name: str, tags: Mapping[str, str], parent_run_id: str | None = None) -> str:
         exp_id = self.experiment_id(experiment)
-        tags = {**{k: str(v) for k, v in tags.items()}, **owner_tags()}
+        tags = {**{k: str(v) for k, v in tags.items()}, **orphans.owner_tags()}
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id  # MLflow's own tag: the UI nests the run under its parent
         run = _retry(lambda: self.client.create_run(exp_id, run_name=run_name, tags=tags))
@@ -254,7 +237,7 @@ class Tracker:
         _retry(lambda: self.client.update_run(run_id, status="RUNNING"))
         self._identity = {"experiment": self.client.get_experiment(run.info.experiment_id).name,
                           "run_name": run.info.run_name, "tags": dict(run.data.tags)}
-        self.set_tags(owner_tags())  # this process owns it now
+        self.set_tags(orphans.owner_tags())  # this process owns it now
         return True
 
     def log_params(self, params: Mapping[str, Any]) -> None:
@@ -347,29 +330,3 @@ class Tracker:
         reason = DATABASE_FULL if DATABASE_FULL in str(store_error) else first_line(store_error)
         log.warning("could not record the end of run %s in %s (%s); the next ftsweep start on this host ends it",
                     run_id, redact(self.tracking_uri), reason)
-
-    def end_orphans(self) -> list[str]:
-        """End this host's RUNNING runs whose process is gone (it was killed, or its store was full when it tried
-        to end them): FAILED, or the status it noted, with its reason. Never another host's run, nor a live one."""
-        host = socket.gethostname()
-        try:
-            experiments = [e.experiment_id for e in _retry(lambda: self.client.search_experiments())]
-            runs = _retry(lambda: self.client.search_runs(
-                experiments, f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'")) if experiments else []
-        except Exception:  # noqa: BLE001 - a store that cannot answer this fails the run's own calls next, clearly
-            return []
-        ended = []
-        for run in runs:
-            pid = run.data.tags.get(PID_TAG, "")
-            if not pid.isdigit() or int(pid) == os.getpid() or pid_alive(int(pid)):
-                continue
-            if spool_mod.is_waiting(run.info.run_id):  # its true end waits in a spool for ftsweep.sync
-                continue
-            note = spool_mod.noted_end(run.info.run_id)
-            reason = note.get("error") or f"its process ({pid} on {host}) ended without ending the run"
-            _retry(lambda r=run: self.client.set_tag(r.info.run_id, "error", f"orphaned: {reason}"))
-            _retry(lambda r=run: self.client.set_terminated(r.info.run_id, status=note.get("status", "FAILED")))
-            spool_mod.forget_end(run.info.run_id)
-            log.warning("ended run %s, left RUNNING by a process that is gone: %s", run.info.run_id, reason)
-            ended.append(run.info.run_id)
-        return ended

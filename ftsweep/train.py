@@ -24,7 +24,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import ftsweep
-from ftsweep import artifacts, checkpoint, distributed, interrupt, keep, spool
+from ftsweep import artifacts, checkpoint, distributed, interrupt, keep, orphans, spool
 from ftsweep import data as data_mod
 from ftsweep import model as model_mod
 from ftsweep.config import LoraMethodConfig, Precision, SaveModel, TinyModelConfig, TrainConfig, validate
@@ -318,7 +318,7 @@ def train(cfg: DictConfig | TrainConfig, output_dir: str | Path | None = None, o
     seed_everything(tc.seed)
     tracker = tracker or Tracker()
     tracker.experiment_id(tc.experiment_name or tc.data.name)  # a store that cannot work fails before data loads
-    tracker.end_orphans()  # runs this host left RUNNING (killed, or a store too full to take their end)
+    orphans.end_orphans(tracker.client)  # runs this host left RUNNING (killed, or a store too full to end)
     ck, where = None, None
     if tc.resume:
         where = checkpoint.locate(tc.resume, tracker.client)

@@ -204,7 +204,8 @@ def test_a_kept_model_that_finds_the_disk_full_leaves_the_previous_folder_intact
 def test_a_store_that_cannot_record_a_runs_end_has_it_ended_by_the_next_start_on_this_host(tiny_cfg, monkeypatch):
     """The store's disk is full: the run's end cannot be written. The reason is noted on this host, and the next
     start ends the run with it; a live process's run and another host's run are left alone."""
-    from ftsweep.tracking import HOST_TAG, PID_TAG, Tracker
+    from ftsweep.orphans import HOST_TAG, PID_TAG, end_orphans
+    from ftsweep.tracking import Tracker
 
     tracker = Tracker()
     orphan = tracker.start("local", "orphan", {})
@@ -218,11 +219,11 @@ def test_a_store_that_cannot_record_a_runs_end_has_it_ended_by_the_next_start_on
     elsewhere = Tracker().start("local", "elsewhere", {})
     other.client.set_tag(elsewhere, HOST_TAG, "another-host")
     other.client.set_tag(elsewhere, PID_TAG, str(dead_pid))
-    assert Tracker().end_orphans() == [orphan]
+    assert end_orphans(Tracker().client) == [orphan]
     run = other.client.get_run(orphan)
     assert run.info.status == "FAILED" and run.data.tags["error"] == "orphaned: RuntimeError: database or disk is full"
     assert {other.client.get_run(r).info.status for r in (live, elsewhere)} == {"RUNNING"}
-    assert Tracker().end_orphans() == []  # once
+    assert end_orphans(Tracker().client) == []  # once
 
 
 def test_a_store_on_a_full_tmpfs_fails_the_kept_model_in_one_line_and_the_next_start_ends_its_run(

@@ -11,6 +11,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from ftsweep import spool
+from ftsweep.orphans import end_orphans
 from ftsweep.sync import sync
 from ftsweep.tracking import Tracker
 from ftsweep.train import train
@@ -64,7 +65,7 @@ def test_past_the_window_the_run_finishes_locally_and_sync_uploads_it_once(tiny_
                         output_dir=tmp_path / "out")
     run_id = json.loads((tmp_path / "out" / "metrics.json").read_text())["run_id"]
     assert "python -m ftsweep.sync" in caplog.text and run_statuses() == ["RUNNING"]
-    assert spool.is_waiting(run_id) and Tracker().end_orphans() == []  # its end waits in the spool, not lost
+    assert spool.is_waiting(run_id) and end_orphans(Tracker().client) == []  # its end waits in the spool, not lost
 
     [line] = sync(tmp_path / "out")
     assert f"delivered to run {run_id}" in line

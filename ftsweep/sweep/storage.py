@@ -22,7 +22,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ftsweep.errors import ConfigError
 from ftsweep.locks import JOURNAL, SQLITE, file_of, url_lock
-from ftsweep.tracking import pid_alive, redact
+from ftsweep.orphans import pid_alive
+from ftsweep.tracking import redact
 
 log = logging.getLogger("ftsweep.sweep")
 
