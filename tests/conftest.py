@@ -248,9 +248,12 @@ def postgres_server():
         port = s.getsockname()[1]
     subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"],
                    check=True, capture_output=True)
-    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "-o",
-                    f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c max_connections=200", "start"],
-                   check=True, capture_output=True)
+    def pg_ctl(*args: str) -> None:
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "-o",
+                        f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c max_connections=200", *args],
+                       check=True, capture_output=True)
+
+    pg_ctl("start")
     counter = iter(range(1000))
 
     def new_database() -> str:
@@ -259,6 +262,13 @@ def postgres_server():
                        check=True, capture_output=True)
         return f"postgresql://postgres@127.0.0.1:{port}/{name}"
 
+    def restart(down_s: float) -> None:
+        """Stop the server (closing every connection), wait, and start it again: a database restart."""
+        pg_ctl("-m", "fast", "stop")
+        time.sleep(down_s)
+        pg_ctl("start")
+
+    new_database.restart = restart  # type: ignore[attr-defined]
     yield new_database
     subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
                    capture_output=True)

@@ -65,6 +65,8 @@ OVERRIDES = {
     "+extra": st.just("1"),
     "data.nope": st.just("3"),
     "model.name_or_path": st.sampled_from(["/nonexistent", "not-a-real-org/not-a-model"]),
+    "optimized_metric": st.sampled_from(["eval/accuracy", "eval/acc", "null", "mem/peak_mb", "[a]"]),
+    "tracking.retry_window_s": NUMBERS,
     "tracking": st.sampled_from(["a folder", "not a database", "file store"]),  # not an override: a broken MLflow store
 }
 

@@ -21,7 +21,7 @@ from ftsweep.errors import ConfigError
 from ftsweep.sweep import results
 from ftsweep.sweep.definition import SweepDefinition, SweepSettings, canonical, directions_for
 from ftsweep.sweep.storage import open_storage
-from tests.conftest import REPO, logged_losses, pause_when, query, run_statuses, toy_rows, write_csv
+from tests.conftest import REPO, logged_losses, pause_when, query, run_statuses, toy_rows, wait_for, write_csv
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 FIXTURE_2_10 = REPO / "tests" / "fixtures" / "optuna_2_10.db"  # written by ftsweep 0.1 on optuna 2.10.1
@@ -564,6 +564,77 @@ def test_many_workers_started_at_once_on_a_fresh_study_run_each_trial_once(cli, 
     assert len(parents) == 1 and len(children) == 8
     assert all(r.info.status == "FINISHED" for r in parents + children)
     print(f"{n} workers on {storage_kind}: 8 trials in {wall:.1f} s")  # shown with -s; quoted in RELIABILITY.md
+
+
+def test_a_postgresql_restart_while_trials_claim_and_tell_loses_and_doubles_no_trial(cli, toy, postgres_server):
+    """The Optuna storage's server restarts mid-sweep (4 s down). Claims and tells wait for it (pooled
+    connections are checked before use, failed calls retried within the window); a claim cut off after `ask`
+    is failed and run again. The grid ends complete, each point once, with exit 0."""
+    url = postgres_server()
+    args = [*base(toy), "batch_size=2,4,8,16", "method=full,lora", "max_steps=30", "epochs=1000",
+            f"hydra.sweeper.storage={url}"]
+    proc = cli.popen("-m", *args)
+    wait_for(lambda: _complete(url) >= 2, "two trials to complete")
+    postgres_server.restart(down_s=4)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0 and "Traceback" not in out, out[-3000:]
+    storage = open_storage(url)
+    [name] = optuna.get_all_study_names(storage)
+    trials = optuna.load_study(study_name=name, storage=storage).get_trials()
+    complete = [(t.params["batch_size"], t.params["method"]) for t in trials if t.state.name == "COMPLETE"]
+    assert sorted(complete) == sorted(set(complete)) and len(complete) == 8, ([(t.number, t.state) for t in trials], out[-4000:])
+    assert all(t.state.name in ("COMPLETE", "FAIL") for t in trials) and "RUNNING" not in run_statuses()
+
+
+def test_a_claim_cut_off_after_ask_is_failed_and_its_point_claimed_again(tmp_path):
+    """The storage went away right after `ask` (or the claiming process died): the trial is RUNNING without its
+    worker's attrs. The next claim, under the claim lock, fails it and claims its grid point again."""
+    from ftsweep.sweep.runner import SweepRunner
+
+    d = define("batch_size=4,8")
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    runner = SweepRunner(SweepSettings(), d, config=None, launcher=None, storage_url=url, sweep_dir=tmp_path)
+    runner.storage = open_storage(url)
+    study = optuna.create_study(storage=runner.storage, direction="maximize")
+    study.enqueue_trial({"batch_size": 8})
+    cut = study.ask(fixed_distributions=d.space)  # claimed, then cut off before its attrs
+    claimed = [runner._claim(study), runner._claim(study)]
+    assert sorted(t.params["batch_size"] for t in claimed) == [4, 8] and runner._claim(study) is None
+    assert study.get_trials()[cut.number].state.name == "FAIL"
+
+
+def test_storage_calls_wait_out_a_restart_and_give_up_after_the_window_in_one_line(monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    from ftsweep.sweep import storage as storage_mod
+
+    monkeypatch.setattr(storage_mod.time, "sleep", lambda s: None)
+    gone = OperationalError("SELECT 1", {}, Exception("terminating connection due to administrator command"))
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 4:
+            raise gone
+        return "told"
+
+    assert storage_mod.retrying("postgresql://u:pw@db/x", flaky, "telling trial 3") == "told" and len(calls) == 4
+    with pytest.raises(storage_mod.StorageGone, match=r"postgresql://u:\*\*\*@db/x could not be reached for 0 s "
+                                                       r"while telling trial 3; rerun the same command"):
+        storage_mod.retrying("postgresql://u:pw@db/x", lambda: (_ for _ in ()).throw(gone), "telling trial 3",
+                             window_s=0)
+    with pytest.raises(ValueError):  # any other error is not waited for
+        storage_mod.retrying("postgresql://db/x", lambda: (_ for _ in ()).throw(ValueError("bad")), "x")
+
+
+def _complete(url: str) -> int:
+    try:
+        storage = open_storage(url)
+        names = optuna.get_all_study_names(storage)
+        return sum(t.state.name == "COMPLETE" for n in names for t in optuna.load_study(study_name=n, storage=storage)
+                   .get_trials(deepcopy=False))
+    except Exception:  # not created yet
+        return 0
 
 
 def test_budgets_make_trials_infeasible_the_sampler_is_told_and_the_answer_keeps_within(cli, toy):

@@ -31,7 +31,8 @@ from ftsweep import interrupt, spool
 from ftsweep.errors import first_line, is_out_of_memory
 from ftsweep.sweep import results
 from ftsweep.sweep.definition import CONSTRAINTS_ATTR, SweepDefinition, SweepSettings, make_pruner
-from ftsweep.sweep.storage import claim_lock, is_stale, open_storage, worker_attrs
+from ftsweep.sweep.storage import (RETRY_WINDOW_S, StorageGone, claim_lock, is_stale, open_storage, retrying,
+                                   storage_unreachable, worker_attrs)
 from ftsweep.sweep.trial_link import OBJECTIVES_ATTR, PARENT_RUN_ATTR, PRUNER_ATTR, STORAGE_ENV
 from ftsweep.tracking import Tracker, redact
 
@@ -68,6 +69,9 @@ class SweepRunner:
         self.base_dir = sweep_dir
         self.sweep_dir = sweep_dir
         self.custom: Optional[Callable] = None
+        # How long claims and tells wait for a storage server that restarts (the tracking store's window too).
+        tracking = config.get("tracking") if config is not None else None
+        self.retry_window_s = float(tracking.retry_window_s) if tracking is not None else RETRY_WINDOW_S
         if definition.custom_search_space:
             from hydra.utils import get_method
 
@@ -138,11 +142,22 @@ class SweepRunner:
                             "parameters again", t.number, t.user_attrs.get("worker", "an unknown worker"))
                 self._fail_for_rerun(study, t, "worker died (stale RUNNING trial)")
 
+    def _fail_half_claimed(self, study: optuna.Study) -> None:
+        """A RUNNING trial without its worker's attrs was cut off while being claimed (the storage went away
+        right after `ask`, or the claiming process died). Under the claim lock no claim is in progress, so it
+        is nobody's: FAIL it so that its parameters run again, rather than never."""
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if "worker" not in t.user_attrs:
+                log.warning("trial %d was cut off while being claimed: marking it FAIL and running its parameters "
+                            "again", t.number)
+                self._fail_for_rerun(study, t, "cut off while being claimed")
+
     def _claim(self, study: optuna.Study) -> Optional[Trial]:
         """The next trial to run, or None when the study has no room left (or, for a grid, no free point).
         Called under `self._claiming` (this process's slots); `claim_lock` covers other processes."""
         with claim_lock(self.url):
             self._fail_stale(study)
+            self._fail_half_claimed(study)
             trials = study.get_trials(deepcopy=False)
             room = self._room(trials)
             ran = {_key(t.params) for t in trials if results.counts(t) or t.state == TrialState.RUNNING}
@@ -162,6 +177,8 @@ class SweepRunner:
                     return None
                 study.enqueue_trial(free[0])
             trial = study.ask(fixed_distributions=self.d.space)
+            for key, value in worker_attrs().items():  # at once: a claim without them is a half-made one
+                trial.set_user_attr(key, value)
             if self.custom is not None:
                 self.custom(self.config, trial)
             if self.d.sampler == "bruteforce" and _key(trial.params) in ran:  # it offers a repeat only when done
@@ -173,8 +190,7 @@ class SweepRunner:
             resume = resumable.get(_key(trial.params))
             if resume:
                 trial.set_user_attr("resume_from", resume)
-            for key, value in {"fixed": self.d.fixed, **worker_attrs()}.items():
-                trial.set_user_attr(key, value)
+            trial.set_user_attr("fixed", self.d.fixed)
             return trial
 
     def _overrides(self, study: optuna.Study, trial: Trial, slot: int) -> tuple[str, ...]:
@@ -190,10 +206,28 @@ class SweepRunner:
                 f"hydra.sweep.subdir={study.study_name}/trial_{trial.number}")
 
     # ---- results
+    def _tell_retrying(self, study: optuna.Study, trial: Trial, metrics: Optional[dict],
+                       exc: Optional[BaseException]) -> None:
+        """_tell, waiting out a storage server's restart. A try cut off after its tell landed is not told twice."""
+        tries = []
+
+        def attempt() -> None:
+            if tries and self.storage.get_trial(trial_id(trial)).state.is_finished():
+                return
+            tries.append(1)
+            self._tell(study, trial, metrics, exc)
+
+        retrying(self.url, attempt, f"telling trial {trial.number}", self.retry_window_s)
+
     def _tell(self, study: optuna.Study, trial: Trial, metrics: Optional[dict], exc: Optional[BaseException]) -> None:
         if isinstance(exc, interrupt.TrialInterrupted):
             log.warning("trial %d was stopped in its worker (%s): running its parameters again", trial.number, exc)
             self._fail_for_rerun(study, self.storage.get_trial(trial_id(trial)), f"interrupted in its worker: {exc}")
+            return
+        if exc is not None and storage_unreachable(exc):  # not the parameters' fault: they run again
+            log.warning("trial %d lost its storage (%s): running its parameters again", trial.number,
+                        first_line(exc)[:120])
+            self._fail_for_rerun(study, self.storage.get_trial(trial_id(trial)), f"storage lost: {first_line(exc)}")
             return
         if isinstance(exc, optuna.TrialPruned):
             log.info("trial %d pruned: %s", trial.number, exc)
@@ -308,7 +342,7 @@ class SweepRunner:
             with self._claiming:  # claimed and in flight at once: an interrupted sweep sees every trial it must stop
                 if self._interrupted:
                     return
-                trial = self._claim(study)
+                trial = retrying(self.url, lambda: self._claim(study), "claiming a trial", self.retry_window_s)
                 if trial is None:
                     return
                 trial.set_user_attr("slot", slot)
@@ -324,7 +358,7 @@ class SweepRunner:
             with self._claiming:
                 if self._interrupted:
                     return  # the sweep was interrupted meanwhile, and marked this trial for a rerun
-                self._tell(study, trial, metrics, exc)
+                self._tell_retrying(study, trial, metrics, exc)
                 del self._in_flight[trial_id(trial)]
                 self._busy_s += time.perf_counter() - started
                 self._launched += 1
@@ -413,8 +447,15 @@ class SweepRunner:
         finally:
             with interrupt.deferred():  # results, report and the parent run's end are written whatever comes
                 wall = time.perf_counter() - started
-                result = self._finish(study, parent, self._aborted, self._utilisation(wall))
-                others_running = bool(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+                try:
+                    result = self._finish(study, parent, self._aborted, self._utilisation(wall))
+                    others_running = bool(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+                except Exception as exc:
+                    if not storage_unreachable(exc):
+                        raise
+                    parent.end("FAILED")  # every finished trial is in the storage; the same command resumes
+                    raise StorageGone(f"Optuna storage {redact(self.url)} cannot be reached, so this sweep's "
+                                      f"results are not written; rerun the same command when it is back") from exc
                 all_failed = result["n_complete"] == 0 and result["n_failed"] > 0
                 if self._aborted or all_failed:
                     parent.end("FAILED")

@@ -14,16 +14,24 @@ import logging
 import os
 import shutil
 import socket
+import time
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional, TypeVar
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from ftsweep.errors import ConfigError
+from ftsweep.errors import ConfigError, FtsweepError
 from ftsweep.locks import JOURNAL, SQLITE, file_of, url_lock
 from ftsweep.orphans import pid_alive
 from ftsweep.tracking import redact
+
+T = TypeVar("T")
+
+
+class StorageGone(FtsweepError):
+    """The sweep's Optuna storage stayed unreachable for the whole retry window."""
+
 
 log = logging.getLogger("ftsweep.sweep")
 
@@ -50,8 +58,9 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         from optuna.storages.journal import JournalFileBackend
 
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-    # Workers share one sqlite file: wait for its lock rather than failing with "database is locked".
-    kwargs = {"engine_kwargs": {"connect_args": {"timeout": 120}}} if url.startswith(SQLITE) else {}
+    # Workers share one sqlite file: wait for its lock rather than failing with "database is locked". A server
+    # database's pooled connections are checked before use, so one restarted meanwhile is simply reconnected.
+    kwargs = {"engine_kwargs": {"connect_args": {"timeout": 120}} if url.startswith(SQLITE) else {"pool_pre_ping": True}}
     storage = optuna.storages.RDBStorage(url, skip_compatibility_check=True, **kwargs)
     current, head = storage.get_current_version(), storage.get_head_version()
     if current != head:
@@ -65,6 +74,46 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         log.warning("upgraded the Optuna storage %s from schema %s to %s; the old file is kept as %s",
                     path, current, head, backup)
     return storage
+
+
+# A database server that is restarting or gone, as SQLAlchemy and psycopg report it.
+_GONE = ("server closed the connection", "terminating connection", "Connection refused", "could not connect",
+         "connection is closed", "the database system is starting up", "the database system is shutting down",
+         "connection to server", "SSL SYSCALL error", "Connection reset")
+RETRY_WINDOW_S = 600.0  # how long a sweep waits for its storage to come back (tracking.retry_window_s as well)
+
+
+def storage_unreachable(exc: BaseException) -> bool:
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen:
+        seen.append(current)
+        if getattr(current, "connection_invalidated", False) or any(s in str(current) for s in _GONE):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def retrying(url: str, call: Callable[[], T], what: str, window_s: float = RETRY_WINDOW_S) -> T:
+    """`call` against the storage; while its database server cannot be reached (a restart), retried with
+    backoff for `window_s`, then one line. Only for calls that are safe to repeat (see runner._claim)."""
+    down_since, wait = None, 1.0
+    while True:
+        try:
+            return call()
+        except Exception as exc:
+            if not storage_unreachable(exc):
+                raise
+            now = time.monotonic()
+            if down_since is None:
+                down_since = now
+                log.warning("Optuna storage %s cannot be reached while %s (%s); retrying for %.0f s", redact(url),
+                            what, str(exc).splitlines()[0][:120], window_s)
+            if now - down_since > window_s:
+                raise StorageGone(f"Optuna storage {redact(url)} could not be reached for {window_s:.0f} s while "
+                                  f"{what}; rerun the same command when it is back, to resume") from exc
+            time.sleep(wait)
+            wait = min(2 * wait, 30.0)
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ import optuna
 from ftsweep.errors import ConfigError
 from ftsweep.loop import Hooks
 from ftsweep.sweep.definition import make_pruner
-from ftsweep.sweep.storage import open_storage
+from ftsweep.sweep.storage import open_storage, retrying
 
 PARENT_RUN_ATTR = "mlflow_parent_run_id"  # study user attrs written by the sweeper
 PRUNER_ATTR = "ftsweep_pruner"
@@ -41,11 +41,13 @@ def storage_url(from_command_line: str) -> str:
 
 class TrialLink(Hooks):
     def __init__(self, study_name: str, trial_id: int, storage_url: str):
-        self.storage = open_storage(storage_url)
-        self.study = optuna.load_study(study_name=study_name, storage=self.storage)
+        self.url = storage_url
+        self.storage = retrying(storage_url, lambda: open_storage(storage_url), "opening the study for a trial")
+        self.study = retrying(storage_url, lambda: optuna.load_study(study_name=study_name, storage=self.storage),
+                              "opening the study for a trial")
         self.trial_id = int(trial_id)
-        attrs = self.study.user_attrs
-        self.number = self.storage.get_trial(self.trial_id).number
+        attrs = retrying(storage_url, lambda: self.study.user_attrs, "reading the study")
+        self.number = retrying(storage_url, lambda: self.storage.get_trial(self.trial_id).number, "reading the trial")
         self.parent_run_id: Optional[str] = attrs.get(PARENT_RUN_ATTR)
         self.tags = {"optuna.study_name": study_name, "optuna.trial_number": self.number}
         self.pruner = make_pruner(attrs.get(PRUNER_ATTR, {}))
@@ -60,18 +62,25 @@ class TrialLink(Hooks):
         return cls(sweep.study, sweep.trial_id, storage_url(sweep.storage))
 
     def on_start(self, run_id: str) -> None:
-        self.storage.set_trial_user_attr(self.trial_id, "mlflow_run_id", run_id)
         # The process running the job (a launcher's worker), so that an interrupted sweep can stop it.
-        self.storage.set_trial_user_attr(self.trial_id, "job_pid", os.getpid())
-        self.storage.set_trial_user_attr(self.trial_id, "job_host", socket.gethostname())
+        attrs = {"mlflow_run_id": run_id, "job_pid": os.getpid(), "job_host": socket.gethostname()}
+
+        def link() -> None:
+            for key, value in attrs.items():
+                self.storage.set_trial_user_attr(self.trial_id, key, value)
+
+        retrying(self.url, link, f"linking trial {self.number} to its run")
 
     def should_stop(self, step: int, evaluation: dict[str, float]) -> Optional[str]:
         """Report this eval's objective to the trial and ask the study's pruner (Optuna's public pruner API)."""
         if isinstance(self.pruner, optuna.pruners.NopPruner):
             return None
         key = self.objective.split("/", 1)[1]
-        self.storage.set_trial_intermediate_value(self.trial_id, step, float(evaluation[key]))
-        if self.pruner.prune(self.study, self.storage.get_trial(self.trial_id)):
+        value = float(evaluation[key])
+        retrying(self.url, lambda: self.storage.set_trial_intermediate_value(self.trial_id, step, value),
+                 f"reporting trial {self.number}'s evaluation")
+        if retrying(self.url, lambda: self.pruner.prune(self.study, self.storage.get_trial(self.trial_id)),
+                    f"asking the pruner about trial {self.number}"):
             self.pruned_at = step
             return "pruned"
         return None
