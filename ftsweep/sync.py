@@ -72,7 +72,28 @@ def sync(folder: Path, tracking_uri: str | None = None) -> list[str]:
         except Exception as exc:  # the store is still away, or refused a write: what was sent is marked
             raise FtsweepError(f"{spool.folder}: {first_line(exc)} (sent so far: {spool.delivered} of "
                                f"{len(spool.ops())} writes; run it again)") from exc
+    parent = spools[0].run
+    if parent.get("tags", {}).get("ftsweep.role") == "sweep":  # a sweep's report needs its runs in the store
+        lines.append(_report(folder, parent["run_id"], tracking_uri or parent["tracking_uri"]))
     return lines
+
+
+def _report(folder: Path, parent_run_id: str, tracking_uri: str) -> str:
+    import os
+
+    from ftsweep.report import make_report
+
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri  # make_report reads the store the sweep was synced to
+    try:
+        return f"report: {make_report(parent_run_id, out=folder)}"
+    except Exception as exc:  # the results are in the store now: the report can be made again at any time
+        return f"report not written ({first_line(exc)}); python -m ftsweep.report --sweep {parent_run_id}"
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous
 
 
 def main(argv: list[str] | None = None) -> None:

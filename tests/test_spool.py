@@ -101,3 +101,25 @@ def test_sync_of_a_folder_without_a_spool_is_one_line(tmp_path):
 
     with pytest.raises(FtsweepError, match="holds no ftsweep tracking spool"):
         sync(tmp_path)
+
+
+def test_a_sweeps_parent_is_synced_first_and_its_trials_nest_under_it_in_a_new_store(tmp_path):
+    """Spools of a parent run and a trial, as a sweep leaves them, synced into a store that has neither."""
+    parent, child = Tracker(), Tracker()
+    parent.start("local", "sweep-x", {"ftsweep.role": "sweep"})
+    parent.keep_writes(tmp_path / "sweep" / "tracking", 600)
+    child.start("local", "trial", {}, parent_run_id=parent.run_id)
+    child.keep_writes(tmp_path / "sweep" / "trial_0" / "tracking", 600)
+    child.log_metrics({"eval/accuracy": 0.75}, step=3)
+    child.end("FINISHED")
+    parent.log_metrics({"sweep/n_complete": 1}, step=0)
+    parent.end("FINISHED")
+    elsewhere = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    lines = sync(tmp_path / "sweep", tracking_uri=elsewhere)
+    assert lines[0].startswith(f"{tmp_path / 'sweep' / 'tracking'}: ") and len(lines) == 3  # parent, trial, report
+    client = MlflowClient(elsewhere)
+    runs = client.search_runs([client.get_experiment_by_name("local").experiment_id])
+    [new_parent] = [r for r in runs if r.data.tags.get("ftsweep.role") == "sweep"]
+    [new_child] = [r for r in runs if r.data.tags.get("ftsweep.synced_from") == child.spool.run["synced_from"]]
+    assert new_child.data.tags["mlflow.parentRunId"] == new_parent.info.run_id
+    assert new_child.data.metrics["eval/accuracy"] == 0.75 and {r.info.status for r in runs} == {"FINISHED"}
