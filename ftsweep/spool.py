@@ -52,6 +52,10 @@ class Spool:
         self.folder = Path(folder)
         self.ops_file = self.folder / OPS
         self.folder.mkdir(parents=True, exist_ok=True)
+        # Known while this process writes the spool: a healthy store then never rereads the file.
+        self._count: int | None = None
+        self._delivered: int | None = None
+        self._last: dict[str, Any] = {}
 
     @classmethod
     def create(cls, folder: Path, run: dict[str, Any]) -> "Spool":
@@ -65,6 +69,7 @@ class Spool:
         write_json(spool.folder / RUN, run)
         write_text(spool.ops_file, "")
         spool.mark(0)
+        spool._count = 0
         return spool
 
     @property
@@ -81,6 +86,9 @@ class Spool:
         with open(self.ops_file, "a", encoding="utf-8") as f:
             f.write(json.dumps(op) + "\n")
             f.flush()
+        if self._count is not None:
+            self._count += 1
+            self._last = {**op, "path": str(self.folder / op["path"])} if op.get("kind") == "artifact" else op
 
     def ops(self) -> list[dict[str, Any]]:
         """Every write, in order; an artifact's path is its copy's, wherever the folder is now."""
@@ -90,6 +98,8 @@ class Spool:
 
     @property
     def delivered(self) -> int:
+        if self._delivered is not None:
+            return self._delivered
         try:
             return int((self.folder / DELIVERED).read_text())
         except (OSError, ValueError):
@@ -97,9 +107,14 @@ class Spool:
 
     def mark(self, n: int) -> None:
         write_text(self.folder / DELIVERED, f"{n}\n")
+        self._delivered = n
 
     def pending(self) -> Iterator[tuple[int, dict[str, Any]]]:
         done = self.delivered
+        if self._count is not None and done >= self._count - 1:  # none, or only the write just appended
+            if done == self._count - 1:
+                yield done, self._last
+            return
         for i, op in enumerate(self.ops()):
             if i >= done:
                 yield i, op
