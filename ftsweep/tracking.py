@@ -173,9 +173,11 @@ class Tracker:
                     return False
                 self.backoff.sleep_until_due()
             try:
-                for i, op in self.spool.pending():
-                    _retry(lambda o=op: deliver(self.client, self.run_id, o))
-                    self.spool.mark(i + 1)
+                # urllib3 warns of each retry of each call; one line below says the store is away.
+                with quiet_logs("urllib3.connectionpool", warnings_too=True):
+                    for i, op in self.spool.pending():
+                        _retry(lambda o=op: deliver(self.client, self.run_id, o))
+                        self.spool.mark(i + 1)
             except Exception as exc:
                 if not spool_mod.unreachable(exc):
                     raise
