@@ -107,26 +107,38 @@ def kill(proc: subprocess.Popen, kind: str, rng: random.Random) -> str:
     return f"killed sweeper {proc.pid}"
 
 
-def run_chaos(folder: Path, kills: int, seed: int, max_wait_s: float = 25.0) -> Chaos:
+def run_chaos(folder: Path, kills: int, seed: int, max_wait_s: float = 15.0) -> list[Chaos]:
+    """`kills` SIGKILLs, each at a random moment of a fresh start of the same command. A sweep that completes
+    before its next kill is one episode; the kills go on in a new folder (a new study, a new store). Returns
+    every episode, each finished with clean reruns."""
     rng = random.Random(seed)
-    chaos = Chaos(folder)
+    episodes = [Chaos(folder / "episode_0")]
     strays: list[psutil.Process] = []  # workers of a killed sweeper: they finish their job alone, as they would
     for i in range(kills):
+        chaos = episodes[-1]
+        chaos.folder.mkdir(parents=True, exist_ok=True)
         proc = chaos.start()
         time.sleep(rng.uniform(3.0, max_wait_s))  # start-up, claims, training or telling: wherever it is
         if proc.poll() is not None:
-            chaos.log.append(f"kill {i}: the sweep had ended (exit {proc.returncode})")
+            chaos.log.append(f"kill {i}: the sweep had ended (exit {proc.returncode}) first")
             if proc.returncode == 0:
-                break
+                episodes.append(Chaos(folder / f"episode_{len(episodes)}"))
             continue
         kind = KINDS[i % len(KINDS)] if kills >= len(KINDS) else rng.choice(KINDS)
         if kind == "sweeper":
             strays += _workers(proc)
         chaos.log.append(f"kill {i}: {kill(proc, kind, rng)}")
         proc.wait(timeout=900)  # a killed worker's job reruns in the sweep itself, which then goes on
-    chaos.finish()
-    # A killed sweeper's workers train on alone (the rerun ran their trials again) and end their runs; then they
-    # idle until loky's timeout (300 s), so once their runs are over they are stopped.
+    for chaos in episodes:
+        chaos.folder.mkdir(parents=True, exist_ok=True)
+        chaos.finish()
+        _stop_strays(chaos, strays)
+    return episodes
+
+
+def _stop_strays(chaos: Chaos, strays: list[psutil.Process]) -> None:
+    """A killed sweeper's workers train on alone (the rerun ran their trials again) and end their runs; then they
+    idle until loky's timeout (300 s), so once their runs are over they are stopped."""
     pids = {str(p.pid) for p in strays}
     deadline = time.monotonic() + 300
     while chaos.running_runs_of(pids) and time.monotonic() < deadline:
@@ -134,15 +146,19 @@ def run_chaos(folder: Path, kills: int, seed: int, max_wait_s: float = 25.0) -> 
     for stray in strays:
         with contextlib.suppress(psutil.NoSuchProcess):
             stray.kill()
-    return chaos
 
 
-def check(chaos: Chaos, calm: Chaos) -> None:
-    trials = chaos.study().get_trials()
-    complete = [tuple(sorted(t.params.items())) for t in trials if t.state.name == "COMPLETE"]
-    assert sorted(complete) == sorted(set(complete)) and len(complete) == 4, (complete, chaos.log)
-    assert "RUNNING" not in chaos.statuses(), (chaos.statuses(), chaos.log)
-    assert chaos.metrics_by_point() == calm.metrics_by_point(), chaos.log
+def check(episodes: list[Chaos], calm: Chaos) -> None:
+    for chaos in episodes:
+        trials = chaos.study().get_trials()
+        complete = [tuple(sorted(t.params.items())) for t in trials if t.state.name == "COMPLETE"]
+        assert sorted(complete) == sorted(set(complete)) and len(complete) == 4, (complete, chaos.log)
+        assert "RUNNING" not in chaos.statuses(), (chaos.statuses(), chaos.log)
+        assert chaos.metrics_by_point() == calm.metrics_by_point(), chaos.log
+
+
+def kills_done(episodes: list[Chaos]) -> int:
+    return sum(line.startswith("kill") and ": killed" in line for chaos in episodes for line in chaos.log)
 
 
 def main() -> None:
@@ -154,14 +170,14 @@ def main() -> None:
         calm = Chaos(Path(tmp) / "calm")
         calm.folder.mkdir()
         calm.finish(attempts=1)
-        wild = Path(tmp) / "chaos"
-        wild.mkdir()
         t0 = time.monotonic()
-        chaos = run_chaos(wild, args.kills, args.seed)
-        check(chaos, calm)
-        print("\n".join(chaos.log))
-        print(f"chaos: {args.kills} kills (seed {args.seed}), grid complete once each, no RUNNING run, metrics equal "
-              f"to the calm run's; {time.monotonic() - t0:.0f} s")
+        episodes = run_chaos(Path(tmp) / "chaos", args.kills, args.seed)
+        check(episodes, calm)
+        for i, chaos in enumerate(episodes):
+            print(f"episode {i}:", "; ".join(chaos.log))
+        print(f"chaos: {kills_done(episodes)} of {args.kills} kills landed (seed {args.seed}) over {len(episodes)} "
+              f"episode(s); each ended with the grid complete once, no RUNNING run and the calm run's metrics; "
+              f"{time.monotonic() - t0:.0f} s")
 
 
 if __name__ == "__main__":
