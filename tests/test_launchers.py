@@ -164,6 +164,6 @@ def test_a_short_chaos_run_completes_the_grid_once_with_the_calm_runs_metrics(tm
     calm = Chaos(tmp_path / "calm")
     calm.folder.mkdir()
     calm.finish(attempts=1)
-    episodes = run_chaos(tmp_path / "chaos", kills=3, seed=1, max_wait_s=12.0)
+    episodes = run_chaos(tmp_path / "chaos", kills=3, seed=1, max_wait_s=6.0)
     check(episodes, calm)
     assert kills_done(episodes) >= 2, [c.log for c in episodes]
