@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any, Callable
 
-from ftsweep.errors import DiskFullError
+from ftsweep.errors import DiskFullError, causes
 
 
 def _umask() -> int:
@@ -67,10 +67,7 @@ def no_space(exc: BaseException, path: Path | str, need_bytes: int | None = None
 def _first_no_space(exc: BaseException) -> BaseException | None:
     """The error in `exc`'s chain that says the disk is full: an OSError naming its file if there is one,
     else a database's own words for it."""
-    chain, current = [], exc
-    while current is not None and current not in chain:
-        chain.append(current)
-        current = current.__cause__ or current.__context__
+    chain = causes(exc)
     for error in chain:
         if isinstance(error, DiskFullError) or (isinstance(error, OSError) and error.errno in NO_SPACE):
             return error

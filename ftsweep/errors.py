@@ -35,6 +35,17 @@ def is_out_of_memory(error: str) -> bool:
     return any(word in error for word in ("OutOfMemoryError", "MemoryError", "out of memory"))
 
 
+def causes(exc: BaseException) -> list[BaseException]:
+    """`exc` and the errors it was raised from or while handling (__cause__, else __context__), each once: a
+    library's own error often wraps the one that says what happened (a full disk, a server gone)."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
 def first_line(exc: BaseException, with_type: bool = False) -> str:
     """The first line of an exception's message (its type when it has none): a failure shown in one line."""
     lines = str(exc).strip().splitlines()

@@ -19,6 +19,7 @@ from typing import Any, Iterator
 
 from ftsweep.artifacts import write_json, write_text
 from ftsweep.assets import cache_dir
+from ftsweep.errors import causes
 
 FOLDER = "tracking"  # inside a run's (or a sweep's) output folder
 OPS, DELIVERED, RUN = "ops.jsonl", "delivered", "run.json"
@@ -34,14 +35,8 @@ _UNREACHABLE = ("Max retries exceeded", "Connection refused", "Connection reset"
 def unreachable(exc: BaseException) -> bool:
     """Whether a tracking call failed because the store could not be reached (worth waiting for), rather
     than because it refused the call (which retrying would not change)."""
-    seen: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and current not in seen:
-        seen.append(current)
-        if isinstance(current, (ConnectionError, TimeoutError)) or any(s in str(current) for s in _UNREACHABLE):
-            return True
-        current = current.__cause__ or current.__context__
-    return False
+    return any(isinstance(error, (ConnectionError, TimeoutError)) or any(s in str(error) for s in _UNREACHABLE)
+               for error in causes(exc))
 
 
 class Spool:

@@ -21,7 +21,7 @@ from typing import Callable, Iterator, Optional, TypeVar
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from ftsweep.errors import ConfigError, FtsweepError
+from ftsweep.errors import ConfigError, FtsweepError, causes
 from ftsweep.locks import JOURNAL, SQLITE, file_of, url_lock
 from ftsweep.orphans import pid_alive
 from ftsweep.tracking import redact
@@ -84,14 +84,8 @@ RETRY_WINDOW_S = 600.0  # how long a sweep waits for its storage to come back (t
 
 
 def storage_unreachable(exc: BaseException) -> bool:
-    seen: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and current not in seen:
-        seen.append(current)
-        if getattr(current, "connection_invalidated", False) or any(s in str(current) for s in _GONE):
-            return True
-        current = current.__cause__ or current.__context__
-    return False
+    return any(getattr(error, "connection_invalidated", False) or any(s in str(error) for s in _GONE)
+               for error in causes(exc))
 
 
 def retrying(url: str, call: Callable[[], T], what: str, window_s: float = RETRY_WINDOW_S) -> T:
