@@ -606,9 +606,10 @@ def test_a_claim_cut_off_after_ask_is_failed_and_its_point_claimed_again(tmp_pat
 def test_storage_calls_wait_out_a_restart_and_give_up_after_the_window_in_one_line(monkeypatch):
     from sqlalchemy.exc import OperationalError
 
+    from ftsweep import spool
     from ftsweep.sweep import storage as storage_mod
 
-    monkeypatch.setattr(storage_mod.time, "sleep", lambda s: None)
+    monkeypatch.setattr(spool.time, "sleep", lambda s: None)  # the backoff it shares with the tracking spool
     gone = OperationalError("SELECT 1", {}, Exception("terminating connection due to administrator command"))
     calls = []
 

@@ -14,7 +14,6 @@ import logging
 import os
 import shutil
 import socket
-import time
 from pathlib import Path
 from typing import Callable, Iterator, Optional, TypeVar
 
@@ -24,6 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 from ftsweep.errors import ConfigError, FtsweepError, causes
 from ftsweep.locks import JOURNAL, SQLITE, file_of, url_lock
 from ftsweep.orphans import pid_alive
+from ftsweep.spool import Backoff
 from ftsweep.tracking import redact
 
 T = TypeVar("T")
@@ -91,23 +91,21 @@ def storage_unreachable(exc: BaseException) -> bool:
 def retrying(url: str, call: Callable[[], T], what: str, window_s: float = RETRY_WINDOW_S) -> T:
     """`call` against the storage; while its database server cannot be reached (a restart), retried with
     backoff for `window_s`, then one line. Only for calls that are safe to repeat (see runner._claim)."""
-    down_since, wait = None, 1.0
+    backoff = Backoff(window_s)  # the tracking spool's: 1 s, doubling to 30 s
     while True:
         try:
             return call()
         except Exception as exc:
             if not storage_unreachable(exc):
                 raise
-            now = time.monotonic()
-            if down_since is None:
-                down_since = now
+            if backoff.down_since is None:
                 log.warning("Optuna storage %s cannot be reached while %s (%s); retrying for %.0f s", redact(url),
                             what, str(exc).splitlines()[0][:120], window_s)
-            if now - down_since > window_s:
+            backoff.failed()
+            if backoff.expired:
                 raise StorageGone(f"Optuna storage {redact(url)} could not be reached for {window_s:.0f} s while "
                                   f"{what}; rerun the same command when it is back, to resume") from exc
-            time.sleep(wait)
-            wait = min(2 * wait, 30.0)
+            backoff.sleep_until_due()
 
 
 @contextlib.contextmanager
