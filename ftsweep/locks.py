@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import os
+import uuid
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 SQLITE, JOURNAL = "sqlite:///", "journal://"
 
@@ -55,3 +57,21 @@ def url_lock(url: str, purpose: str, pg_name: Optional[str] = None) -> Iterator[
             engine.dispose()
     else:
         yield False
+
+
+def create_aside(path: Path, create: Callable[[str], object]) -> None:
+    """Make a new sqlite store whole or not at all: `create(url)` builds its tables in a file beside `path`,
+    which then takes its place. Creating MLflow's tables runs its migrations for seconds; a process killed
+    meanwhile left a half-made file that every later start failed on ("table ... already exists", an
+    out-of-date schema). Call it holding the store's lock. An existing, non-empty file is left alone."""
+    if path.exists() and path.stat().st_size > 0:
+        return
+    for stale in path.parent.glob(f"{path.name}.new-*"):  # what a creator killed mid-way left
+        stale.unlink(missing_ok=True)
+    # A name never used before: MLflow keeps one store object per URI for the life of the process.
+    aside = path.with_name(f"{path.name}.new-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        create(f"{SQLITE}{aside}")
+        os.replace(aside, path)
+    finally:
+        aside.unlink(missing_ok=True)

@@ -19,7 +19,7 @@ from ftsweep import orphans
 from ftsweep import spool as spool_mod
 from ftsweep.artifacts import DATABASE_FULL
 from ftsweep.errors import FtsweepError, first_line, quiet_logs
-from ftsweep.locks import SQLITE, file_of, url_lock
+from ftsweep.locks import SQLITE, create_aside, file_of, url_lock
 
 log = logging.getLogger("ftsweep")
 T = TypeVar("T")
@@ -66,6 +66,8 @@ def open_client(uri: str):
         return _clients[key]
     try:
         with url_lock(uri, "mlflow-init"), quiet_logs("mlflow.store.db.utils", "alembic"):
+            if path is not None:
+                create_aside(path, lambda aside: MlflowClient(aside).search_experiments(max_results=1))
             client = MlflowClient(uri)
             if uri not in _ready:
                 client.search_experiments(max_results=1)  # a server that is not MLflow fails here, not mid-run

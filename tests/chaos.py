@@ -79,8 +79,7 @@ class Chaos:
         return out
 
     def wait_for_training(self, proc: subprocess.Popen, timeout_s: float = 300) -> None:
-        """Until a trial of the study is RUNNING (or the sweep ended). A kill during the very first start, while
-        it creates a new MLflow store, is not covered yet (RELIABILITY.md, known limits)."""
+        """Until a trial of the study is RUNNING (or the sweep ended)."""
         db = self.folder / "multirun" / "optuna.db"
         deadline = time.monotonic() + timeout_s
         while proc.poll() is None and time.monotonic() < deadline:
@@ -119,19 +118,24 @@ def kill(proc: subprocess.Popen, kind: str, rng: random.Random) -> str:
     return f"killed sweeper {proc.pid}"
 
 
-def run_chaos(folder: Path, kills: int, seed: int, max_wait_s: float = 15.0) -> list[Chaos]:
+def run_chaos(folder: Path, kills: int, seed: int, max_wait_s: float = 15.0, startup_s: float = 8.0) -> list[Chaos]:
     """`kills` SIGKILLs, each at a random moment of a fresh start of the same command. A sweep that completes
-    before its next kill is one episode; the kills go on in a new folder (a new study, a new store). Returns
-    every episode, each finished with clean reruns."""
+    before its next kill is one episode; the kills go on in a new folder (a new study, a new store), and the
+    first kill of each episode lands in its first `startup_s` seconds. Returns every episode, each finished
+    with clean reruns."""
     rng = random.Random(seed)
     episodes = [Chaos(folder / "episode_0")]
     strays: list[psutil.Process] = []  # workers of a killed sweeper: they finish their job alone, as they would
     for i in range(kills):
         chaos = episodes[-1]
         chaos.folder.mkdir(parents=True, exist_ok=True)
+        fresh = not (chaos.folder / "multirun").exists()
         proc = chaos.start()
-        chaos.wait_for_training(proc)  # kills land in claims, training, telling or finishing, not start-up
-        time.sleep(rng.uniform(0.0, max_wait_s))
+        if fresh:  # the very first start of a sweep: killed while it creates its MLflow and Optuna stores
+            time.sleep(rng.uniform(0.5, startup_s))
+        else:  # in claims, training, telling or finishing
+            chaos.wait_for_training(proc)
+            time.sleep(rng.uniform(0.0, max_wait_s))
         if proc.poll() is not None:
             chaos.log.append(f"kill {i}: the sweep had ended (exit {proc.returncode}) first")
             if proc.returncode == 0:

@@ -870,3 +870,21 @@ def test_a_bruteforce_sweep_stops_at_the_first_repeat_when_n_trials_is_above_the
     assert len(ran) == len(set(ran)) == 18  # every combination once, then no repeat
     repeat = [t for t in study.get_trials() if t.state.name == "FAIL"]
     assert len(repeat) == 1 and "every combination of the search space has run" in repeat[0].user_attrs["error"]
+
+
+def test_an_optuna_storage_is_created_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A new sqlite study file is made aside and moved into place: a creator killed mid-way leaves nothing that
+    the next start would stumble on."""
+    db = tmp_path / "optuna.db"
+
+    def killed(*args, **kwargs):
+        (tmp_path / "optuna.db").parent.mkdir(exist_ok=True)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", killed)
+    with pytest.raises(KeyboardInterrupt):
+        open_storage(f"sqlite:///{db}")
+    assert not db.exists()
+    monkeypatch.undo()
+    study = optuna.create_study(storage=open_storage(f"sqlite:///{db}"), study_name="s")
+    assert db.stat().st_size > 0 and study.study_name == "s" and not list(tmp_path.glob("optuna.db.new-*"))

@@ -62,3 +62,36 @@ def test_a_new_store_is_created_beside_its_creation_lock(tmp_path):
 def test_redact_hides_every_password_in_a_text():
     text = "a postgresql://ml:s3cret@db/x and mysql+pymysql://u:p%40ss@h:3306/y, sqlite:///no/password.db"
     assert redact(text) == "a postgresql://ml:***@db/x and mysql+pymysql://u:***@h:3306/y, sqlite:///no/password.db"
+
+
+def _half_made_mlflow_store(path) -> None:
+    """What a process killed in MLflow's migrations leaves: the initial tables, no alembic revision."""
+    from mlflow.store.tracking.dbmodels.initial_models import Base
+    from mlflow.store.db.utils import create_sqlalchemy_engine_with_retry
+
+    engine = create_sqlalchemy_engine_with_retry(f"sqlite:///{path}")
+    Base.metadata.create_all(engine)
+    engine.dispose()
+
+
+def test_a_store_whose_creator_was_killed_mid_way_is_made_again_whole(tmp_path):
+    """A SIGKILL while a new store's tables were being made used to leave a half-made file that every later start
+    refused (chaos, a kill in the first seconds of a sweep). The tables are now made aside, then moved in."""
+    from ftsweep.locks import create_aside
+    from ftsweep.tracking import open_client
+
+    db = tmp_path / "mlflow.db"
+    _half_made_mlflow_store(db.with_name("mlflow.db.new-999-deadbeef"))  # the killed creator's file
+
+    def killed(url: str) -> None:
+        _half_made_mlflow_store(url[len("sqlite:///"):])
+        raise KeyboardInterrupt  # the kill, after some tables were written
+
+    with pytest.raises(KeyboardInterrupt):
+        create_aside(db, killed)
+    assert not db.exists() and not list(tmp_path.glob("mlflow.db.new-*"))  # nothing half-made at the real path
+
+    _half_made_mlflow_store(db.with_name("mlflow.db.new-999-deadbeef"))
+    client = open_client(f"sqlite:///{db}")
+    assert [e.name for e in client.search_experiments()] == ["Default"]
+    assert not list(tmp_path.glob("mlflow.db.new-*"))  # the killed creator's leftovers are gone

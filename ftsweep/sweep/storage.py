@@ -21,7 +21,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from ftsweep.errors import ConfigError, FtsweepError, causes
-from ftsweep.locks import JOURNAL, SQLITE, file_of, url_lock
+from ftsweep.locks import JOURNAL, SQLITE, create_aside, file_of, url_lock
 from ftsweep.orphans import pid_alive
 from ftsweep.spool import Backoff
 from ftsweep.tracking import redact
@@ -61,6 +61,9 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     # Workers share one sqlite file: wait for its lock rather than failing with "database is locked". A server
     # database's pooled connections are checked before use, so one restarted meanwhile is simply reconnected.
     kwargs = {"engine_kwargs": {"connect_args": {"timeout": 120}} if url.startswith(SQLITE) else {"pool_pre_ping": True}}
+    if path is not None and url.startswith(SQLITE):  # a new file's tables are made whole or not at all (a kill mid-way left half)
+        with url_lock(url, "optuna-init"):
+            create_aside(path, lambda aside: optuna.storages.RDBStorage(aside, **kwargs).engine.dispose())
     storage = optuna.storages.RDBStorage(url, skip_compatibility_check=True, **kwargs)
     current, head = storage.get_current_version(), storage.get_head_version()
     if current != head:
