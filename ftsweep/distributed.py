@@ -2,8 +2,9 @@
 
 The process that runs train() is rank 0. It owns everything a run has beside training: the MLflow run,
 the sweep's trial (pruning), evaluation, the model it keeps. It starts ranks 1..N-1 as helper processes
-(`python -m ftsweep.distributed SPEC RANK`), which build the same data, model and optimizer from the same
-config and train in lockstep through DistributedDataParallel; they log nothing.
+(`python -m ftsweep.recipe SPEC RANK`), which build the same data, model and optimizer from the same config
+and train in lockstep through DistributedDataParallel; they log nothing. This module holds only the process
+group, the sharding and the rank processes: it imports no training code.
 
 Same results as one process with the same `batch_size`: every rank draws the same global batches (same
 loader, same seed) and trains on its contiguous share of each, its loss weighted by its share, so the
@@ -24,11 +25,13 @@ import tempfile
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
+from ftsweep import interrupt
 from ftsweep.errors import first_line
 
 log = logging.getLogger("ftsweep")
@@ -72,8 +75,6 @@ class Group:
         return ShardedLoader(loader, self.rank, self.world)
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        from torch.nn.parallel import DistributedDataParallel
-
         ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=ids)
 
@@ -124,14 +125,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(raw_cfg, world: int, device: torch.device) -> Group:
-    """Rank 0: start ranks 1..world-1 and join them in one process group on loopback."""
+def start(raw_cfg, world: int, device: torch.device, entry: str) -> Group:
+    """Rank 0: start ranks 1..world-1 as `python -m ENTRY SPEC RANK` (a module whose main calls
+    `helper_main`) and join them in one process group on loopback."""
     port = _free_port()
     spec = Path(tempfile.mkdtemp(prefix="ftsweep-ddp-")) / "spec.pkl"
     with open(spec, "wb") as f:
         pickle.dump({"cfg": raw_cfg, "world": world, "port": port, "device": str(device)}, f)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_package_root(), os.environ.get("PYTHONPATH")]))}
-    helpers = [subprocess.Popen([sys.executable, "-m", "ftsweep.distributed", str(spec), str(rank)], env=env)
+    helpers = [subprocess.Popen([sys.executable, "-m", entry, str(spec), str(rank)], env=env)
                for rank in range(1, world)]
     group = Group(0, world, device, helpers, spec)
     try:
@@ -204,30 +206,25 @@ def describe(failed: dict[int, int]) -> str:
     return "; ".join(f"rank {rank} exited with code {code}" for rank, code in sorted(failed.items()))
 
 
-def _helper(spec_path: str, rank: int) -> int:
-    from ftsweep import interrupt
-    from ftsweep.train import train_helper_rank
-
+def helper_main(spec_path: str, rank: int, train_rank: Callable[[Any, Group], None]) -> None:
+    """A helper rank's process: join rank 0's group, run `train_rank(cfg, group)`, leave. Its exit code is 0,
+    130 (a signal) or 1 (rank 0 gone, or a failure: rank 0 reports why)."""
     interrupt.install()  # Ctrl-C reaches every rank: each stops at the next step, together
     with open(spec_path, "rb") as f:
         spec = pickle.load(f)
     group = Group(rank, spec["world"], device_of(rank, torch.device(spec["device"])))
     _init(group, spec["port"])
+    code = 0
     try:
-        train_helper_rank(spec["cfg"], group)
+        train_rank(spec["cfg"], group)
     except KeyboardInterrupt:
-        return 130
+        code = 130
     except Exception as exc:  # mostly rank 0 gone (it failed, or stopped in an evaluation): it reports why
         print(f"ftsweep.distributed: rank {rank} stopped: {first_line(exc, with_type=True)}", file=sys.stderr)
-        return 1
+        code = 1
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-    return 0
-
-
-if __name__ == "__main__":
-    code = _helper(sys.argv[1], int(sys.argv[2]))
     # A helper has nothing left to write once its group is gone. Leaving through os._exit skips the C++
     # static destructors of gloo and the store client, whose threads could abort an exit that had
     # nothing left to do (exit -6 after training had finished).

@@ -8,19 +8,22 @@ from __future__ import annotations
 
 import contextlib
 import math
+import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
+from transformers import get_scheduler
 
 from ftsweep import interrupt
 from ftsweep.config import OptimizerConfig, Precision
 from ftsweep.errors import TrainingError
+from ftsweep.hooks import Hooks
 from ftsweep.metrics import SavedForBackward, classification_scores, confusion_matrix, step_time_stats, tensor_mb
 
 LogFn = Callable[[dict[str, float], int], None]
@@ -43,8 +46,6 @@ def build_optimizer(model: nn.Module, cfg: OptimizerConfig, lr: float, fused: bo
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimizerConfig, total_steps: int):
-    from transformers import get_scheduler
-
     warmup = int(cfg.warmup_ratio * total_steps)
     name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[cfg.scheduler.value]
     return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
@@ -100,23 +101,6 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, num_lab
     scores = classification_scores(cm)
     return {"accuracy": scores["accuracy"], "f1_macro": scores["f1_macro"],
             "loss": float(loss_sum.item() / max(n, 1)), "confusion_matrix": cm}
-
-
-class Hooks:
-    """What the world around a run may do at its edges; the default does nothing.
-
-    A sweep's trial (ftsweep/sweep/trial_link.py) records the run id on its Optuna trial, nests the run
-    under the sweep's parent run, and may stop training after an evaluation (pruning)."""
-
-    parent_run_id: Optional[str] = None
-    tags: dict[str, Any] = {}
-
-    def on_start(self, run_id: str) -> None:
-        pass
-
-    def should_stop(self, step: int, evaluation: dict[str, float]) -> Optional[str]:
-        """After each evaluation: a reason to stop now (e.g. "pruned"), or None to go on."""
-        return None
 
 
 class EarlyStopping:
@@ -212,28 +196,6 @@ class FitResult:
         return out
 
 
-def _evaluate_and_ask(model, eval_loader, device, s: LoopSettings, hooks: Hooks, log: LogFn, result: FitResult,
-                      step: int, early: EarlyStopping, group=None) -> None:
-    if group is not None:  # rank 0 evaluates and decides; the other ranks learn the verdict
-        if group.main:
-            _evaluate_and_ask(model, eval_loader, device, s, hooks, log, result, step, early)
-        else:
-            result.last_eval_step = step
-        if group.agree(result.stopped_at is not None) and result.stopped_at is None:
-            result.stopped_at, result.stop_reason = step, "stopped by rank 0"
-        return
-    t0 = time.perf_counter()
-    ev = evaluate(model, eval_loader, device, s.num_labels, s.precision)
-    result.eval_time_s += time.perf_counter() - t0
-    result.final_eval, result.last_eval_step = ev, step
-    log({f"eval/{k}": ev[k] for k in ("accuracy", "f1_macro", "loss")}, step)
-    stop_early = early.update(model, step, ev)
-    if step < s.total_steps:
-        reason = hooks.should_stop(step, ev) or ("stopped_early" if stop_early else None)
-        if reason:
-            result.stopped_at, result.stop_reason = step, reason
-
-
 def _optimizer_step(train_model, micro: list[dict], optimizer, scheduler, trainable, scaler, device,
                     s: LoopSettings, result: FitResult, step_hook, saved) -> torch.Tensor:
     """One optimizer step over `micro` (grad_accum_steps batches); returns the summed loss, on device."""
@@ -296,8 +258,6 @@ def _set_loader_state(loader: DataLoader, state: Any) -> None:
 
 
 def rng_states() -> dict:
-    import random
-
     states = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
@@ -305,8 +265,6 @@ def rng_states() -> dict:
 
 
 def set_rng_states(states: dict) -> None:
-    import random
-
     torch.set_rng_state(states["torch"])
     np.random.set_state(states["numpy"])
     random.setstate(states["python"])
@@ -314,123 +272,182 @@ def set_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def fit(model: nn.Module, train_loader: DataLoader, eval_loader: DataLoader, optimizer: torch.optim.Optimizer,
-        scheduler, s: LoopSettings, device: torch.device, hooks: Optional[Hooks] = None,
-        log: LogFn = lambda metrics, step: None, step_hook: Optional[Callable[[int], None]] = None,
-        checkpoint: Optional[Callable[[dict], None]] = None, resume: Optional[dict] = None,
-        group=None) -> FitResult:
-    """Train for s.total_steps optimizer steps; `model` is evaluated as is, a compiled copy does the training.
+class Loop:
+    """One run's training, top to bottom: forward, loss, backward, clip, step, schedule, log; evaluate and ask
+    whether to stop. `model` is evaluated as is; a compiled (or DDP-wrapped) copy does the training.
 
     After each evaluation `hooks.should_stop` may end training early (a pruner's verdict), and so may early
     stopping. `checkpoint(state)` receives the loop's whole state every s.checkpoint_every_steps steps and on
-    Ctrl-C/SIGTERM; `resume` (such a state, with model and optimizer already restored) continues from it.
-    `group` (ftsweep/distributed.py): this process is one rank of a distributed run, with `train_loader`
-    giving its shares of the global batches; only rank 0 evaluates."""
-    hooks = hooks or Hooks()
-    result = FitResult(compiled=s.compile)
-    early = EarlyStopping(s.early_stopping, s.early_stopping_metric, s.early_stopping_min_delta)
-    train_model = group.wrap(model) if group is not None else model
-    if s.compile:
-        train_model = torch.compile(train_model, dynamic=True)  # dynamic: padding varies per batch
-    world = group.world if group is not None else 1
-    # fp16 needs loss scaling to keep small gradients from flushing to zero; bf16 has fp32's range.
-    scaler = torch.amp.GradScaler(device.type) if s.precision == Precision.fp16 else None
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    # Saved-tensor hooks and torch.compile's graphs do not mix: a compiled run does not count its activations.
-    saved = contextlib.nullcontext() if s.compile else SavedForBackward(exclude=model.parameters())
-    loss_sum, loss_count = torch.zeros((), device=device), 0  # summed on device: no per-step host sync
-    pos = Position()
-    if resume is not None:
-        pos = resume["position"]
-        result = resume["result"]
-        early.load_state_dict(resume["early_stopping"])
-        loss_sum, loss_count = torch.tensor(resume["loss_sum"], device=device), resume["loss_count"]
-        if scaler is not None and resume.get("scaler"):
-            scaler.load_state_dict(resume["scaler"])
+    Ctrl-C/SIGTERM; `run(resume=state)` (model and optimizer already restored) continues from such a state.
+    `group` (ftsweep/distributed.py): this process is one rank of a distributed run, its train loader giving
+    its shares of the global batches; only rank 0 evaluates."""
 
-    def state() -> dict:
-        return {"position": Position(pos.epoch, pos.batches, pos.loader), "result": result,
-                "early_stopping": early.state_dict(), "loss_sum": float(loss_sum.item()), "loss_count": loss_count,
-                "scaler": scaler.state_dict() if scaler is not None else None, "rng": rng_states()}
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, s: LoopSettings,
+                 device: torch.device, *, hooks: Optional[Hooks] = None, log: Optional[LogFn] = None,
+                 step_hook: Optional[Callable[[int], None]] = None,
+                 checkpoint: Optional[Callable[[dict], None]] = None, group=None):
+        self.model, self.optimizer, self.scheduler, self.s, self.device = model, optimizer, scheduler, s, device
+        self.hooks, self.log = hooks or Hooks(), log or (lambda metrics, step: None)
+        self.step_hook, self.checkpoint, self.group = step_hook, checkpoint, group
+        self.result = FitResult(compiled=s.compile)
+        self.early = EarlyStopping(s.early_stopping, s.early_stopping_metric, s.early_stopping_min_delta)
+        train_model = group.wrap(model) if group is not None else model
+        # dynamic: padding varies per batch
+        self.train_model = torch.compile(train_model, dynamic=True) if s.compile else train_model
+        self.world = group.world if group is not None else 1
+        # fp16 needs loss scaling to keep small gradients from flushing to zero; bf16 has fp32's range.
+        self.scaler = torch.amp.GradScaler(device.type) if s.precision == Precision.fp16 else None
+        self.trainable = [p for p in model.parameters() if p.requires_grad]
+        # Saved-tensor hooks and torch.compile's graphs do not mix: a compiled run does not count its activations.
+        self.saved = contextlib.nullcontext() if s.compile else SavedForBackward(exclude=model.parameters())
+        self.loss_sum, self.loss_count = torch.zeros((), device=device), 0  # summed on device: no per-step sync
+        self.pos = Position()
+        self.in_step = False  # inside an optimizer step: a checkpoint then would hold half a step
 
-    in_step = False
-    model.train()
-    bar = tqdm(total=s.total_steps, initial=result.steps, desc="training", unit="step", disable=not s.progress,
-               leave=False)
-    try:
-        for epoch in range(pos.epoch, s.epochs):
-            if resume is not None and epoch == pos.epoch:
-                _set_loader_state(train_loader, pos.loader)  # the same shuffle as before the interruption,
-                batches = iter(train_loader)
-                for _ in range(pos.batches):  # the same place in it,
-                    next(batches)
-                set_rng_states(resume["rng"])  # and the same dropout masks from here on
-                if s.eval_every_steps and result.steps % s.eval_every_steps == 0 and result.steps > 0 \
-                        and result.last_eval_step != result.steps:  # stopped inside that evaluation
-                    _evaluate_and_ask(model, eval_loader, device, s, hooks, log, result, result.steps, early, group)
-            else:
-                pos.epoch, pos.batches, pos.loader = epoch, 0, _loader_state(train_loader)
-                batches = iter(train_loader)
-            while result.steps < s.total_steps and result.stopped_at is None:
-                if group is None:
-                    interrupt.check()
-                elif group.agree(interrupt.requested()):  # every rank stops at the same step, or none does
-                    raise KeyboardInterrupt("terminated (a signal reached one of the ranks)")
-                in_step = True  # from here a second signal could cut the step in half: no checkpoint of that
-                micro = [b for _, b in zip(range(s.grad_accum_steps), batches)]
-                if not micro:
-                    in_step = False
-                    break  # epoch done
-                pos.batches += len(micro)
-                t0 = time.perf_counter()
-                loss_sum += _optimizer_step(train_model, micro, optimizer, scheduler, trainable, scaler, device, s,
-                                            result, step_hook, saved)
-                loss_count += len(micro)
-                _sync(device)
-                result.step_times_s.append(time.perf_counter() - t0)
-                result.train_time_s += result.step_times_s[-1]
-                result.steps += 1
-                in_step = False
-                step = result.steps
-                bar.update(1)
-                if step % s.log_every_steps == 0 or step == s.total_steps:
-                    # The ranks' weighted losses average to the global batches' mean loss.
-                    total = group.sum([loss_sum.item()])[0] if group is not None else loss_sum.item()
-                    mean_loss = total / (loss_count * world)
-                    if not math.isfinite(mean_loss):
-                        raise TrainingError(f"training diverged: loss became {mean_loss} by step {step}; "
-                                            f"lower lr or keep optimizer.max_grad_norm set")
-                    log({"train/loss": mean_loss, "train/lr": scheduler.get_last_lr()[0]}, step)
-                    bar.set_postfix(loss=f"{mean_loss:.4f}", samples_s=f"{result.samples / result.train_time_s:.1f}")
-                    loss_sum.zero_()
-                    loss_count = 0
-                if s.eval_every_steps and step % s.eval_every_steps == 0:
-                    _evaluate_and_ask(model, eval_loader, device, s, hooks, log, result, step, early, group)
-                if checkpoint is not None and s.checkpoint_every_steps and step % s.checkpoint_every_steps == 0 \
-                        and step < s.total_steps:
-                    checkpoint(state())
-            if result.last_eval_step != result.steps:
-                _evaluate_and_ask(model, eval_loader, device, s, hooks, log, result, result.steps, early, group)  # epoch end
-            if result.steps >= s.total_steps or result.stopped_at is not None:
-                break
-    except KeyboardInterrupt:
-        if checkpoint is not None and s.checkpoint_every_steps and not in_step:
-            with interrupt.deferred():
-                checkpoint(state())  # at a step boundary (or inside an eval, which is redone on resume)
-        raise
-    finally:
-        bar.close()
-    if isinstance(saved, SavedForBackward) and saved.peak_bytes:
-        result.activations_saved_mb = max(result.activations_saved_mb or 0.0, saved.peak_mb)
-    if group is not None:  # throughput counts every rank's examples
-        result.samples, result.tokens = (int(v) for v in group.sum([result.samples, result.tokens]))
-    early.restore(model, result)
-    return result
+    # ---- the loop's whole state, for checkpoints
+    def state(self) -> dict:
+        pos, scaler = self.pos, self.scaler
+        return {"position": Position(pos.epoch, pos.batches, pos.loader), "result": self.result,
+                "early_stopping": self.early.state_dict(), "loss_sum": float(self.loss_sum.item()),
+                "loss_count": self.loss_count, "scaler": scaler.state_dict() if scaler is not None else None,
+                "rng": rng_states()}
+
+    def _load(self, state: dict) -> None:
+        self.pos, self.result = state["position"], state["result"]
+        self.early.load_state_dict(state["early_stopping"])
+        self.loss_sum, self.loss_count = torch.tensor(state["loss_sum"], device=self.device), state["loss_count"]
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+
+    # ---- the loop
+    def run(self, train_loader: DataLoader, eval_loader: Optional[DataLoader], resume: Optional[dict] = None) -> FitResult:
+        """Train for s.total_steps optimizer steps (or until a stop); the final evaluation is in the result."""
+        if resume is not None:
+            self._load(resume)
+        result, s = self.result, self.s
+        self.model.train()
+        bar = tqdm(total=s.total_steps, initial=result.steps, desc="training", unit="step", disable=not s.progress,
+                   leave=False)
+        try:
+            for epoch in range(self.pos.epoch, s.epochs):
+                if resume is not None and epoch == self.pos.epoch:
+                    batches = self._resume_epoch(train_loader, eval_loader, resume)
+                else:
+                    self.pos.epoch, self.pos.batches, self.pos.loader = epoch, 0, _loader_state(train_loader)
+                    batches = iter(train_loader)
+                self._train_epoch(batches, eval_loader, bar)
+                if result.last_eval_step != result.steps:
+                    self._evaluate(eval_loader, result.steps)  # epoch end
+                if result.steps >= s.total_steps or result.stopped_at is not None:
+                    break
+        except KeyboardInterrupt:
+            if self.checkpoint is not None and s.checkpoint_every_steps and not self.in_step:
+                with interrupt.deferred():
+                    self.checkpoint(self.state())  # at a step boundary (or inside an eval, redone on resume)
+            raise
+        finally:
+            bar.close()
+        return self._close()
+
+    def _resume_epoch(self, train_loader, eval_loader, resume: dict) -> Iterator[dict]:
+        """The interrupted epoch's batches from where it stopped: the same shuffle, the same place in it, and the
+        same dropout masks from here on. An evaluation it stopped inside is done again."""
+        _set_loader_state(train_loader, self.pos.loader)
+        batches = iter(train_loader)
+        for _ in range(self.pos.batches):
+            next(batches)
+        set_rng_states(resume["rng"])
+        steps, every = self.result.steps, self.s.eval_every_steps
+        if every and steps % every == 0 and steps > 0 and self.result.last_eval_step != steps:
+            self._evaluate(eval_loader, steps)
+        return batches
+
+    def _train_epoch(self, batches: Iterator[dict], eval_loader, bar) -> None:
+        s, result = self.s, self.result
+        while result.steps < s.total_steps and result.stopped_at is None:
+            self._check_signal()
+            self.in_step = True
+            micro = [b for _, b in zip(range(s.grad_accum_steps), batches)]
+            if not micro:
+                self.in_step = False
+                return  # epoch done
+            self.pos.batches += len(micro)
+            t0 = time.perf_counter()
+            self.loss_sum += _optimizer_step(self.train_model, micro, self.optimizer, self.scheduler, self.trainable,
+                                             self.scaler, self.device, s, result, self.step_hook, self.saved)
+            self.loss_count += len(micro)
+            _sync(self.device)
+            result.step_times_s.append(time.perf_counter() - t0)
+            result.train_time_s += result.step_times_s[-1]
+            result.steps += 1
+            self.in_step = False
+            step = result.steps
+            bar.update(1)
+            if step % s.log_every_steps == 0 or step == s.total_steps:
+                self._log_loss(step, bar)
+            if s.eval_every_steps and step % s.eval_every_steps == 0:
+                self._evaluate(eval_loader, step)
+            if self.checkpoint is not None and s.checkpoint_every_steps and step % s.checkpoint_every_steps == 0 \
+                    and step < s.total_steps:
+                self.checkpoint(self.state())
+
+    def _check_signal(self) -> None:
+        if self.group is None:
+            interrupt.check()
+        elif self.group.agree(interrupt.requested()):  # every rank stops at the same step, or none does
+            raise KeyboardInterrupt("terminated (a signal reached one of the ranks)")
+
+    def _log_loss(self, step: int, bar) -> None:
+        # The ranks' weighted losses average to the global batches' mean loss.
+        total = self.group.sum([self.loss_sum.item()])[0] if self.group is not None else self.loss_sum.item()
+        mean_loss = total / (self.loss_count * self.world)
+        if not math.isfinite(mean_loss):
+            raise TrainingError(f"training diverged: loss became {mean_loss} by step {step}; "
+                                f"lower lr or keep optimizer.max_grad_norm set")
+        self.log({"train/loss": mean_loss, "train/lr": self.scheduler.get_last_lr()[0]}, step)
+        bar.set_postfix(loss=f"{mean_loss:.4f}", samples_s=f"{self.result.samples / self.result.train_time_s:.1f}")
+        self.loss_sum.zero_()
+        self.loss_count = 0
+
+    def _evaluate(self, eval_loader, step: int) -> None:
+        """Evaluate, log, and ask early stopping and the hooks whether to stop. In a distributed run rank 0
+        evaluates and decides, and the other ranks learn the verdict."""
+        result, s = self.result, self.s
+        if self.group is not None and not self.group.main:
+            result.last_eval_step = step
+        else:
+            t0 = time.perf_counter()
+            ev = evaluate(self.model, eval_loader, self.device, s.num_labels, s.precision)
+            result.eval_time_s += time.perf_counter() - t0
+            result.final_eval, result.last_eval_step = ev, step
+            self.log({f"eval/{k}": ev[k] for k in ("accuracy", "f1_macro", "loss")}, step)
+            stop_early = self.early.update(self.model, step, ev)
+            if step < s.total_steps:
+                reason = self.hooks.should_stop(step, ev) or ("stopped_early" if stop_early else None)
+                if reason:
+                    result.stopped_at, result.stop_reason = step, reason
+        if self.group is not None and self.group.agree(result.stopped_at is not None) and result.stopped_at is None:
+            result.stopped_at, result.stop_reason = step, "stopped by rank 0"
+
+    def _close(self) -> FitResult:
+        result = self.result
+        if isinstance(self.saved, SavedForBackward) and self.saved.peak_bytes:
+            result.activations_saved_mb = max(result.activations_saved_mb or 0.0, self.saved.peak_mb)
+        if self.group is not None:  # throughput counts every rank's examples
+            result.samples, result.tokens = (int(v) for v in self.group.sum([result.samples, result.tokens]))
+        self.early.restore(self.model, result)
+        return result
+
+
+def fit(model: nn.Module, train_loader: DataLoader, eval_loader: Optional[DataLoader],
+        optimizer: torch.optim.Optimizer, scheduler, s: LoopSettings, device: torch.device,
+        resume: Optional[dict] = None, **wiring: Any) -> FitResult:
+    """`Loop(...).run(...)` in one call; `wiring` is Loop's keyword arguments (hooks, log, step_hook,
+    checkpoint, group)."""
+    return Loop(model, optimizer, scheduler, s, device, **wiring).run(train_loader, eval_loader, resume)
 
 
 def seed_everything(seed: int) -> None:
-    import random
-
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

@@ -13,7 +13,8 @@ from mlflow.tracking import MlflowClient
 
 from ftsweep.distributed import shard
 from ftsweep.errors import ConfigError
-from ftsweep.train import check, train
+from ftsweep.preflight import check
+from ftsweep.train import train
 from tests.conftest import logged_losses, mlflow_db, query, wait_for
 from tests.test_reliability import long_run, start
 
@@ -96,7 +97,7 @@ def test_sigterm_to_rank_0_stops_every_rank_and_ends_the_run_killed(cli, tmp_pat
 
 
 def _helpers_of(pid: int) -> list[str]:
-    out = subprocess.run(["pgrep", "-P", str(pid), "-f", "ftsweep.distributed"], capture_output=True, text=True)
+    out = subprocess.run(["pgrep", "-P", str(pid), "-f", "ftsweep.recipe"], capture_output=True, text=True)
     return out.stdout.split()
 
 

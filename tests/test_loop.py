@@ -6,7 +6,8 @@ import torch
 from ftsweep.config import MethodConfig, OptimizerConfig, TinyModelConfig, Truncation
 from ftsweep.data import make_loader, tokenize
 from ftsweep.errors import TrainingError
-from ftsweep.loop import Hooks, LoopSettings, build_optimizer, build_scheduler, evaluate, fit, total_optimizer_steps
+from ftsweep.hooks import Hooks
+from ftsweep.loop import LoopSettings, build_optimizer, build_scheduler, evaluate, fit, total_optimizer_steps
 from ftsweep.model import apply_method, load_model
 from tests.conftest import toy_rows
 

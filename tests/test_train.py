@@ -7,7 +7,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from ftsweep.errors import FtsweepError, TrainingError
-from ftsweep.train import run_name, train
+from ftsweep.recipe import run_name
+from ftsweep.train import train
 from ftsweep.config import validate
 
 CONTRACT_METRICS = {

@@ -16,7 +16,7 @@ import socket
 import optuna
 
 from ftsweep.errors import ConfigError
-from ftsweep.loop import Hooks
+from ftsweep.hooks import Hooks
 from ftsweep.sweep.definition import make_pruner
 from ftsweep.sweep.storage import open_storage, retrying
 
@@ -40,8 +40,11 @@ def storage_url(from_command_line: str) -> str:
 
 
 class TrialLink(Hooks):
-    def __init__(self, study_name: str, trial_id: int, storage_url: str):
+    keep_in_folder = True  # the sweeper keeps (logs, registers) only its best trial's model
+
+    def __init__(self, study_name: str, trial_id: int, storage_url: str, device_id: Optional[str] = None):
         self.url = storage_url
+        self.device_id = device_id  # this trial's launcher slot's device (hydra.sweeper.devices)
         self.storage = retrying(storage_url, lambda: open_storage(storage_url), "opening the study for a trial")
         self.study = retrying(storage_url, lambda: optuna.load_study(study_name=study_name, storage=self.storage),
                               "opening the study for a trial")
@@ -59,7 +62,7 @@ class TrialLink(Hooks):
         """The link for a job launched by the sweeper; None for a single run."""
         if sweep is None or sweep.trial_id is None:
             return None
-        return cls(sweep.study, sweep.trial_id, storage_url(sweep.storage))
+        return cls(sweep.study, sweep.trial_id, storage_url(sweep.storage), sweep.device)
 
     def on_start(self, run_id: str) -> None:
         # The process running the job (a launcher's worker), so that an interrupted sweep can stop it.

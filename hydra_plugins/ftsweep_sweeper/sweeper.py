@@ -85,7 +85,7 @@ class FtsweepSweeper(Sweeper):
         from omegaconf.errors import OmegaConfBaseException
 
         from ftsweep.errors import ConfigError, describe_config_error
-        from ftsweep.train import check
+        from ftsweep.preflight import check
 
         for i, point in enumerate(definition.probe_points()):
             overrides = [f"{k}={v}" for k, v in {**definition.fixed, **point}.items()]
