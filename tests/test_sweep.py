@@ -589,17 +589,16 @@ def test_a_postgresql_restart_while_trials_claim_and_tell_loses_and_doubles_no_t
 def test_a_claim_cut_off_after_ask_is_failed_and_its_point_claimed_again(tmp_path):
     """The storage went away right after `ask` (or the claiming process died): the trial is RUNNING without its
     worker's attrs. The next claim, under the claim lock, fails it and claims its grid point again."""
-    from ftsweep.sweep.runner import SweepRunner
+    from ftsweep.sweep.claims import Claims
 
     d = define("batch_size=4,8")
     url = f"sqlite:///{tmp_path / 'o.db'}"
-    runner = SweepRunner(SweepSettings(), d, config=None, launcher=None, storage_url=url, sweep_dir=tmp_path)
-    runner.storage = open_storage(url)
-    study = optuna.create_study(storage=runner.storage, direction="maximize")
+    claims = Claims(d, SweepSettings(), url, open_storage(url))
+    study = optuna.create_study(storage=claims.storage, direction="maximize")
     study.enqueue_trial({"batch_size": 8})
     cut = study.ask(fixed_distributions=d.space)  # claimed, then cut off before its attrs
-    claimed = [runner._claim(study), runner._claim(study)]
-    assert sorted(t.params["batch_size"] for t in claimed) == [4, 8] and runner._claim(study) is None
+    claimed = [claims.claim(study), claims.claim(study)]
+    assert sorted(t.params["batch_size"] for t in claimed) == [4, 8] and claims.claim(study) is None
     assert study.get_trials()[cut.number].state.name == "FAIL"
 
 
@@ -694,16 +693,16 @@ def test_an_out_of_memory_trial_is_a_failure_and_infeasible_not_a_crash(tmp_path
     import torch
     from hydra.core.utils import JobReturn, JobStatus
 
-    from ftsweep.sweep.runner import SweepRunner, job_outcome
+    from ftsweep.sweep.outcomes import Outcomes, job_outcome
 
     d = define("batch_size=8,16", constraints={"mem/peak_mb": 3000})
-    runner = SweepRunner(SweepSettings(), d, config=None, launcher=None, storage_url="", sweep_dir=tmp_path)
+    outcomes = Outcomes(d, SweepSettings(), url="")
     study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path / 'o.db'}"), direction="maximize")
     oom, ok = study.ask(), study.ask()
-    runner._tell(study, oom, *job_outcome(JobReturn(status=JobStatus.FAILED,
-                                                   _return_value=torch.OutOfMemoryError("CUDA out of memory"))))
-    runner._tell(study, ok, *job_outcome(JobReturn(status=JobStatus.COMPLETED,
-                                                  _return_value={"eval/accuracy": 0.9, "mem/peak_mb": 2000.0})))
+    outcomes.tell(study, oom, *job_outcome(JobReturn(status=JobStatus.FAILED,
+                                                    _return_value=torch.OutOfMemoryError("CUDA out of memory"))))
+    outcomes.tell(study, ok, *job_outcome(JobReturn(status=JobStatus.COMPLETED,
+                                                   _return_value={"eval/accuracy": 0.9, "mem/peak_mb": 2000.0})))
     failed, done = study.get_trials()
     assert failed.state.name == "FAIL" and failed.user_attrs["infeasible"] == "out of memory"
     assert failed.user_attrs["error"].startswith("OutOfMemoryError: CUDA out of memory")
@@ -854,17 +853,17 @@ def test_a_bruteforce_sweep_stops_at_the_first_repeat_when_n_trials_is_above_the
     from hydra import compose, initialize_config_dir
 
     from ftsweep.config import CONF_DIR
-    from ftsweep.sweep.runner import SweepRunner
+    from ftsweep.sweep.claims import Claims
 
     with initialize_config_dir(config_dir=str(CONF_DIR)):
         cfg = compose("config", ["hparams_search=study"], return_hydra_config=True)
     d = define("batch_size=8", sampler="bruteforce", n_trials=20,
                custom_search_space="ftsweep.sweep.presets.study_space")
     url = f"sqlite:///{tmp_path / 'o.db'}"
-    runner = SweepRunner(SweepSettings(), d, config=cfg, launcher=None, storage_url=url, sweep_dir=tmp_path)
-    study = optuna.create_study(storage=open_storage(url), direction="maximize")
+    claims = Claims(d, SweepSettings(), url, open_storage(url), config=cfg)
+    study = optuna.create_study(storage=claims.storage, direction="maximize")
     ran = []
-    while (trial := runner._claim(study)) is not None:
+    while (trial := claims.claim(study)) is not None:
         ran.append((trial.params["method"], trial.params["lr"], trial.params["batch_size"]))
         study.tell(trial, 0.5)
     assert len(ran) == len(set(ran)) == 18  # every combination once, then no repeat

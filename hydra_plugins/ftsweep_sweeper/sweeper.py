@@ -51,8 +51,12 @@ class FtsweepSweeper(Sweeper):
             config=config, hydra_context=hydra_context, task_function=task_function)
 
     def sweep(self, arguments: List[str]) -> None:
+        # Here, not at the top: Hydra imports this plugin at every start-up, single runs included, and these
+        # bring in Optuna, the sweep machinery and the report.
         from ftsweep import interrupt
+        from ftsweep.conclude import conclude
         from ftsweep.errors import FtsweepError
+        from ftsweep.sweep import results
         from ftsweep.sweep.definition import SweepDefinition
         from ftsweep.sweep.runner import SweepRunner
         from ftsweep.sweep.storage import default_url
@@ -65,7 +69,13 @@ class FtsweepSweeper(Sweeper):
             sweep_dir = Path(str(self.config.hydra.sweep.dir))
             runner = SweepRunner(settings, definition, self.config, self.launcher,
                                  settings.storage or default_url(sweep_dir), sweep_dir)
-            summary = runner.run()
+            try:
+                summary = runner.run()
+            finally:
+                if runner.done is not None:  # the best model and the report follow whatever ended the runner
+                    with interrupt.deferred():
+                        conclude(runner.done)
+            results.log_summary(summary, runner.done.sweep_dir)
         except FtsweepError as exc:
             print(f"ftsweep: error: {exc}", file=sys.stderr)
             sys.exit(2)
