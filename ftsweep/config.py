@@ -5,6 +5,13 @@ as ``base_*``), so a misspelt key or a wrong type fails at compose time.
 Ranges cannot be checked there (``__post_init__`` does not run on a
 DictConfig), so ``validate`` builds the real dataclasses with
 ``OmegaConf.to_object`` and the checks below run before anything is loaded.
+
+One home for every default. A value default lives in a schema dataclass, with its unit and why: here, and
+each method's in its own dataclass (ftsweep/methods/). A YAML file under conf/ holds only what it changes
+from its schema (a model's source, a data set's columns, sgd's weight_decay and momentum) and the composition
+itself (defaults lists, ``lr: ${method.lr}``, ``hydra.*``); conf/config.yaml repeats none of TrainConfig's
+values. Where a default depends on the option chosen, the schema holds the value of the option that
+conf/config.yaml picks (OptimizerConfig: adamw's) and the other options' files hold their own.
 """
 
 from __future__ import annotations
@@ -13,12 +20,17 @@ import math
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from ftsweep.errors import ConfigError
+from ftsweep.errors import check_config as _check
+# The method schemas, re-exported: importing this module registers every method (ftsweep/methods/).
+from ftsweep.methods import (AdaLoraMethodConfig, BitFitMethodConfig, FreezeMethodConfig,  # noqa: F401
+                             FullMethodConfig, HeadMethodConfig, IA3MethodConfig, LoraMethodConfig, MethodConfig,
+                             PromptTuningMethodConfig, QLoraMethodConfig)
 
 
 class Scheduler(str, Enum):
@@ -38,11 +50,6 @@ class Truncation(str, Enum):
     head = "head"
     tail = "tail"
     head_tail = "head_tail"  # keep the start and the end of long texts (Sun et al. 2019)
-
-
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise ConfigError(message)
 
 
 # --------------------------------------------------------------------------- model
@@ -85,109 +92,20 @@ class TinyModelConfig(ModelConfig):
         _check(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1), got {self.dropout}")
 
 
-# --------------------------------------------------------------------------- method
-@dataclass
-class MethodConfig:
-    name: str = MISSING
-    lr: float = MISSING  # the method's default learning rate; top-level `lr` wins
-    lr_range: List[float] = field(default_factory=lambda: [1e-5, 1e-3])  # log-uniform bounds for lr searches
-
-    def __post_init__(self) -> None:
-        _check(len(self.lr_range) == 2 and 0 < self.lr_range[0] < self.lr_range[1],
-               f"method.lr_range must be [low, high] with 0 < low < high, got {self.lr_range}")
-
-
-@dataclass
-class LoraMethodConfig(MethodConfig):
-    r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0  # peft's default (conf/method/lora.yaml says why)
-    # null: the model's attention query and value projections (query/value on BERT, q/v on MPNet: model.py)
-    target_modules: Optional[List[str]] = None
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check(self.r >= 1, f"method.r must be >= 1, got {self.r}")
-        _check(self.lora_alpha > 0, f"method.lora_alpha must be > 0, got {self.lora_alpha}")
-        _check(0.0 <= self.lora_dropout < 1.0, f"method.lora_dropout must be in [0, 1), got {self.lora_dropout}")
-        _check(self.target_modules is None or len(self.target_modules) > 0,
-               "method.target_modules must name at least one module, or be null")
-
-
-@dataclass
-class AdaLoraMethodConfig(LoraMethodConfig):
-    """AdaLoRA: starts at init_r and prunes to an average of target_r. The schedule is in
-    fractions of the run's optimizer steps, so it fits whatever max_steps/epochs give."""
-
-    init_r: int = 12
-    target_r: int = 8
-    tinit_ratio: float = 0.1  # no pruning during the first 10 % of steps
-    tfinal_ratio: float = 0.2  # the final 20 % of steps keep the budget fixed
-    delta_t: int = 10  # steps between two budget re-allocations
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check(1 <= self.target_r <= self.init_r, f"method.target_r must be in [1, init_r={self.init_r}], got {self.target_r}")
-        _check(self.tinit_ratio >= 0 and self.tfinal_ratio >= 0 and self.tinit_ratio + self.tfinal_ratio < 1,
-               "method.tinit_ratio + method.tfinal_ratio must be < 1")
-        _check(self.delta_t >= 1, f"method.delta_t must be >= 1, got {self.delta_t}")
-
-
-@dataclass
-class QLoraMethodConfig(LoraMethodConfig):
-    """LoRA on a 4-bit (bitsandbytes) base model: CUDA only."""
-
-    quant_type: str = "nf4"
-    double_quant: bool = True
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check(self.quant_type in ("nf4", "fp4"), f"method.quant_type must be nf4 or fp4, got '{self.quant_type}'")
-
-
-@dataclass
-class IA3MethodConfig(MethodConfig):
-    # BERT-family module names; "output.dense" matches both the attention and the feed-forward output.
-    target_modules: List[str] = field(default_factory=lambda: ["key", "value", "output.dense"])
-    feedforward_modules: List[str] = field(default_factory=lambda: ["output.dense"])
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check(len(self.target_modules) > 0, "method.target_modules must name at least one module")
-        _check(set(self.feedforward_modules) <= set(self.target_modules),
-               "method.feedforward_modules must be a subset of method.target_modules")
-
-
-@dataclass
-class FreezeMethodConfig(MethodConfig):
-    frozen_layers: int = 3  # the embeddings and the bottom N encoder layers stay frozen
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check(self.frozen_layers >= 0, f"method.frozen_layers must be >= 0, got {self.frozen_layers}")
-
-
-@dataclass
-class PromptTuningMethodConfig(MethodConfig):
-    num_virtual_tokens: int = 20  # soft-prompt vectors prepended to every input
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check(self.num_virtual_tokens >= 1, f"method.num_virtual_tokens must be >= 1, got {self.num_virtual_tokens}")
-
-
 # --------------------------------------------------------------------------- optimizer
 @dataclass
 class OptimizerConfig:
+    """Defaults are adamw's (the default optimizer); conf/optimizer/sgd.yaml sets what differs for sgd."""
+
     name: str = MISSING
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.0  # fraction of optimizer steps spent warming up
-    scheduler: Scheduler = Scheduler.linear
+    weight_decay: float = 0.01  # on weight matrices only, not biases or LayerNorms (loop.py); sgd.yaml: 0.0
+    warmup_ratio: float = 0.1  # fraction of optimizer steps spent warming up linearly from 0
+    scheduler: Scheduler = Scheduler.linear  # after the warm-up, down to 0 at the last step (constant: flat)
     max_grad_norm: Optional[float] = 1.0  # null disables clipping
     # adamw
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
-    # sgd
+    # sgd only (adamw runs log 0.0, as they always did); sgd.yaml: 0.9
     momentum: float = 0.0
 
     def __post_init__(self) -> None:
@@ -230,8 +148,8 @@ class DataConfig:
 
 @dataclass
 class LocalDataConfig(DataConfig):
-    train_file: str = MISSING
-    eval_file: Optional[str] = None
+    train_file: str = MISSING  # csv, tsv, json, jsonl or parquet, chosen by extension
+    eval_file: Optional[str] = None  # null: a seeded stratified split of train_file (eval_fraction)
     encoding: str = "utf-8"
 
 
@@ -241,7 +159,7 @@ class HubDataConfig(DataConfig):
     path: str = MISSING
     config_name: Optional[str] = None
     train_split: str = "train"
-    eval_split: Optional[str] = "test"
+    eval_split: Optional[str] = "test"  # null: a seeded stratified split of train_split (eval_fraction)
 
 
 # --------------------------------------------------------------------------- distributed
@@ -331,28 +249,30 @@ class TrainConfig:
     optimizer: OptimizerConfig = MISSING
     data: DataConfig = MISSING
 
-    lr: float = MISSING  # defaults to ${method.lr} in conf/config.yaml
-    batch_size: int = 16  # examples per forward pass
-    grad_accum_steps: int = 1  # optimizer step every N batches
+    lr: float = MISSING  # conf/config.yaml: ${method.lr}, each method's own default; `lr=...` wins
+    batch_size: int = 16  # examples per forward pass (the global batch when distributed)
+    grad_accum_steps: int = 1  # optimizer step every N batches (effective batch = batch_size * N)
     epochs: int = 1
     max_steps: Optional[int] = None  # cap on optimizer steps; null: epochs decide
     eval_every_steps: Optional[int] = None  # null: evaluate at each epoch end only
-    log_every_steps: int = 10  # train/loss is averaged and logged every N optimizer steps
+    log_every_steps: int = 10  # train/loss is averaged over and logged every N optimizer steps
     seed: int = 42
     device: str = "auto"  # auto: cuda when available, else cpu
     precision: Precision = Precision.auto
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, more time
     compile: bool = False  # torch.compile the model; compile time is logged apart from step time
-    experiment_name: Optional[str] = None  # null: one experiment per dataset
-    run_name: Optional[str] = None  # null: built from method and hyper-parameters
+    experiment_name: Optional[str] = None  # null: one MLflow experiment per dataset
+    run_name: Optional[str] = None  # null: built from method and hyper-parameters, e.g. lora-r8-lr2e-4-bs16
     objectives: List[str] = field(default_factory=lambda: ["eval/accuracy"])
     # lightning-hydra-template's name for a single objective (its hparams_search overlays set it)
     optimized_metric: Optional[str] = None
     progress_bar: bool = True
+    # stop after early_stopping.patience evaluations without improvement (and restore the best weights)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
-    save_model: SaveModel = SaveModel.best
-    checkpoint_every_steps: Optional[int] = None  # also on SIGTERM/Ctrl-C when set; null: no checkpoints
-    resume: Optional[str] = None  # an MLflow run id or a checkpoint folder to continue from
+    save_model: SaveModel = SaveModel.best  # best | all | none: a run keeps its model; a sweep only its best trial's
+    # write a resumable checkpoint every N optimizer steps (and on SIGTERM / Ctrl-C); null: no checkpoints
+    checkpoint_every_steps: Optional[int] = None
+    resume: Optional[str] = None  # continue an interrupted run: its MLflow run id, or its checkpoint folder
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     sweep: SweepInfo = field(default_factory=SweepInfo)
@@ -384,23 +304,25 @@ def objectives_of(cfg: DictConfig) -> list[str]:
     return [str(metric)] if metric else [str(name) for name in cfg.objectives]
 
 
+# --------------------------------------------------------------------------- search presets
+# The batch sizes every search preset tries: conf/hparams_search/lr_bs.yaml reads them as
+# `choice(${ftsweep.batch_sizes:})`, the conditional spaces of ftsweep/sweep/presets.py from here.
+SEARCH_BATCH_SIZES = (8, 16, 32)
+
+
 def register_configs() -> None:
-    """Put the schemas in Hydra's ConfigStore; YAML files extend them by name."""
+    """Put the schemas in Hydra's ConfigStore; YAML files extend them by name. (Each method's schema is stored
+    by its register_method call, ftsweep/methods/.)"""
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=TrainConfig)
     cs.store(group="model", name="base_model", node=ModelConfig)
     cs.store(group="model", name="base_tiny", node=TinyModelConfig)
-    cs.store(group="method", name="base_method", node=MethodConfig)
-    cs.store(group="method", name="base_lora", node=LoraMethodConfig)
-    cs.store(group="method", name="base_adalora", node=AdaLoraMethodConfig)
-    cs.store(group="method", name="base_qlora", node=QLoraMethodConfig)
-    cs.store(group="method", name="base_ia3", node=IA3MethodConfig)
-    cs.store(group="method", name="base_freeze", node=FreezeMethodConfig)
-    cs.store(group="method", name="base_prompt_tuning", node=PromptTuningMethodConfig)
     cs.store(group="optimizer", name="base_optimizer", node=OptimizerConfig)
     cs.store(group="data", name="base_data", node=DataConfig)
     cs.store(group="data", name="base_local", node=LocalDataConfig)
     cs.store(group="data", name="base_hub", node=HubDataConfig)
+    OmegaConf.register_resolver("ftsweep.batch_sizes", lambda: ", ".join(str(b) for b in SEARCH_BATCH_SIZES),
+                                replace=True)
 
 
 def _conf_dir() -> Path:
@@ -412,16 +334,36 @@ def _conf_dir() -> Path:
 CONF_DIR = _conf_dir()
 
 
-def compose_config(*overrides: str) -> DictConfig:
+def compose_config(*overrides: str, search_path: Optional[Sequence[str]] = None) -> DictConfig:
     """conf/config.yaml with overrides, as `python -m ftsweep` would compose it (for scripts and tests; inside
-    the running app, with the app's own search path)."""
+    the running app, with the app's own search path). `search_path`: the config source URIs to compose from
+    instead (file:///abs/conf, pkg://module), e.g. a composed config's hydra.runtime.config_sources; Hydra's own,
+    the search-path plugins' (a user's ./conf) and the ConfigStore are added as for the app."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    if search_path:
+        return _compose_from(list(search_path), list(overrides))
     if GlobalHydra.instance().is_initialized():
         return compose(config_name="config", overrides=list(overrides))
     with initialize_config_dir(config_dir=str(CONF_DIR)):
         return compose(config_name="config", overrides=list(overrides))
+
+
+def _compose_from(sources: list[str], overrides: list[str]) -> DictConfig:
+    """Compose with a loader of its own, leaving GlobalHydra alone: a running app (a sweep's custom search space)
+    keeps its own, and Hydra's initialize_* refuse to run while one is set. Hydra has no public API for this;
+    hydra-core is pinned exactly in pyproject.toml."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.utils import create_config_search_path_from_sources
+    from hydra.types import RunMode
+    from omegaconf import open_dict
+
+    loader = ConfigLoaderImpl(config_search_path=create_config_search_path_from_sources(sources))
+    cfg = loader.load_configuration("config", overrides, run_mode=RunMode.RUN, from_shell=False)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
 
 
 def validate(cfg: DictConfig | TrainConfig) -> TrainConfig:

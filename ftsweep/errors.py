@@ -30,6 +30,12 @@ class DiskFullError(FtsweepError):
     """No space was left where a file had to go; what was there before is intact (ftsweep.artifacts.no_space)."""
 
 
+def check_config(ok: bool, message: str) -> None:
+    """A schema's range check: a ConfigError with `message` unless `ok`."""
+    if not ok:
+        raise ConfigError(message)
+
+
 def is_out_of_memory(error: str) -> bool:
     """Whether a one-line error (see first_line) says a run ran out of CUDA or host memory."""
     return any(word in error for word in ("OutOfMemoryError", "MemoryError", "out of memory"))

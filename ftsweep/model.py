@@ -1,6 +1,6 @@
 """Model and method: load a pre-trained encoder with a classifier head, then let the
-method decide what trains. Full, LoRA and linear probe differ only here, as a
-config choice; the training loop never branches on the method.
+method decide what trains. Methods differ only in their registration (ftsweep/methods/), as a
+config choice; this module asks a method's spec, and the training loop never branches on the method.
 """
 
 from __future__ import annotations
@@ -8,20 +8,15 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib
-import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch import nn
 
-from ftsweep.config import (AdaLoraMethodConfig, FreezeMethodConfig, IA3MethodConfig, LoraMethodConfig, MethodConfig,
-                            ModelConfig, PromptTuningMethodConfig, QLoraMethodConfig, TinyModelConfig)
-from ftsweep import assets
+from ftsweep import assets, methods
+from ftsweep.config import MethodConfig, ModelConfig, TinyModelConfig
 from ftsweep.errors import ModelError, first_line, quiet_logs
-
-# Names of classification-head modules across BERT-family models (peft uses the same list for SEQ_CLS).
-HEAD_MODULES = ("classifier", "pre_classifier", "score")
 
 
 def resolve_path(cfg: ModelConfig) -> str:
@@ -103,8 +98,7 @@ def max_positions(cfg: ModelConfig) -> int:
 
 def check_fits(method_cfg: MethodConfig, cfg: ModelConfig) -> None:
     """A method setting that the model's shape makes pointless, found before any weights load."""
-    ranks = {"method.r": getattr(method_cfg, "r", None), "method.init_r": getattr(method_cfg, "init_r", None)}
-    ranks = {k: v for k, v in ranks.items() if v is not None}
+    ranks = methods.spec(method_cfg).ranks(method_cfg)
     if not ranks:
         return
     hidden = cfg.hidden_size if isinstance(cfg, TinyModelConfig) else getattr(_hf_config(cfg), "hidden_size", None)
@@ -119,21 +113,6 @@ def _not_found(cfg: ModelConfig, path: str, exc: Exception) -> str:
     what = f"model.name_or_path={cfg.name_or_path}" if cfg.name_or_path else f"model '{cfg.name}' from {path}"
     hint = ("; offline, point model.name_or_path at a local Hugging Face folder" if not Path(path).exists() else "")
     return f"could not load {what}: {first}{hint}"
-
-
-def _quantization(method_cfg: MethodConfig) -> dict:
-    """from_pretrained kwargs that load a 4-bit base for QLoRA; nothing for other methods."""
-    if not isinstance(method_cfg, QLoraMethodConfig):
-        return {}
-    from transformers import BitsAndBytesConfig
-
-    return {
-        "quantization_config": BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type=method_cfg.quant_type,
-            bnb_4bit_use_double_quant=method_cfg.double_quant, bnb_4bit_compute_dtype=torch.bfloat16,
-            llm_int8_skip_modules=list(HEAD_MODULES)),  # the head trains, so it stays in full precision
-        "device_map": {"": torch.cuda.current_device()},
-    }
 
 
 def load_model(cfg: ModelConfig, label_names: list[str], tokenizer, method_cfg: MethodConfig | None = None) -> nn.Module:
@@ -160,7 +139,7 @@ def load_model(cfg: ModelConfig, label_names: list[str], tokenizer, method_cfg: 
             path, num_labels=len(label_names), id2label=id2label, label2id=label2id,
             ignore_mismatched_sizes=True,  # a folder fine-tuned for other labels gets a new head
             dtype=torch.float32,  # fp32 master weights whatever the checkpoint's dtype; `precision` sets compute
-            **_quantization(method_cfg))
+            **(methods.spec(method_cfg).load_kwargs(method_cfg) if method_cfg is not None else {}))
     except (OSError, ValueError) as exc:
         raise ModelError(_not_found(cfg, path, exc)) from exc
     finally:
@@ -168,136 +147,30 @@ def load_model(cfg: ModelConfig, label_names: list[str], tokenizer, method_cfg: 
 
 
 # --------------------------------------------------------------------------- methods
-# Each method takes the loaded model and decides what trains. The classifier head always trains.
-def _is_head(param_name: str) -> bool:
-    return any(part in HEAD_MODULES for part in param_name.split("."))
-
-
-def _train_only(model: nn.Module, keep: Callable[[str], bool]) -> nn.Module:
-    for name, param in model.named_parameters():
-        param.requires_grad_(keep(name) or _is_head(name))
-    return model
-
-
-_LAYER = re.compile(r"\.layers?\.(\d+)\.")
-
-
-def _freeze(model: nn.Module, cfg: FreezeMethodConfig, total_steps: int) -> nn.Module:
-    n_layers = model.config.num_hidden_layers
-    if cfg.frozen_layers > n_layers:
-        raise ModelError(f"method.frozen_layers={cfg.frozen_layers} but the model has {n_layers} layers")
-
-    def trains(name: str) -> bool:
-        if "embeddings" in name.split("."):
-            return False
-        layer = _LAYER.search(name)
-        return layer is None or int(layer.group(1)) >= cfg.frozen_layers
-
-    return _train_only(model, trains)
-
-
-def _peft(model: nn.Module, peft_config, what: str) -> nn.Module:
-    from peft import get_peft_model
-
-    try:
-        # task_type SEQ_CLS puts the classifier head in modules_to_save, so the head trains too.
-        return get_peft_model(model, peft_config)
-    except ValueError as exc:
-        first = first_line(exc)
-        raise ModelError(f"{what}: {first}") from exc
-
-
-# The attention query and value projections of each architecture: LoRA's targets when method.target_modules is
-# null. (peft has its own table, without MPNet.)
-ATTENTION_QV = {"bert": ["query", "value"], "roberta": ["query", "value"], "xlm-roberta": ["query", "value"],
-                "mpnet": ["q", "v"], "distilbert": ["q_lin", "v_lin"]}
-
-
-def _targets(model: nn.Module, cfg) -> list[str]:
-    if cfg.target_modules:
-        return list(cfg.target_modules)
-    kind = getattr(model.config, "model_type", "?")
-    if kind not in ATTENTION_QV:
-        raise ModelError(f"method.target_modules is null and ftsweep does not know {kind}'s attention layers; "
-                         f"name them, e.g. method.target_modules=[q_proj,v_proj]")
-    return ATTENTION_QV[kind]
-
-
-def _lora(model: nn.Module, cfg: LoraMethodConfig, total_steps: int) -> nn.Module:
-    from peft import LoraConfig, TaskType, prepare_model_for_kbit_training
-
-    if isinstance(cfg, QLoraMethodConfig):
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    targets = _targets(model, cfg)
-    lora = LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.r, lora_alpha=cfg.lora_alpha,
-                      lora_dropout=cfg.lora_dropout, target_modules=targets)
-    return _peft(model, lora, f"method.target_modules={targets}")
-
-
-def _adalora(model: nn.Module, cfg: AdaLoraMethodConfig, total_steps: int) -> nn.Module:
-    from peft import AdaLoraConfig, TaskType
-
-    tinit, tfinal = int(cfg.tinit_ratio * total_steps), int(cfg.tfinal_ratio * total_steps)
-    targets = _targets(model, cfg)
-    ada = AdaLoraConfig(task_type=TaskType.SEQ_CLS, init_r=cfg.init_r, target_r=cfg.target_r,
-                        lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                        target_modules=targets, total_step=total_steps,
-                        tinit=tinit, tfinal=tfinal, deltaT=cfg.delta_t)
-    return _peft(model, ada, f"method.target_modules={targets}")
-
-
-def _ia3(model: nn.Module, cfg: IA3MethodConfig, total_steps: int) -> nn.Module:
-    from peft import IA3Config, TaskType
-
-    ia3 = IA3Config(task_type=TaskType.SEQ_CLS, target_modules=list(cfg.target_modules),
-                    feedforward_modules=list(cfg.feedforward_modules))
-    return _peft(model, ia3, f"method.target_modules={list(cfg.target_modules)}")
-
-
-def _prompt_tuning(model: nn.Module, cfg: PromptTuningMethodConfig, total_steps: int) -> nn.Module:
-    from peft import PromptTuningConfig, TaskType
-
-    prompt = PromptTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=cfg.num_virtual_tokens)
-    return _peft(model, prompt, "method=prompt_tuning")
-
-
-PEFT_METHODS = ("lora", "qlora", "adalora", "ia3", "prompt_tuning")  # they train an adapter on a frozen base
-
-METHODS: dict[str, Callable[[nn.Module, Any, int], nn.Module]] = {
-    "full": lambda model, cfg, total_steps: model,
-    "head": lambda model, cfg, total_steps: _train_only(model, lambda name: False),
-    "bitfit": lambda model, cfg, total_steps: _train_only(model, lambda name: name.endswith(".bias")),
-    "freeze": _freeze,
-    "lora": _lora,
-    "qlora": _lora,
-    "adalora": _adalora,
-    "ia3": _ia3,
-    "prompt_tuning": _prompt_tuning,
-}
-
-
 def check_method(cfg: MethodConfig, device: torch.device) -> None:
     """What can be known before loading anything: the name, and CUDA-only methods on CUDA."""
-    if cfg.name not in METHODS:
-        raise ModelError(f"unknown method '{cfg.name}'; known: {', '.join(METHODS)}")
-    if isinstance(cfg, QLoraMethodConfig):
-        if device.type != "cuda":
-            raise ModelError(f"method=qlora needs a CUDA GPU (4-bit bitsandbytes kernels); this run's device is "
-                             f"{device.type}. Use method=lora here")
-        try:
-            importlib.import_module("bitsandbytes")
-        except ImportError as exc:
-            raise ModelError("method=qlora needs bitsandbytes: pip install 'ftsweep[gpu]'") from exc
+    methods.check(cfg, device.type)
 
 
 def extra_positions(cfg: MethodConfig) -> int:
     """Positions a method adds to every sequence (prompt tuning's virtual tokens)."""
-    return cfg.num_virtual_tokens if isinstance(cfg, PromptTuningMethodConfig) else 0
+    return methods.spec(cfg).extra_positions(cfg)
 
 
 def apply_method(model: nn.Module, cfg: MethodConfig, total_steps: int = 1) -> nn.Module:
+    """The method decides what trains (the classifier head always does); a peft method wraps the model."""
     check_method(cfg, next(model.parameters()).device)
-    return METHODS[cfg.name](model, cfg, total_steps)
+    return methods.spec(cfg).apply(model, cfg, total_steps)
+
+
+class _PeftNames:
+    """`name in PEFT_METHODS`, for train.py until it asks methods.spec(cfg.method).peft; then remove."""
+
+    def __contains__(self, name: object) -> bool:
+        return name in methods.SPECS and methods.SPECS[name].peft
+
+
+PEFT_METHODS = _PeftNames()
 
 
 def step_hook(model: nn.Module) -> Callable[[int], None] | None:

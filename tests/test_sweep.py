@@ -735,9 +735,10 @@ def test_the_pareto_space_takes_lr_bounds_from_the_command_line_before_the_metho
     from omegaconf import OmegaConf
 
     from ftsweep.sweep.presets import method_lr_range
+    from tests.conftest import compose_cfg
 
     plain = OmegaConf.create({"hydra": {"overrides": {"task": ["model=tiny"]}}, "method": {"lr_range": [1e-5, 2e-4]}})
-    lora_yaml = OmegaConf.load(REPO / "conf" / "method" / "lora.yaml").lr_range
+    lora_yaml = compose_cfg("method=lora").method.lr_range  # lora's own (LoraMethodConfig's since the one-home move)
     assert method_lr_range(plain, "lora") == tuple(float(v) for v in lora_yaml)
     overridden = OmegaConf.create({"hydra": {"overrides": {"task": ["method.lr_range=[1e-4,1e-2]"]}},
                                    "method": {"lr_range": [1e-4, 1e-2]}})

@@ -123,18 +123,20 @@ def test_each_method_learns_the_toy_task(tiny_cfg, method, lr):
 @pytest.mark.slow  # the real MiniLM
 def test_prompt_tuning_learns_through_its_prompt(tiny_cfg, monkeypatch):
     """Not only the head: the soft prompt itself receives gradients and moves."""
-    import ftsweep.model as model_mod
+    import dataclasses
+
+    from ftsweep import methods
 
     seen = {}
-    real = model_mod._prompt_tuning
+    real = methods.spec("prompt_tuning")
 
     def spy(model, cfg, total_steps):
-        peft_model = real(model, cfg, total_steps)
+        peft_model = real.apply(model, cfg, total_steps)
         seen["prompt"] = peft_model.prompt_encoder["default"].embedding.weight
         seen["before"] = seen["prompt"].detach().clone()
         return peft_model
 
-    monkeypatch.setitem(model_mod.METHODS, "prompt_tuning", spy)
+    monkeypatch.setitem(methods.SPECS, "prompt_tuning", dataclasses.replace(real, apply=spy))
     train(tiny_cfg("model=minilm", "method=prompt_tuning", "lr=3e-2", "max_steps=5"))
     assert (seen["prompt"].detach() - seen["before"]).abs().max() > 1e-3
 

@@ -1,26 +1,48 @@
 """Search spaces of the presets that Optuna's override syntax cannot express (conditional parameters).
 
-Used as `hydra.sweeper.custom_search_space: ftsweep.sweep.presets.pareto_space`: fn(cfg, trial)."""
+Used as `hydra.sweeper.custom_search_space: ftsweep.sweep.presets.pareto_space`: fn(cfg, trial).
+A method's lr and lr_range come from composing `method=<name>` as the sweep's own config was composed (its
+config sources: ftsweep's conf/, the user's ./conf, hydra.searchpath), never from a file path."""
 
 from __future__ import annotations
 
+import functools
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import Trial
 
+from ftsweep.config import CONF_DIR, SEARCH_BATCH_SIZES, compose_config
+
 METHODS = ("full", "lora", "head")
+ALWAYS_ON_THE_PATH = ("hydra", "schema")  # the providers of Hydra's own configs and the ConfigStore: always added
+
+
+def _config_sources(cfg: DictConfig) -> tuple[str, ...]:
+    """The config source URIs `cfg` was composed from (hydra.runtime.config_sources), else ftsweep's conf/."""
+    sources = OmegaConf.select(cfg, "hydra.runtime.config_sources")
+    uris = tuple(f"{s.schema}://{s.path}" for s in sources or () if s.provider not in ALWAYS_ON_THE_PATH)
+    return uris or (f"file://{CONF_DIR}",)
+
+
+@functools.lru_cache(maxsize=32)
+def _composed_method(sources: tuple[str, ...], method: str) -> dict:
+    """The `method` node that `method=<method>` composes to (once per sweep process and method)."""
+    return OmegaConf.to_container(compose_config(f"method={method}", search_path=sources).method, resolve=True)
+
+
+def method_defaults(cfg: DictConfig, method: str) -> dict:
+    """What `method=<method>` brings (lr, lr_range, ...), composed from the config sources of `cfg`."""
+    return _composed_method(_config_sources(cfg), method)
 
 
 def method_lr_range(cfg: DictConfig, method: str) -> tuple[float, float]:
-    """The lr bounds of `method`: an explicit `method.lr_range=` on the command line, else the method's YAML."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    from ftsweep.config import CONF_DIR
-
+    """The lr bounds of `method`: an explicit `method.lr_range=` on the command line, else the method's own."""
     for override in OverridesParser.create().parse_overrides(list(cfg.hydra.overrides.task)):
         if override.get_key_element().lstrip("+") == "method.lr_range" and not override.is_sweep_override():
             low, high = override.value()
             return float(low), float(high)
-    low, high = OmegaConf.load(CONF_DIR / "method" / f"{method}.yaml").lr_range
+    low, high = method_defaults(cfg, method)["lr_range"]
     return float(low), float(high)
 
 
@@ -28,7 +50,7 @@ def pareto_space(cfg: DictConfig, trial: Trial) -> None:
     """Method, its lr, batch size, and the LoRA rank only where the method is LoRA."""
     method = trial.suggest_categorical("method", list(METHODS))
     trial.suggest_float("lr", *method_lr_range(cfg, method), log=True)
-    trial.suggest_categorical("batch_size", [8, 16, 32])
+    trial.suggest_categorical("batch_size", list(SEARCH_BATCH_SIZES))
     if method == "lora":
         trial.suggest_categorical("method.r", [4, 8, 16])
 
@@ -36,16 +58,14 @@ def pareto_space(cfg: DictConfig, trial: Trial) -> None:
 STUDY_LR_FACTORS = (0.4, 1.0, 1.6)  # evenly spaced: a float step is how a brute-force lr may depend on the method
 
 
-def method_default_lr(method: str) -> float:
-    from ftsweep.config import CONF_DIR
-
-    return float(OmegaConf.load(CONF_DIR / "method" / f"{method}.yaml").lr)
+def method_default_lr(cfg: DictConfig, method: str) -> float:
+    return float(method_defaults(cfg, method)["lr"])
 
 
 def study_space(cfg: DictConfig, trial: Trial) -> None:
-    """`make study`: full fine-tuning and LoRA, each at 0.4x, 1x and 1.6x its own default lr, x batch size
-    8/16/32. With sampler=bruteforce every one of the 18 combinations runs once."""
+    """`make study`: full fine-tuning and LoRA, each at 0.4x, 1x and 1.6x its own default lr, x each batch size
+    of SEARCH_BATCH_SIZES. With sampler=bruteforce every one of the 18 combinations runs once."""
     method = trial.suggest_categorical("method", ["full", "lora"])
-    low, mid, high = (float(f"{f * method_default_lr(method):.6g}") for f in STUDY_LR_FACTORS)
+    low, mid, high = (float(f"{f * method_default_lr(cfg, method):.6g}") for f in STUDY_LR_FACTORS)
     trial.suggest_float("lr", low, high, step=float(f"{mid - low:.6g}"))
-    trial.suggest_categorical("batch_size", [8, 16, 32])
+    trial.suggest_categorical("batch_size", list(SEARCH_BATCH_SIZES))
