@@ -147,30 +147,10 @@ def load_model(cfg: ModelConfig, label_names: list[str], tokenizer, method_cfg: 
 
 
 # --------------------------------------------------------------------------- methods
-def check_method(cfg: MethodConfig, device: torch.device) -> None:
-    """What can be known before loading anything: the name, and CUDA-only methods on CUDA."""
-    methods.check(cfg, device.type)
-
-
-def extra_positions(cfg: MethodConfig) -> int:
-    """Positions a method adds to every sequence (prompt tuning's virtual tokens)."""
-    return methods.spec(cfg).extra_positions(cfg)
-
-
 def apply_method(model: nn.Module, cfg: MethodConfig, total_steps: int = 1) -> nn.Module:
     """The method decides what trains (the classifier head always does); a peft method wraps the model."""
-    check_method(cfg, next(model.parameters()).device)
+    methods.check(cfg, next(model.parameters()).device.type)
     return methods.spec(cfg).apply(model, cfg, total_steps)
-
-
-class _PeftNames:
-    """`name in PEFT_METHODS`, for train.py until it asks methods.spec(cfg.method).peft; then remove."""
-
-    def __contains__(self, name: object) -> bool:
-        return name in methods.SPECS and methods.SPECS[name].peft
-
-
-PEFT_METHODS = _PeftNames()
 
 
 def step_hook(model: nn.Module) -> Callable[[int], None] | None:
@@ -188,8 +168,3 @@ def count_params(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameters; parameters() already yields a shared tensor once."""
     params = list(model.parameters())
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
-
-
-def build(model_cfg: ModelConfig, method_cfg: MethodConfig, label_names: list[str], tokenizer,
-          total_steps: int) -> nn.Module:
-    return apply_method(load_model(model_cfg, label_names, tokenizer, method_cfg), method_cfg, total_steps)

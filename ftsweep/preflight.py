@@ -12,6 +12,7 @@ import torch
 from omegaconf import DictConfig
 
 from ftsweep import data as data_mod
+from ftsweep import methods
 from ftsweep import model as model_mod
 from ftsweep.config import Precision, TrainConfig, validate
 from ftsweep.errors import ConfigError
@@ -46,17 +47,16 @@ def _pinned_device(device_id: str) -> torch.device:
 
 def check_settings(cfg: TrainConfig, device: torch.device, pinned: Optional[str] = None) -> None:
     """The checks that need neither data nor weights: method, precision, lengths against the model's."""
-    model_mod.check_method(cfg.method, device)
+    methods.check(cfg.method, device.type)
     model_mod.check_fits(cfg.method, cfg.model)
-    if cfg.checkpoint_every_steps and cfg.method.name == "adalora":
-        raise ConfigError("checkpoint_every_steps does not work with method=adalora: its rank allocator's state is "
-                          "not in the checkpoint, so a resumed run would not be the same run; use method=lora")
+    if cfg.checkpoint_every_steps:
+        methods.check_checkpointing(cfg.method)
     if cfg.distributed.nproc > 1:
         check_distributed(cfg, device, pinned)
     if cfg.precision == Precision.fp16 and device.type != "cuda":
         raise ConfigError(f"precision=fp16 needs CUDA (its GradScaler and kernels); this run's device is "
                           f"{device.type}. Use precision=bf16 or fp32")
-    extra = model_mod.extra_positions(cfg.method)
+    extra = methods.spec(cfg.method).extra_positions(cfg.method)
     limit = model_mod.max_positions(cfg.model) - extra
     if cfg.data.max_length > limit:
         raise ConfigError(f"data.max_length={cfg.data.max_length} is above model '{cfg.model.name}' limit of {limit} "

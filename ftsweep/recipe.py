@@ -30,7 +30,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import ftsweep
-from ftsweep import checkpoint, distributed, interrupt, keep, orphans, outputs, preflight, spool
+from ftsweep import checkpoint, distributed, interrupt, keep, methods, orphans, outputs, preflight, spool
 from ftsweep import data as data_mod
 from ftsweep import model as model_mod
 from ftsweep.config import SaveModel, TinyModelConfig, TrainConfig, validate
@@ -161,8 +161,7 @@ class FineTuneRecipe:
     def _setup_model(self) -> torch.nn.Module:
         tc = self.cfg
         base = model_mod.load_model(tc.model, self.splits.label_names, self.tokenizer, tc.method)
-        if isinstance(tc.model, TinyModelConfig) and tc.method.name in model_mod.PEFT_METHODS \
-                and tc.save_model != SaveModel.none:
+        if isinstance(tc.model, TinyModelConfig) and methods.spec(tc.method).peft and tc.save_model != SaveModel.none:
             keep.save_base(base, self.out_dir / "base_model")  # random weights: a kept adapter needs them on disk
         model = model_mod.to_device(model_mod.apply_method(base, tc.method, self.loaders.total_steps), self.device)
         if tc.gradient_checkpointing:
@@ -277,9 +276,8 @@ class FineTuneRecipe:
 def run_name(cfg: TrainConfig) -> str:
     if cfg.run_name:
         return cfg.run_name
-    parts = [cfg.method.name]
-    if hasattr(cfg.method, "r"):
-        parts.append(f"r{cfg.method.r}")
+    part = methods.spec(cfg.method).run_name_part(cfg.method)
+    parts = [cfg.method.name] + ([part] if part else [])
     parts += [f"lr{cfg.lr:.0e}".replace("e-0", "e-").replace("e+0", "e"), f"bs{cfg.batch_size}"]
     return "-".join(parts)
 

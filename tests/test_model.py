@@ -10,7 +10,7 @@ from ftsweep import methods
 from ftsweep.config import (AdaLoraMethodConfig, FreezeMethodConfig, IA3MethodConfig, LoraMethodConfig, MethodConfig,
                             ModelConfig, PromptTuningMethodConfig, QLoraMethodConfig, TinyModelConfig, validate)
 from ftsweep.errors import ConfigError, ModelError, check_config
-from ftsweep.model import (apply_method, check_method, count_params, extra_positions, load_model, load_tokenizer,
+from ftsweep.model import (apply_method, count_params, load_model, load_tokenizer,
                            max_positions)
 from tests.conftest import compose_cfg
 
@@ -86,7 +86,7 @@ def test_freeze_names_and_limits(tiny_tokenizer):
 
 def test_qlora_fails_clearly_without_cuda():
     with pytest.raises(ModelError, match="method=qlora needs a CUDA GPU"):
-        check_method(QLoraMethodConfig(name="qlora", lr=5e-4), torch.device("cpu"))
+        methods.check(QLoraMethodConfig(name="qlora", lr=5e-4), "cpu")
 
 
 def test_lora_target_modules_matching_nothing_is_a_model_error(tiny_tokenizer):
@@ -192,7 +192,7 @@ def test_each_methods_spec_says_what_the_rest_of_ftsweep_asks():
     parts, extra = {}, {}
     for name in specs:
         cfg = validate(compose_cfg(f"method={name}")).method
-        parts[name], extra[name] = methods.spec(cfg).run_name_part(cfg), extra_positions(cfg)
+        parts[name], extra[name] = methods.spec(cfg).run_name_part(cfg), methods.spec(cfg).extra_positions(cfg)
     assert parts == {n: "r8" if n in ("lora", "qlora", "adalora") else None for n in specs}
     assert extra == {n: 20 if n == "prompt_tuning" else 0 for n in specs}
     lora16 = validate(compose_cfg("method=lora", "method.r=16")).method
@@ -242,7 +242,7 @@ def test_a_method_registered_in_one_place_composes_validates_and_applies(tiny_to
     assert compose_cfg("method=base_top_layers").method.name == "top_layers"  # for a YAML file to extend
     spec = methods.spec(cfg.method)
     assert spec.run_name_part(cfg.method) == "top1" and not spec.peft and spec.supports_checkpoint
-    assert extra_positions(cfg.method) == 0
+    assert methods.spec(cfg.method).extra_positions(cfg.method) == 0
     model = apply_method(tiny(tiny_tokenizer), cfg.method)
     assert count_params(model)[0] == LAYER + CLASSIFIER
     assert all(".layer.1." in n or "classifier" in n for n in trainable_names(model))
