@@ -80,7 +80,7 @@ class Chaos:
 
     def wait_for_training(self, proc: subprocess.Popen, timeout_s: float = 300) -> None:
         """Until a trial of the study is RUNNING (or the sweep ended). A kill during the very first start, while
-        it creates a new MLflow store, is not covered yet (RELIABILITY.md, known limits)."""
+        it creates a new MLflow store, is not covered yet (docs/reliability.md, known limits)."""
         db = self.folder / "multirun" / "optuna.db"
         deadline = time.monotonic() + timeout_s
         while proc.poll() is None and time.monotonic() < deadline:
