@@ -156,7 +156,7 @@ def setup_data(tc: TrainConfig, splits: data_mod.TextSplits, tokenizer) -> Loade
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     train = data_mod.make_loader(train_ids, splits.train_labels, tc.batch_size, pad_id, shuffle=True, seed=tc.seed,
                                  group_by_length=tc.data.group_by_length)
-    # 2 x batch_size by default, on CUDA too: a larger eval batch fills a card (README, "GPU throughput") but
+    # 2 x batch_size by default, on CUDA too: a larger eval batch fills a card (docs/benchmarks.md, "GPU throughput") but
     # would often set the run's CUDA peak, which is the memory axis of a sweep's trade-offs.
     evaluation = data_mod.make_loader(eval_ids, splits.eval_labels, tc.data.eval_batch_size or 2 * tc.batch_size,
                                       pad_id, shuffle=False, seed=tc.seed)
