@@ -358,7 +358,7 @@ def bench_methods(setup: Setup, steps: int) -> dict:
                             "trainable_pct": 100 * trainable / total, **state}
         print(f"[methods] {method.name}: {step * 1000:.0f} ms/step, {peak:.0f} MB RSS, train state "
               f"{state['train_state_mb']:.0f} MB", flush=True)
-    out["qlora"] = "not measured: CUDA only (see README's GPU check)"
+    out["qlora"] = "not measured: CUDA only (see docs/benchmarks.md, GPU check)"
     return out
 
 

@@ -196,7 +196,7 @@ class SweepInfo:
 
 
 # --------------------------------------------------------------------------- the final metrics of a run
-# What train() returns and logs at the end (README, "the contract"): the names `objectives` and
+# What train() returns and logs at the end (docs/contract.md): the names `objectives` and
 # `hydra.sweeper.constraints` may use. The CUDA and compile entries appear only on CUDA / with compile=true.
 FINAL_METRICS = frozenset({
     "eval/accuracy", "eval/f1_macro", "eval/loss",

@@ -2,7 +2,7 @@
 
 Hypothesis draws command-line overrides (wrong types, out-of-range numbers, unknown keys, odd strings,
 sometimes a small sweep) and a small data file (odd encodings, separators, label values, empty and
-huge cells, or no file at all). For every case the contract is the one in RELIABILITY.md:
+huge cells, or no file at all). For every case the contract is the one in docs/reliability.md:
 exit 0 or 2, no traceback, at most one `ftsweep: error:` line, no MLflow run left RUNNING, nothing
 half-written.
 

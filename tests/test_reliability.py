@@ -1,4 +1,4 @@
-"""Faults and signals (RELIABILITY.md): each test proves that nothing finished is lost and no run stays RUNNING."""
+"""Faults and signals (docs/reliability.md): each test proves that nothing finished is lost and no run stays RUNNING."""
 
 import json
 import os

@@ -545,7 +545,7 @@ def workers_at_once(cli, n: int, args: list[str]) -> tuple[list[int], float]:
 @pytest.mark.parametrize("storage_kind, n", [("postgresql", 8), ("journal", 4)])
 def test_many_workers_started_at_once_on_a_fresh_study_run_each_trial_once(cli, toy, storage_kind, n, request,
                                                                           monkeypatch):
-    """Load (RELIABILITY row 41): 8 processes on a fresh PostgreSQL study and a fresh PostgreSQL MLflow store;
+    """Load (docs/reliability.md, row 41): 8 processes on a fresh PostgreSQL study and a fresh PostgreSQL MLflow store;
     4 on one journal file. Exactly n_trials trials, each point once, every run FINISHED, no error."""
     if storage_kind == "postgresql":
         new_database = request.getfixturevalue("postgres_server")
@@ -563,7 +563,7 @@ def test_many_workers_started_at_once_on_a_fresh_study_run_each_trial_once(cli, 
     parents, children = mlflow_runs()
     assert len(parents) == 1 and len(children) == 8
     assert all(r.info.status == "FINISHED" for r in parents + children)
-    print(f"{n} workers on {storage_kind}: 8 trials in {wall:.1f} s")  # shown with -s; quoted in RELIABILITY.md
+    print(f"{n} workers on {storage_kind}: 8 trials in {wall:.1f} s")  # shown with -s; quoted in docs/reliability.md
 
 
 def test_a_postgresql_restart_while_trials_claim_and_tell_loses_and_doubles_no_trial(cli, toy, postgres_server):
@@ -789,17 +789,18 @@ def test_a_storage_password_never_reaches_mlflow(cli, toy, postgres_server):
     assert leaked == []
 
 
-def test_the_readmes_slurm_command_composes_with_the_submitit_launcher_it_names():
+def test_the_docs_slurm_command_composes_with_the_submitit_launcher_it_names():
     """SLURM itself is not on this machine (submitit_local runs the same launcher path in test_launchers.py);
-    this keeps the README's copy-pasteable command true: every key it sets exists, with the value it gives."""
+    this keeps docs/scaling-out.md's copy-pasteable command true: every key it sets exists, with the value it
+    gives."""
     import shlex
 
     from hydra import compose, initialize_config_dir
 
     from ftsweep.config import CONF_DIR
 
-    readme = (REPO / "README.md").read_text()
-    block = next(b for b in readme.split("```") if "hydra/launcher=submitit_slurm" in b)
+    page = (REPO / "docs" / "scaling-out.md").read_text()
+    block = next(b for b in page.split("```") if "hydra/launcher=submitit_slurm" in b)
     command = " ".join(line.split("#")[0].rstrip(" \\") for line in block.splitlines()
                        if not line.lstrip().startswith(("#", "pip", "export")))
     words = shlex.split(command)
