@@ -32,7 +32,9 @@ sys.path.insert(0, str(HERE.parent))
 
 from ftsweep.config import LoraMethodConfig, MethodConfig, OptimizerConfig, Truncation, compose_config, validate  # noqa: E402
 from ftsweep.data import LengthGroupedBatchSampler, PadCollator, load_splits, make_loader, tokenize  # noqa: E402
-from ftsweep.loop import LoopSettings, build_optimizer, build_scheduler, evaluate, fit  # noqa: E402
+from ftsweep.evaluation import evaluate  # noqa: E402
+from ftsweep.loop import LoopSettings, fit  # noqa: E402
+from ftsweep.optim import build_optimizer, build_scheduler  # noqa: E402
 from ftsweep.metrics import PeakMemory, optimizer_state_mb, step_time_stats, tensor_mb  # noqa: E402
 from ftsweep.model import apply_method, count_params, load_model, load_tokenizer  # noqa: E402
 

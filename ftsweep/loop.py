@@ -8,143 +8,30 @@ from __future__ import annotations
 
 import contextlib
 import math
-import random
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import get_scheduler
 
 from ftsweep import interrupt
-from ftsweep.config import OptimizerConfig, Precision
+from ftsweep.config import Precision
+from ftsweep.early_stopping import EarlyStopping
 from ftsweep.errors import TrainingError
+from ftsweep.evaluation import autocast, evaluate, to_device
 from ftsweep.hooks import Hooks
-from ftsweep.metrics import SavedForBackward, classification_scores, confusion_matrix, step_time_stats, tensor_mb
+from ftsweep.metrics import SavedForBackward, step_time_stats, tensor_mb
+from ftsweep.rng import loader_state, rng_states, set_loader_state, set_rng_states
 
 LogFn = Callable[[dict[str, float], int], None]
-
-
-def build_optimizer(model: nn.Module, cfg: OptimizerConfig, lr: float, fused: bool = True) -> torch.optim.Optimizer:
-    # No weight decay on biases and LayerNorm weights, as in BERT's recipe.
-    decay, no_decay = [], []
-    for param in model.parameters():
-        if param.requires_grad:
-            (no_decay if param.ndim < 2 else decay).append(param)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    groups = [g for g in groups if g["params"]]
-    if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
-    # fused: one kernel over all tensors. On MiniLM (CPU) its step took 14 ms against foreach's 64-74 ms
-    # (benchmarks/README.md, "before/after"); torch implements it for CPU and CUDA floating-point tensors.
-    impl = {"fused": True} if fused else {"foreach": True}
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, **impl)
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimizerConfig, total_steps: int):
-    warmup = int(cfg.warmup_ratio * total_steps)
-    name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[cfg.scheduler.value]
-    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
-
-
-def total_optimizer_steps(batches_per_epoch: int, grad_accum_steps: int, epochs: int, max_steps: int | None) -> int:
-    per_epoch = math.ceil(batches_per_epoch / grad_accum_steps)
-    total = per_epoch * epochs
-    return min(total, max_steps) if max_steps else total
-
-
-def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def resolve_precision(precision: Precision, device: torch.device) -> Precision:
-    if precision != Precision.auto:
-        return precision
-    # Ampere (8.0) and later do bf16 natively; earlier cards only emulate it, slower than fp32.
-    native = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
-    return Precision.bf16 if native else Precision.fp32
-
-
-def autocast(device: torch.device, precision: Precision):
-    precision = resolve_precision(precision, device)
-    dtype = {Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}.get(precision)
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
-
-
-@torch.inference_mode()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, num_labels: int,
-             precision: Precision = Precision.auto) -> dict:
-    """Accuracy, macro F1 and mean loss over the whole loader, plus the confusion matrix."""
-    was_training = model.training
-    model.eval()
-    preds, labels, loss_sum, n = [], [], torch.zeros((), device=device), 0
-    for batch in loader:
-        interrupt.check()
-        batch = _to(batch, device)
-        with autocast(device, precision):
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        loss_sum += nn.functional.cross_entropy(logits.float(), batch["labels"], reduction="sum")
-        preds.append(logits.argmax(-1).cpu())
-        labels.append(batch["labels"].cpu())
-        n += batch["labels"].numel()
-    model.train(was_training)
-    cm = confusion_matrix(torch.cat(labels).numpy(), torch.cat(preds).numpy(), num_labels)
-    scores = classification_scores(cm)
-    return {"accuracy": scores["accuracy"], "f1_macro": scores["f1_macro"],
-            "loss": float(loss_sum.item() / max(n, 1)), "confusion_matrix": cm}
-
-
-class EarlyStopping:
-    """Stop a run against its own past: after `patience` evaluations without improvement on `metric`. The
-    weights of the best evaluation are kept (trainable tensors only: the rest never change) and restored at
-    the end, so the final eval and the saved model are the best ones. Pruning, by contrast, stops a trial
-    against other trials."""
-
-    def __init__(self, patience: Optional[int], metric: str = "eval/accuracy", min_delta: float = 0.0):
-        self.patience, self.key, self.min_delta = patience, metric.split("/", 1)[1], min_delta
-        self.sign = -1.0 if metric == "eval/loss" else 1.0
-        self.best: Optional[float] = None
-        self.best_step, self.bad, self.best_eval = -1, 0, {}
-        self.best_weights: dict[str, torch.Tensor] = {}
-
-    def update(self, model: nn.Module, step: int, evaluation: dict) -> bool:
-        """Record an evaluation; True when training should stop."""
-        value = self.sign * evaluation[self.key]
-        if self.best is None or value > self.best + self.min_delta:
-            self.best, self.best_step, self.bad, self.best_eval = value, step, 0, evaluation
-            if self.patience is not None:
-                self.best_weights = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-            return False
-        self.bad += 1
-        return self.patience is not None and self.bad >= self.patience
-
-    def restore(self, model: nn.Module, result: "FitResult") -> None:
-        """Put the best evaluation's weights back; its evaluation becomes the final one (same weights, same eval)."""
-        if self.patience is None or self.best_step in (-1, result.last_eval_step):
-            result.best_step = result.last_eval_step
-            return
-        with torch.no_grad():
-            for name, param in model.named_parameters():
-                if name in self.best_weights:
-                    param.copy_(self.best_weights[name])
-        result.final_eval, result.best_step = self.best_eval, self.best_step
-
-    def state_dict(self) -> dict:
-        return {"best": self.best, "best_step": self.best_step, "bad": self.bad, "best_eval": self.best_eval,
-                "best_weights": self.best_weights}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.best, self.best_step, self.bad = state["best"], state["best_step"], state["bad"]
-        self.best_eval, self.best_weights = state["best_eval"], state["best_weights"]
 
 
 @dataclass
@@ -205,7 +92,7 @@ def _optimizer_step(train_model, micro: list[dict], optimizer, scheduler, traina
         if weight is None or weight > 0:  # a rank with no share of a last, small batch counts nothing
             result.samples += batch["labels"].numel()
             result.tokens += int(batch["attention_mask"].sum())  # CPU tensor: no device sync
-        batch = _to(batch, device)
+        batch = to_device(batch, device)
         with saved, autocast(device, s.precision):
             # The model computes the loss: cross-entropy, plus a method's own term (AdaLoRA's orthogonality).
             loss = train_model(**batch).loss
@@ -239,37 +126,6 @@ class Position:
     epoch: int = 0
     batches: int = 0  # batches drawn from this epoch's loader
     loader: Any = None  # the train loader's shuffling state at the start of this epoch
-
-
-def _loader_state(loader) -> Any:
-    """What decides the order of the next epoch's batches; nothing for a plain list of batches."""
-    sampler = getattr(loader, "batch_sampler", None)
-    if hasattr(sampler, "epoch"):  # LengthGroupedBatchSampler: seed + epoch decide the order
-        return {"epoch": sampler.epoch}
-    generator = getattr(loader, "generator", None)
-    return {"generator": generator.get_state()} if generator is not None else {}
-
-
-def _set_loader_state(loader: DataLoader, state: Any) -> None:
-    if "epoch" in state:
-        loader.batch_sampler.epoch = state["epoch"]
-    elif "generator" in state:
-        loader.generator.set_state(state["generator"])
-
-
-def rng_states() -> dict:
-    states = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def set_rng_states(states: dict) -> None:
-    torch.set_rng_state(states["torch"])
-    np.random.set_state(states["numpy"])
-    random.setstate(states["python"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 class Loop:
@@ -333,7 +189,7 @@ class Loop:
                 if resume is not None and epoch == self.pos.epoch:
                     batches = self._resume_epoch(train_loader, eval_loader, resume)
                 else:
-                    self.pos.epoch, self.pos.batches, self.pos.loader = epoch, 0, _loader_state(train_loader)
+                    self.pos.epoch, self.pos.batches, self.pos.loader = epoch, 0, loader_state(train_loader)
                     batches = iter(train_loader)
                 self._train_epoch(batches, eval_loader, bar)
                 if result.last_eval_step != result.steps:
@@ -352,7 +208,7 @@ class Loop:
     def _resume_epoch(self, train_loader, eval_loader, resume: dict) -> Iterator[dict]:
         """The interrupted epoch's batches from where it stopped: the same shuffle, the same place in it, and the
         same dropout masks from here on. An evaluation it stopped inside is done again."""
-        _set_loader_state(train_loader, self.pos.loader)
+        set_loader_state(train_loader, self.pos.loader)
         batches = iter(train_loader)
         for _ in range(self.pos.batches):
             next(batches)
@@ -445,9 +301,3 @@ def fit(model: nn.Module, train_loader: DataLoader, eval_loader: Optional[DataLo
     """`Loop(...).run(...)` in one call; `wiring` is Loop's keyword arguments (hooks, log, step_hook,
     checkpoint, group)."""
     return Loop(model, optimizer, scheduler, s, device, **wiring).run(train_loader, eval_loader, resume)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)

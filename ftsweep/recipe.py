@@ -35,8 +35,10 @@ from ftsweep import data as data_mod
 from ftsweep import model as model_mod
 from ftsweep.config import SaveModel, TinyModelConfig, TrainConfig, validate
 from ftsweep.hooks import Hooks
-from ftsweep.loop import (FitResult, LogFn, LoopSettings, build_optimizer, build_scheduler, fit, resolve_precision,
-                          seed_everything, total_optimizer_steps)
+from ftsweep.evaluation import resolve_precision
+from ftsweep.loop import FitResult, LogFn, LoopSettings, fit
+from ftsweep.optim import build_optimizer, build_scheduler, total_optimizer_steps
+from ftsweep.rng import seed_everything
 from ftsweep.metrics import PeakMemory, memory_breakdown
 from ftsweep.tracking import Tracker, flatten
 

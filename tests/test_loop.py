@@ -7,7 +7,9 @@ from ftsweep.config import MethodConfig, OptimizerConfig, TinyModelConfig, Trunc
 from ftsweep.data import make_loader, tokenize
 from ftsweep.errors import TrainingError
 from ftsweep.hooks import Hooks
-from ftsweep.loop import LoopSettings, build_optimizer, build_scheduler, evaluate, fit, total_optimizer_steps
+from ftsweep.evaluation import evaluate
+from ftsweep.loop import LoopSettings, fit
+from ftsweep.optim import build_optimizer, build_scheduler, total_optimizer_steps
 from ftsweep.model import apply_method, load_model
 from tests.conftest import toy_rows
 
@@ -86,7 +88,8 @@ def test_a_hook_that_says_stop_ends_training_after_that_eval_and_says_why(tiny_t
 
 # --------------------------------------------------------------------------- early stopping
 def test_early_stopping_stops_after_patience_and_restores_the_best_weights():
-    from ftsweep.loop import EarlyStopping, FitResult
+    from ftsweep.early_stopping import EarlyStopping
+    from ftsweep.loop import FitResult
 
     model = torch.nn.Linear(2, 2)
     early = EarlyStopping(patience=2, metric="eval/accuracy")
@@ -102,7 +105,8 @@ def test_early_stopping_stops_after_patience_and_restores_the_best_weights():
 
 
 def test_early_stopping_on_loss_minimises_and_without_patience_keeps_the_last_weights():
-    from ftsweep.loop import EarlyStopping, FitResult
+    from ftsweep.early_stopping import EarlyStopping
+    from ftsweep.loop import FitResult
 
     model = torch.nn.Linear(2, 2)
     early = EarlyStopping(patience=None, metric="eval/loss")

@@ -175,7 +175,7 @@ def test_a_folder_is_read_once_per_process_and_again_after_it_changes(tmp_path, 
 
 def test_precision_auto_is_fp32_on_a_cpu_and_a_named_precision_stays():
     from ftsweep.config import Precision
-    from ftsweep.loop import resolve_precision
+    from ftsweep.evaluation import resolve_precision
 
     cpu = torch.device("cpu")
     assert resolve_precision(Precision.auto, cpu) == Precision.fp32

@@ -1,0 +1,52 @@
+"""Evaluation, and the precision both training and evaluation run in."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ftsweep import interrupt
+from ftsweep.config import Precision
+from ftsweep.metrics import classification_scores, confusion_matrix
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def resolve_precision(precision: Precision, device: torch.device) -> Precision:
+    if precision != Precision.auto:
+        return precision
+    # Ampere (8.0) and later do bf16 natively; earlier cards only emulate it, slower than fp32.
+    native = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
+    return Precision.bf16 if native else Precision.fp32
+
+
+def autocast(device: torch.device, precision: Precision):
+    precision = resolve_precision(precision, device)
+    dtype = {Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}.get(precision)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, num_labels: int,
+             precision: Precision = Precision.auto) -> dict:
+    """Accuracy, macro F1 and mean loss over the whole loader, plus the confusion matrix."""
+    was_training = model.training
+    model.eval()
+    preds, labels, loss_sum, n = [], [], torch.zeros((), device=device), 0
+    for batch in loader:
+        interrupt.check()
+        batch = to_device(batch, device)
+        with autocast(device, precision):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        loss_sum += nn.functional.cross_entropy(logits.float(), batch["labels"], reduction="sum")
+        preds.append(logits.argmax(-1).cpu())
+        labels.append(batch["labels"].cpu())
+        n += batch["labels"].numel()
+    model.train(was_training)
+    cm = confusion_matrix(torch.cat(labels).numpy(), torch.cat(preds).numpy(), num_labels)
+    scores = classification_scores(cm)
+    return {"accuracy": scores["accuracy"], "f1_macro": scores["f1_macro"],
+            "loss": float(loss_sum.item() / max(n, 1)), "confusion_matrix": cm}
