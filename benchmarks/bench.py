@@ -30,8 +30,10 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from ftsweep.config import LoraMethodConfig, MethodConfig, OptimizerConfig, Truncation, compose_config, validate  # noqa: E402
-from ftsweep.data import LengthGroupedBatchSampler, PadCollator, load_splits, make_loader, tokenize  # noqa: E402
+from ftsweep.compose import compose_config  # noqa: E402
+from ftsweep.config import LoraMethodConfig, MethodConfig, OptimizerConfig, Truncation, validate  # noqa: E402
+from ftsweep.batches import LengthGroupedBatchSampler, PadCollator, make_loader, tokenize  # noqa: E402
+from ftsweep.data import load_splits  # noqa: E402
 from ftsweep.evaluation import evaluate  # noqa: E402
 from ftsweep.loop import LoopSettings, fit  # noqa: E402
 from ftsweep.optim import build_optimizer, build_scheduler  # noqa: E402
@@ -394,7 +396,7 @@ def bench_eval_sorted(setup: Setup, repeats: int, n: int = 192) -> dict:
     loader), at 128 and 512 tokens; the accuracy of both, which must be the same."""
     from torch.utils.data import DataLoader
 
-    from ftsweep.data import EncodedDataset
+    from ftsweep.batches import EncodedDataset
 
     labels = setup.splits.eval_labels[:n]
     out = {}

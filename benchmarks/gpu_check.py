@@ -55,7 +55,7 @@ def main() -> int:
     import torch
     from mlflow.tracking import MlflowClient
 
-    from ftsweep.config import compose_config
+    from ftsweep.compose import compose_config
     from ftsweep.train import train
 
     out = Path(args.out)

@@ -39,8 +39,10 @@ def prepare(out: Path) -> None:
     """Here: the fp16 MiniLM folder and the IMDB split as uint16 token ids, as ftsweep cuts them."""
     from safetensors.torch import load_file, save_file
 
-    from ftsweep.config import compose_config, validate
-    from ftsweep.data import load_splits, tokenize
+    from ftsweep.compose import compose_config
+    from ftsweep.config import validate
+    from ftsweep.batches import tokenize
+    from ftsweep.data import load_splits
     from ftsweep.model import load_tokenizer, resolve_path
 
     cfg = validate(compose_config("data.max_train_samples=null", "data.max_eval_samples=null",

@@ -91,7 +91,8 @@ def tfidf_baseline(n_train: int) -> dict:
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
-    from ftsweep.config import compose_config, validate
+    from ftsweep.compose import compose_config
+    from ftsweep.config import validate
     from ftsweep.data import load_splits
 
     splits = load_splits(validate(compose_config(f"data.max_train_samples={n_train}")).data)

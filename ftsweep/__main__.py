@@ -96,7 +96,7 @@ def sweeper_return(metrics: dict[str, float], objectives: list[str], sweeper: st
 def _with_resumed_settings(cfg: DictConfig, task_overrides: list[str]) -> DictConfig:
     """`python -m ftsweep resume=RUN_ID` alone: the interrupted run's overrides, with the command line's on top."""
     from ftsweep import checkpoint
-    from ftsweep.config import compose_config
+    from ftsweep.compose import compose_config
     from ftsweep.tracking import Tracker
 
     where = checkpoint.locate(cfg.resume, Tracker().client)

@@ -20,12 +20,13 @@ import math
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from ftsweep.errors import ConfigError
+from ftsweep.contract import EVAL_METRICS, check_metric_names
 from ftsweep.errors import check_config as _check
 # The method schemas, re-exported: importing this module registers every method (ftsweep/methods/).
 from ftsweep.methods import (AdaLoraMethodConfig, BitFitMethodConfig, FreezeMethodConfig,  # noqa: F401
@@ -195,35 +196,11 @@ class SweepInfo:
     device: Optional[str] = None  # the device id of this trial's launcher slot (hydra.sweeper.devices)
 
 
-# --------------------------------------------------------------------------- the final metrics of a run
-# What train() returns and logs at the end (docs/contract.md): the names `objectives` and
-# `hydra.sweeper.constraints` may use. The CUDA and compile entries appear only on CUDA / with compile=true.
-FINAL_METRICS = frozenset({
-    "eval/accuracy", "eval/f1_macro", "eval/loss",
-    "perf/step_time_ms", "perf/step_time_p90_ms", "perf/samples_per_s", "perf/tokens_per_s", "perf/train_time_s",
-    "perf/eval_time_s", "perf/effective_batch_size", "perf/compile_time_s",
-    "train/steps", "train/total_steps", "train/stopped_early", "train/best_step",
-    "params/trainable", "params/total", "params/trainable_pct",
-    "mem/peak_mb", "mem/cpu_peak_rss_mb", "mem/cuda_peak_allocated_mb", "mem/cuda_peak_reserved_mb",
-    "mem/params_mb", "mem/grads_mb", "mem/optimizer_state_mb", "mem/baseline_mb", "mem/activations_est_mb",
-    "mem/activations_saved_mb", "mem/train_state_mb", "mem/footprint_mb",
-})
-
-
-def check_metric_names(names, what: str) -> None:
-    unknown = [n for n in names if n not in FINAL_METRICS]
-    _check(not unknown, f"{what}: {', '.join(unknown)} is not a metric a run logs; choose from "
-                        f"{', '.join(sorted(FINAL_METRICS))}")
-
-
 # --------------------------------------------------------------------------- keeping, stopping, resuming
 class SaveModel(str, Enum):
     best = "best"  # a single run keeps its model; a sweep keeps (logs, registers) only its best trial's
     all = "all"  # every run and every trial logs its model
     none = "none"
-
-
-EVAL_METRICS = ("eval/accuracy", "eval/f1_macro", "eval/loss")
 
 
 @dataclass
@@ -332,38 +309,6 @@ def _conf_dir() -> Path:
 
 
 CONF_DIR = _conf_dir()
-
-
-def compose_config(*overrides: str, search_path: Optional[Sequence[str]] = None) -> DictConfig:
-    """conf/config.yaml with overrides, as `python -m ftsweep` would compose it (for scripts and tests; inside
-    the running app, with the app's own search path). `search_path`: the config source URIs to compose from
-    instead (file:///abs/conf, pkg://module), e.g. a composed config's hydra.runtime.config_sources; Hydra's own,
-    the search-path plugins' (a user's ./conf) and the ConfigStore are added as for the app."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    if search_path:
-        return _compose_from(list(search_path), list(overrides))
-    if GlobalHydra.instance().is_initialized():
-        return compose(config_name="config", overrides=list(overrides))
-    with initialize_config_dir(config_dir=str(CONF_DIR)):
-        return compose(config_name="config", overrides=list(overrides))
-
-
-def _compose_from(sources: list[str], overrides: list[str]) -> DictConfig:
-    """Compose with a loader of its own, leaving GlobalHydra alone: a running app (a sweep's custom search space)
-    keeps its own, and Hydra's initialize_* refuse to run while one is set. Hydra has no public API for this;
-    hydra-core is pinned exactly in pyproject.toml."""
-    from hydra._internal.config_loader_impl import ConfigLoaderImpl
-    from hydra._internal.utils import create_config_search_path_from_sources
-    from hydra.types import RunMode
-    from omegaconf import open_dict
-
-    loader = ConfigLoaderImpl(config_search_path=create_config_search_path_from_sources(sources))
-    cfg = loader.load_configuration("config", overrides, run_mode=RunMode.RUN, from_shell=False)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
 
 
 def validate(cfg: DictConfig | TrainConfig) -> TrainConfig:

@@ -100,7 +100,7 @@ def probabilities(model, tokenizer, texts: list[str], batch_size: int, cut: Opti
     from tqdm.auto import tqdm
 
     from ftsweep.config import Truncation
-    from ftsweep.data import PadCollator, encode_texts
+    from ftsweep.batches import PadCollator, encode_texts
 
     if cut is None:
         cut = {"max_length": min(tokenizer.model_max_length, 512), "truncation": "head"}

@@ -30,7 +30,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import ftsweep
-from ftsweep import checkpoint, distributed, interrupt, keep, methods, orphans, outputs, preflight, spool
+from ftsweep import batches, checkpoint, distributed, interrupt, keep, methods, orphans, outputs, preflight, spool
 from ftsweep import data as data_mod
 from ftsweep import model as model_mod
 from ftsweep.config import SaveModel, TinyModelConfig, TrainConfig, validate
@@ -148,14 +148,14 @@ class FineTuneRecipe:
         if tc.batch_size > len(splits.train_texts):
             log.warning("batch_size=%d is above the %d training examples: each epoch is one batch of %d",
                         tc.batch_size, len(splits.train_texts), len(splits.train_texts))
-        train_ids = data_mod.tokenize(splits.train_texts, tokenizer, tc.data.max_length, tc.data.truncation)
-        eval_ids = data_mod.tokenize(splits.eval_texts, tokenizer, tc.data.max_length, tc.data.truncation)
+        train_ids = batches.tokenize(splits.train_texts, tokenizer, tc.data.max_length, tc.data.truncation)
+        eval_ids = batches.tokenize(splits.eval_texts, tokenizer, tc.data.max_length, tc.data.truncation)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        train = data_mod.make_loader(train_ids, splits.train_labels, tc.batch_size, pad_id, shuffle=True,
+        train = batches.make_loader(train_ids, splits.train_labels, tc.batch_size, pad_id, shuffle=True,
                                      seed=tc.seed, group_by_length=tc.data.group_by_length)
         # 2 x batch_size by default, on CUDA too: a larger eval batch fills a card (docs/benchmarks.md) but
         # would often set the run's CUDA peak, which is the memory axis of a sweep's trade-offs.
-        evaluation = data_mod.make_loader(eval_ids, splits.eval_labels, tc.data.eval_batch_size or 2 * tc.batch_size,
+        evaluation = batches.make_loader(eval_ids, splits.eval_labels, tc.data.eval_batch_size or 2 * tc.batch_size,
                                           pad_id, shuffle=False, seed=tc.seed)
         steps = total_optimizer_steps(len(train), tc.grad_accum_steps, tc.epochs, tc.max_steps)
         return Loaders(train, evaluation, steps)

@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig
 
-from ftsweep.config import CONF_DIR, compose_config as compose_cfg  # noqa: F401  (tests import both from here)
+from ftsweep.compose import compose_config as compose_cfg  # noqa: F401  (tests import both from here)
+from ftsweep.config import CONF_DIR  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 

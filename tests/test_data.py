@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from ftsweep.config import LocalDataConfig, Truncation
-from ftsweep.data import (LengthGroupedBatchSampler, PadCollator, _truncate, load_splits, make_loader,
-                          stratified_split, tokenize)
+from ftsweep.batches import LengthGroupedBatchSampler, PadCollator, _truncate, make_loader, tokenize
+from ftsweep.data import load_splits, stratified_split
 from ftsweep.errors import DataError
 from tests.conftest import toy_rows, write_csv
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ftsweep.config import MethodConfig, OptimizerConfig, TinyModelConfig, Truncation
-from ftsweep.data import make_loader, tokenize
+from ftsweep.batches import make_loader, tokenize
 from ftsweep.errors import TrainingError
 from ftsweep.hooks import Hooks
 from ftsweep.evaluation import evaluate
@@ -121,7 +121,7 @@ def test_early_stopping_on_loss_minimises_and_without_patience_keeps_the_last_we
 def test_eval_batches_run_longest_first_with_less_padding_and_the_same_scores(tiny_tokenizer):
     from torch.utils.data import DataLoader
 
-    from ftsweep.data import EncodedDataset, PadCollator
+    from ftsweep.batches import EncodedDataset, PadCollator
 
     torch.manual_seed(0)
     rows = toy_rows(96)

@@ -162,7 +162,7 @@ def test_a_batch_larger_than_the_data_set_trains_one_batch_per_epoch_and_says_so
 
 
 def test_a_run_returns_exactly_the_metric_names_of_the_contract(tiny_cfg):
-    from ftsweep.config import FINAL_METRICS
+    from ftsweep.contract import FINAL_METRICS
 
     returned = set(train(tiny_cfg("max_steps=2")))
     cuda_or_compile = {"mem/cuda_peak_allocated_mb", "mem/cuda_peak_reserved_mb", "perf/compile_time_s"}

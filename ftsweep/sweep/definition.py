@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Optional
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from ftsweep.config import check_metric_names
+from ftsweep.contract import check_metric_names
 from ftsweep.errors import ConfigError
 from ftsweep.sweep.storage import check_url
 

@@ -12,7 +12,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import Trial
 
-from ftsweep.config import CONF_DIR, SEARCH_BATCH_SIZES, compose_config
+from ftsweep.compose import compose_config
+from ftsweep.config import CONF_DIR, SEARCH_BATCH_SIZES
 
 METHODS = ("full", "lora", "head")
 ALWAYS_ON_THE_PATH = ("hydra", "schema")  # the providers of Hydra's own configs and the ConfigStore: always added
