@@ -14,7 +14,7 @@ WORKERS ?= 2
 KILLS  ?= 12
 SEED   ?= 1
 
-.PHONY: help install lock run test test-fast fuzz chaos bench study ui dashboard report clean
+.PHONY: help install lock run test test-fast lint fuzz chaos bench study ui dashboard report clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -45,6 +45,12 @@ test: $(STAMP) ## run the whole test suite, slow tests included (WORKERS=2 proce
 
 test-fast: $(STAMP) ## the fast tests only
 	$(PY) -m pytest -q -n $(WORKERS) -m "not slow" $(ARGS)
+
+lint: $(STAMP) ## ruff (lint and format check), mypy, and the import layers (import-linter); CI runs it
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 fuzz: $(STAMP) ## the entry-point fuzzer with a random, larger budget (N=500 cases)
 	FTSWEEP_FUZZ_EXAMPLES=$(N) FTSWEEP_FUZZ_RANDOM=1 $(PY) -m pytest -q tests/test_fuzz.py --hypothesis-show-statistics

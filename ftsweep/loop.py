@@ -83,42 +83,6 @@ class FitResult:
         return out
 
 
-def _optimizer_step(train_model, micro: list[dict], optimizer, scheduler, trainable, scaler, device,
-                    s: LoopSettings, result: FitResult, step_hook, saved) -> torch.Tensor:
-    """One optimizer step over `micro` (grad_accum_steps batches); returns the summed loss, on device."""
-    loss_sum = torch.zeros((), device=device)
-    for batch in micro:
-        weight = batch.pop("loss_weight", None)  # a distributed rank's share of the global batch
-        if weight is None or weight > 0:  # a rank with no share of a last, small batch counts nothing
-            result.samples += batch["labels"].numel()
-            result.tokens += int(batch["attention_mask"].sum())  # CPU tensor: no device sync
-        batch = to_device(batch, device)
-        with saved, autocast(device, s.precision):
-            # The model computes the loss: cross-entropy, plus a method's own term (AdaLoRA's orthogonality).
-            loss = train_model(**batch).loss
-        if weight is not None:
-            loss = loss * weight.to(device)
-        scaled = loss / len(micro)
-        (scaler.scale(scaled) if scaler else scaled).backward()
-        loss_sum += loss.detach().float()
-    if scaler:
-        scaler.unscale_(optimizer)
-    if s.max_grad_norm is not None:
-        torch.nn.utils.clip_grad_norm_(trainable, s.max_grad_norm)
-    if result.steps == 0:
-        result.grads_mb = tensor_mb(p.grad for p in trainable if p.grad is not None)
-    if scaler:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
-    scheduler.step()
-    if step_hook is not None:
-        step_hook(result.steps)  # before zero_grad: AdaLoRA scores ranks from the gradients
-    optimizer.zero_grad(set_to_none=True)
-    return loss_sum
-
-
 @dataclass
 class Position:
     """Where training is: enough, with the RNG states, to continue exactly where it stopped."""
@@ -229,8 +193,7 @@ class Loop:
                 return  # epoch done
             self.pos.batches += len(micro)
             t0 = time.perf_counter()
-            self.loss_sum += _optimizer_step(self.train_model, micro, self.optimizer, self.scheduler, self.trainable,
-                                             self.scaler, self.device, s, result, self.step_hook, self.saved)
+            self.loss_sum += self._optimizer_step(micro)
             self.loss_count += len(micro)
             _sync(self.device)
             result.step_times_s.append(time.perf_counter() - t0)
@@ -246,6 +209,41 @@ class Loop:
             if self.checkpoint is not None and s.checkpoint_every_steps and step % s.checkpoint_every_steps == 0 \
                     and step < s.total_steps:
                 self.checkpoint(self.state())
+
+    def _optimizer_step(self, micro: list[dict]) -> torch.Tensor:
+        """One optimizer step over `micro` (grad_accum_steps batches); returns the summed loss, on device."""
+        device, s, result, scaler, trainable = self.device, self.s, self.result, self.scaler, self.trainable
+        loss_sum = torch.zeros((), device=device)
+        for batch in micro:
+            weight = batch.pop("loss_weight", None)  # a distributed rank's share of the global batch
+            if weight is None or weight > 0:  # a rank with no share of a last, small batch counts nothing
+                result.samples += batch["labels"].numel()
+                result.tokens += int(batch["attention_mask"].sum())  # CPU tensor: no device sync
+            batch = to_device(batch, device)
+            with self.saved, autocast(device, s.precision):
+                # The model computes the loss: cross-entropy, plus a method's own term (AdaLoRA's orthogonality).
+                loss = self.train_model(**batch).loss
+            if weight is not None:
+                loss = loss * weight.to(device)
+            scaled = loss / len(micro)
+            (scaler.scale(scaled) if scaler else scaled).backward()
+            loss_sum += loss.detach().float()
+        if scaler:
+            scaler.unscale_(self.optimizer)
+        if s.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(trainable, s.max_grad_norm)
+        if result.steps == 0:
+            result.grads_mb = tensor_mb(p.grad for p in trainable if p.grad is not None)
+        if scaler:
+            scaler.step(self.optimizer)
+            scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        if self.step_hook is not None:
+            self.step_hook(result.steps)  # before zero_grad: AdaLoRA scores ranks from the gradients
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss_sum
 
     def _check_signal(self) -> None:
         if self.group is None:

@@ -245,7 +245,7 @@ def test_a_run_interrupted_at_step_k_and_resumed_matches_an_uninterrupted_one(ti
     assert not (tmp_path / "whole" / "checkpoint" / "checkpoint.pt").exists()  # finished: removed
 
     steps = []
-    real_step = loop._optimizer_step
+    real_step = loop.Loop._optimizer_step
 
     def step_then_signal(*a, **kw):
         out = real_step(*a, **kw)
@@ -254,11 +254,11 @@ def test_a_run_interrupted_at_step_k_and_resumed_matches_an_uninterrupted_one(ti
             interrupt._requested.append("SIGTERM")  # what the handler does when SIGTERM arrives mid-step
         return out
 
-    monkeypatch.setattr(loop, "_optimizer_step", step_then_signal)
+    monkeypatch.setattr(loop.Loop, "_optimizer_step", step_then_signal)
     monkeypatch.setattr(interrupt, "_requested", [])
     with pytest.raises(KeyboardInterrupt):
         train(tiny_cfg(*args), output_dir=tmp_path / "cut")
-    monkeypatch.setattr(loop, "_optimizer_step", real_step)
+    monkeypatch.setattr(loop.Loop, "_optimizer_step", real_step)
     interrupt._requested.clear()
     ckpt = tmp_path / "cut" / "checkpoint"
     assert (ckpt / "checkpoint.pt").exists()
