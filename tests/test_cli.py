@@ -88,7 +88,7 @@ def installed_wheel(tmp_path_factory):
     # so the editable install of this checkout stays out of the throwaway venv.
     (site_dir / "deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     install = subprocess.run([sys.executable, "-m", "pip", "--python", str(env_dir / "bin" / "python"), "install",
-                              "--no-deps", "--no-index", str(wheel)], capture_output=True, text=True, timeout=300)
+                              "--no-deps", "--no-index", "--ignore-installed", str(wheel)], capture_output=True, text=True, timeout=300)
     assert install.returncode == 0, install.stderr[-2000:]
     return env_dir / "bin"
 
