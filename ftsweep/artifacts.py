@@ -99,6 +99,9 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def confusion_matrix_png(cm, label_names: list[str], path: Path) -> None:
+    # matplotlib is imported here, not at the top: Hydra's start-up imports this module (the sweeper plugin ->
+    # sweep/storage.py -> spool.py), and matplotlib at the top made every command line slower (measured,
+    # `ftsweep lrr=1`: 0.9 s instead of 0.6 s). The backend is chosen before pyplot is imported.
     import matplotlib
 
     matplotlib.use("Agg")
@@ -123,7 +126,7 @@ def confusion_matrix_png(cm, label_names: list[str], path: Path) -> None:
 
 def save_png(fig, path: Path, dpi: int = 110) -> None:
     """A matplotlib figure as a PNG written whole (atomic_write), then closed whatever happened."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # here, not at the top: see confusion_matrix_png
 
     try:
         atomic_write(path, lambda f: fig.savefig(f, dpi=dpi, format="png"), binary=True)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from ftsweep.errors import DataError
+from ftsweep.errors import DataError, ModelError
 
 
 @dataclass(frozen=True)
@@ -223,8 +223,6 @@ def _file_sha256(path: Path) -> str:
 
 def fetch_model(asset: SplitModelAsset) -> Path:
     """The verified cached model folder, fetched, joined and unzipped first if needed."""
-    from ftsweep.errors import ModelError
-
     def verified(path: Path) -> bool:
         weights = path / "model.safetensors"
         return weights.is_file() and _file_sha256(weights) == asset.weights_sha256

@@ -8,11 +8,14 @@ tag, so `resume=<run id>` finds it; `resume=<folder>` names it directly.
 
 from __future__ import annotations
 
+import json
+import logging
 import re
 from pathlib import Path
 from typing import Any
 
 import torch
+from mlflow.exceptions import MlflowException
 from torch import nn
 
 from ftsweep import artifacts
@@ -41,8 +44,6 @@ def save(path: Path, model: nn.Module, optimizer, scheduler, loop_state: dict, r
 def overrides_of(path: Path) -> list[str]:
     """The command-line overrides of the run that wrote this checkpoint, less a sweep's links to its trial
     (resumed alone, a trial's run is a single run)."""
-    import json
-
     meta = path.with_suffix(".json")
     overrides = json.loads(meta.read_text())["overrides"] if meta.is_file() else []
     return [o for o in overrides if not o.lstrip("+~").startswith(("sweep.", "resume="))]
@@ -50,8 +51,6 @@ def overrides_of(path: Path) -> list[str]:
 
 def remove(*paths: Path | None) -> None:
     """Delete finished checkpoints; one that cannot be deleted (a read-only folder) is only worth a warning."""
-    import logging
-
     for path in {p for p in paths if p is not None}:
         for file in (path, path.with_suffix(".json")):
             try:
@@ -68,8 +67,6 @@ def locate(value: str, tracking_client=None) -> Path:
     if path.is_file():
         return path
     if re.fullmatch(r"[0-9a-f]{32}", value) and tracking_client is not None:
-        from mlflow.exceptions import MlflowException
-
         try:
             tagged = tracking_client.get_run(value).data.tags.get(RUN_TAG)
         except MlflowException:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
+from io import StringIO
 from pathlib import Path
 from typing import Sequence
 
@@ -119,8 +120,6 @@ def _separator(p: Path, encoding: str) -> str:
 
 def _read_json(p: Path, encoding: str, lines: bool) -> pd.DataFrame:
     # Decode ourselves so that a wrong encoding is reported as such, not as bad JSON.
-    from io import StringIO
-
     text = p.read_bytes().decode(encoding)
     df = pd.read_json(StringIO(text), lines=lines, dtype=False)  # values as written
     if not isinstance(df, pd.DataFrame):

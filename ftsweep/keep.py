@@ -9,10 +9,27 @@ has no weights folder of its own, so its random base is written beside the run f
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Optional
+
+import mlflow
+import peft
+import torch
+import transformers
+from mlflow.exceptions import MlflowException
+from mlflow.models import get_model_info
+from mlflow.tracking import MlflowClient
+from peft import AutoPeftModelForSequenceClassification
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+import ftsweep
+from ftsweep.artifacts import no_space, write_json
+from ftsweep.errors import quiet_logs
 
 MODEL_NAME = "model"  # the logged model's name in its run
 ALIAS = "best"
@@ -54,11 +71,6 @@ def save_folder(model, tokenizer, folder: Path, examples: list[str], cut: dict) 
 
     Written whole: into a temporary folder beside it, then swapped in, so that a full disk leaves the folder
     it would have replaced as it was (and raises DiskFullError naming the folder and the space needed)."""
-    import shutil
-    import tempfile
-
-    from ftsweep.artifacts import no_space, write_json
-
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
@@ -88,8 +100,6 @@ def saved_bytes(model) -> int:
 
 
 def _json_in(folder: Path, name: str, default):
-    import json
-
     path = Path(folder) / name
     return json.loads(path.read_text()) if path.is_file() else default
 
@@ -103,20 +113,14 @@ def cut_of(ref: str) -> Optional[dict]:
     folder = Path(ref).expanduser()
     if folder.is_dir() and not (folder / "MLmodel").is_file():
         return _json_in(folder, CUT, None)
-    from mlflow.models import get_model_info
-
     metadata = get_model_info(str(folder) if folder.is_dir() else ref).metadata or {}
     return metadata.get("cut")
 
 
 def load_folder(folder: str | Path):
     """(model, tokenizer) from a folder written by save_folder: a full model or an adapter on its base."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
     folder = Path(folder)
     if (folder / "adapter_config.json").is_file():
-        from peft import AutoPeftModelForSequenceClassification
-
         model = AutoPeftModelForSequenceClassification.from_pretrained(folder)
     else:
         model = AutoModelForSequenceClassification.from_pretrained(folder)
@@ -126,29 +130,17 @@ def load_folder(folder: str | Path):
 def log_model(tracking_uri: str, run_id: str, model, tokenizer, examples: list[str], label_names: list[str],
               cut: Optional[dict]) -> str:
     """Log to an existing (possibly finished) run as an MLflow transformers model; returns its models:/ URI."""
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    import ftsweep
-
     client = MlflowClient(tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)
     # The logged model belongs to the run's experiment (without this MLflow files it under experiment 0).
     mlflow.set_experiment(experiment_id=client.get_run(run_id).info.experiment_id)
-    import torch
-    import transformers
-
     # Explicit requirements: MLflow's inferred default imports torchvision, which ftsweep does not need.
     requirements = [f"mlflow=={mlflow.__version__}", f"transformers=={transformers.__version__}",
                     f"torch=={torch.__version__.split('+')[0]}", f"ftsweep=={ftsweep.__version__}"]
     extra: dict[str, Any] = {}
     if is_peft(model):
-        import peft
-
         requirements.append(f"peft=={peft.__version__}")
         extra["base_model_path"] = base_folder(model)
-    from ftsweep.errors import quiet_logs
-
     # MLflow logs its own failed cleanup (a store too full to mark the model FAILED) as an ERROR with a
     # traceback; ftsweep reports the failure itself, in one line.
     with warnings.catch_warnings(), quiet_logs("mlflow.transformers", "mlflow.models"), \
@@ -166,10 +158,6 @@ def log_model(tracking_uri: str, run_id: str, model, tokenizer, examples: list[s
 def register(tracking_uri: str, model_uri: str, run_id: str, name: str) -> str:
     """Registered model `name` with the alias `best` on this run's model (a new version unless it already is);
     returns `models:/name@best`."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
     client = MlflowClient(tracking_uri)
     try:
         if client.get_model_version_by_alias(name, ALIAS).run_id == run_id:

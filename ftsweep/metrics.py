@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import resource
 import statistics
 import threading
 from pathlib import Path
@@ -79,9 +80,7 @@ def current_rss_mb() -> float:
     kb = _status_kb("VmRSS")
     if kb is not None:
         return kb / 1024
-    import resource  # non-Linux: best effort
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # non-Linux: best effort
 
 
 class PeakMemory:

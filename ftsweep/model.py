@@ -13,6 +13,9 @@ from typing import Callable
 
 import torch
 from torch import nn
+from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, BertConfig,
+                          BertForSequenceClassification)
+from transformers.utils import logging as hf_logging
 
 from ftsweep import assets, methods
 from ftsweep.config import MethodConfig, ModelConfig, TinyModelConfig
@@ -63,8 +66,6 @@ def _sha256(path: str, stamp: tuple) -> str:
 
 @functools.lru_cache(maxsize=8)
 def _from_folder(kind: str, path: str, stamp: tuple):
-    from transformers import AutoConfig, AutoTokenizer
-
     with quiet_logs("huggingface_hub", warnings_too=True):  # no screenful of retries; one line
         return AutoTokenizer.from_pretrained(path, use_fast=True) if kind == "tokenizer" \
             else AutoConfig.from_pretrained(path)
@@ -117,9 +118,6 @@ def _not_found(cfg: ModelConfig, path: str, exc: Exception) -> str:
 
 def load_model(cfg: ModelConfig, label_names: list[str], tokenizer, method_cfg: MethodConfig | None = None) -> nn.Module:
     """The encoder with a freshly initialised classifier head for len(label_names) classes."""
-    from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
-    from transformers.utils import logging as hf_logging
-
     id2label = dict(enumerate(label_names))
     label2id = {name: i for i, name in id2label.items()}
     if isinstance(cfg, TinyModelConfig):

@@ -10,13 +10,18 @@ sweep's parent goes first, so that its trials nest under it either way. Running 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
+
+from mlflow.exceptions import MlflowException
 
 from ftsweep import spool as spool_mod
 from ftsweep.artifacts import write_json
 from ftsweep.errors import FtsweepError, first_line
-from ftsweep.tracking import Tracker, deliver, redact
+from ftsweep.locks import redact
+from ftsweep.report import make_report
+from ftsweep.tracking import Tracker, deliver
 
 
 def spools_under(folder: Path) -> list[spool_mod.Spool]:
@@ -29,8 +34,6 @@ def spools_under(folder: Path) -> list[spool_mod.Spool]:
 def sync_one(spool: spool_mod.Spool, tracking_uri: str | None, renamed: dict[str, str]) -> str:
     """Deliver one spool's waiting writes; returns a line saying what happened. `renamed` maps the original run
     ids of runs created again to their new ids (a trial's parent link follows its parent)."""
-    from mlflow.exceptions import MlflowException
-
     run = spool.run
     tracker = Tracker(tracking_uri or run["tracking_uri"])
     run_id = run["run_id"]
@@ -79,10 +82,6 @@ def sync(folder: Path, tracking_uri: str | None = None) -> list[str]:
 
 
 def _report(folder: Path, parent_run_id: str, tracking_uri: str) -> str:
-    import os
-
-    from ftsweep.report import make_report
-
     previous = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri  # make_report reads the store the sweep was synced to
     try:

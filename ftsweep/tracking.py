@@ -9,17 +9,22 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
+
+import mlflow.data
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 
 from ftsweep import orphans
 from ftsweep import spool as spool_mod
 from ftsweep.artifacts import DATABASE_FULL
 from ftsweep.errors import FtsweepError, first_line, quiet_logs
-from ftsweep.locks import SQLITE, create_aside, file_of, url_lock
+from ftsweep.locks import SQLITE, create_aside, file_of, redact, url_lock
 
 log = logging.getLogger("ftsweep")
 T = TypeVar("T")
@@ -56,8 +61,6 @@ def check_store(uri: str) -> None:
 def open_client(uri: str):
     """An MlflowClient on a checked store. Creating the client creates (or migrates) a new store's tables, which
     is not safe when several processes start on one new store at once, so that happens under a lock."""
-    from mlflow.tracking import MlflowClient
-
     check_store(uri)
     path = file_of(uri)
     # A database file replaced or removed since (same URI, another inode) gets a new client.
@@ -100,14 +103,6 @@ def _retry(call: Callable[[], T], attempts: int = 8, first_wait_s: float = 0.25)
     raise AssertionError("unreachable")
 
 
-_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s'\"]*):(?P<secret>[^@/\s'\"]+)@")
-
-
-def redact(text: str) -> str:
-    """Hide the password of every URL in a text (`postgresql://ml:pw@db/x` -> `postgresql://ml:***@db/x`)."""
-    return _CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
-
-
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in d.items():
@@ -121,8 +116,6 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def deliver(client, run_id: str, op: dict[str, Any]) -> None:
     """One write of a run's spool (or of a run without one), sent to MLflow."""
-    from mlflow.entities import Metric, Param, RunTag
-
     kind = op["kind"]
     if kind == "params":
         client.log_batch(run_id, params=[Param(k, v) for k, v in op["params"]])
@@ -199,8 +192,6 @@ class Tracker:
         return not self.spool.waiting()
 
     def experiment_id(self, name: str) -> str:
-        from mlflow.exceptions import MlflowException
-
         try:
             exp = _retry(lambda: self.client.get_experiment_by_name(name))
             if exp is not None:
@@ -231,8 +222,6 @@ class Tracker:
 
     def resume(self, run_id: str) -> bool:
         """Reopen a run (a resumed sweep's parent, a resumed training run); False when this store lacks it."""
-        from mlflow.exceptions import MlflowException
-
         try:
             run = _retry(lambda: self.client.get_run(run_id))
         except MlflowException:
@@ -269,11 +258,6 @@ class Tracker:
 
     def log_dataset(self, df, name: str, source: str, context: str, targets: str = "label") -> None:
         """A data set as an MLflow dataset input (name, digest, source, schema): the run page's Datasets column."""
-        import warnings
-
-        import mlflow.data
-        from mlflow.entities import DatasetInput, InputTag
-
         with warnings.catch_warnings():  # a source string MLflow could read two ways: it picks the local one
             warnings.simplefilter("ignore")
             dataset = mlflow.data.from_pandas(df, source=source, name=name, targets=targets)

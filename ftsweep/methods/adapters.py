@@ -20,6 +20,7 @@ ATTENTION_QV = {"bert": ["query", "value"], "roberta": ["query", "value"], "xlm-
 
 
 def _peft(model: nn.Module, peft_config, what: str) -> nn.Module:
+    # peft is imported here, not at the top: composing a config imports this module (see its docstring)
     from peft import get_peft_model
 
     try:
@@ -67,6 +68,7 @@ class LoraMethodConfig(MethodConfig):
 
 
 def _lora(model: nn.Module, cfg: LoraMethodConfig, total_steps: int) -> nn.Module:
+    # peft is imported here, not at the top: composing a config imports this module (see its docstring)
     from peft import LoraConfig, TaskType
 
     targets = target_modules(model, cfg)
@@ -96,6 +98,7 @@ class QLoraMethodConfig(LoraMethodConfig):
 
 def _four_bit(cfg: QLoraMethodConfig) -> dict:
     """from_pretrained kwargs that load the base in 4 bits, on the current CUDA device."""
+    # torch and transformers here, not at the top: composing a config imports this module (see its docstring)
     import torch
     from transformers import BitsAndBytesConfig
 
@@ -109,6 +112,7 @@ def _four_bit(cfg: QLoraMethodConfig) -> dict:
 
 
 def _qlora(model: nn.Module, cfg: QLoraMethodConfig, total_steps: int) -> nn.Module:
+    # peft is imported here, not at the top: composing a config imports this module (see its docstring)
     from peft import prepare_model_for_kbit_training
 
     return _lora(prepare_model_for_kbit_training(model, use_gradient_checkpointing=False), cfg, total_steps)
@@ -144,6 +148,7 @@ class AdaLoraMethodConfig(LoraMethodConfig):
 
 
 def _adalora(model: nn.Module, cfg: AdaLoraMethodConfig, total_steps: int) -> nn.Module:
+    # peft is imported here, not at the top: composing a config imports this module (see its docstring)
     from peft import AdaLoraConfig, TaskType
 
     tinit, tfinal = int(cfg.tinit_ratio * total_steps), int(cfg.tfinal_ratio * total_steps)
@@ -178,6 +183,7 @@ class IA3MethodConfig(MethodConfig):
 
 
 def _ia3(model: nn.Module, cfg: IA3MethodConfig, total_steps: int) -> nn.Module:
+    # peft is imported here, not at the top: composing a config imports this module (see its docstring)
     from peft import IA3Config, TaskType
 
     ia3 = IA3Config(task_type=TaskType.SEQ_CLS, target_modules=list(cfg.target_modules),
@@ -202,6 +208,7 @@ class PromptTuningMethodConfig(MethodConfig):
 
 
 def _prompt_tuning(model: nn.Module, cfg: PromptTuningMethodConfig, total_steps: int) -> nn.Module:
+    # peft is imported here, not at the top: composing a config imports this module (see its docstring)
     from peft import PromptTuningConfig, TaskType
 
     prompt = PromptTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=cfg.num_virtual_tokens)

@@ -13,18 +13,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+from ftsweep.artifacts import write_text
+from ftsweep.report.analysis import mark_pareto, method_summary
+from ftsweep.report.plots import make_plots
+from ftsweep.report.render import render, to_html
+from ftsweep.report.rows import collect, find_sweep, load_study, study_importances
+from ftsweep.tracking import Tracker
+
 
 def make_report(parent_run_id: Optional[str] = None, experiment: Optional[str] = None, out: Optional[Path] = None,
                 html_too: bool = True, storage: Optional[str] = None) -> Path:
     """Write the report of a sweep (default: the latest) into `out` (default: the sweep's own folder) and log
     it as artifacts of the sweep's parent run; returns the path of report.md."""
-    from ftsweep.artifacts import write_text
-    from ftsweep.report.analysis import mark_pareto, method_summary
-    from ftsweep.report.plots import make_plots
-    from ftsweep.report.render import render, to_html
-    from ftsweep.report.rows import collect, find_sweep, load_study, study_importances
-    from ftsweep.tracking import Tracker
-
     client = Tracker().client
     parent = find_sweep(client, parent_run_id, experiment)
     study = parent.data.tags.get("optuna.study_name", parent.info.run_id)

@@ -5,8 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from ftsweep.artifacts import save_png
-from ftsweep.report.rows import Row, to_float
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window: before pyplot is imported
+import matplotlib.pyplot as plt  # noqa: E402
+
+from ftsweep.artifacts import save_png  # noqa: E402
+from ftsweep.report.rows import Row, to_float  # noqa: E402
 
 
 def memory_label(rows: list[Row]) -> str:
@@ -22,11 +27,6 @@ METHOD_MARKERS = "osD^vP*Xh"
 
 
 def make_plots(rows: list[Row], importances: dict[str, float], out: Path, title: str) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     ok = [r for r in rows if r.ok]
     if not ok:
         return []

@@ -6,6 +6,8 @@ import html
 from pathlib import Path
 from typing import Any
 
+from markdown_it import MarkdownIt
+
 from ftsweep.report.analysis import answer, describe, varying
 from ftsweep.report.plots import memory_label
 from ftsweep.report.rows import Row, constraints_of, fmt
@@ -74,8 +76,6 @@ def render(parent, rows: list[Row], summary: list[dict], plots: list[Path], impo
 
 def to_html(markdown_text: str, title: str) -> str:
     """report.md as a standalone HTML page (CommonMark with tables, by markdown-it-py)."""
-    from markdown_it import MarkdownIt
-
     body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown_text)
     style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto}table{border-collapse:collapse;"
              "font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}img{max-width:100%}")

@@ -5,10 +5,16 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+import optuna
+from mlflow.exceptions import MlflowException
+
 from ftsweep.errors import FtsweepError, first_line, is_out_of_memory
+from ftsweep.locks import redact
+from ftsweep.sweep.trial_link import STORAGE_ENV
 
 log = logging.getLogger("ftsweep.report")
 
@@ -57,8 +63,6 @@ def find_sweep(client, run_id: Optional[str], experiment: Optional[str]) -> Any:
     """The sweep's parent run: the one named, or the latest; one clear line when there is none."""
     if run_id is None:
         return latest_sweep(client, experiment)
-    from mlflow.exceptions import MlflowException
-
     try:
         run = client.get_run(run_id)
     except MlflowException:
@@ -127,11 +131,6 @@ def load_study(parent, storage: Optional[str] = None) -> Any:
     MLflow keeps the storage URL with its password hidden (`***`). The real URL is `storage` (the report's
     --storage), else $FTSWEEP_SWEEP_STORAGE when it matches, else the URL without a password, which a
     PostgreSQL server accepts with PGPASSWORD or ~/.pgpass."""
-    import os
-
-    from ftsweep.sweep.trial_link import STORAGE_ENV
-    from ftsweep.tracking import redact
-
     tags = parent.data.tags
     recorded, study_name = tags.get("optuna.storage"), tags.get("optuna.study_name")
     if not study_name or not (recorded or storage):
@@ -140,8 +139,6 @@ def load_study(parent, storage: Optional[str] = None) -> Any:
     if "***" in url:
         env = os.environ.get(STORAGE_ENV, "")
         url = env if env and redact(env) == recorded else url.replace(":***@", "@")
-    import optuna
-
     try:
         return optuna.load_study(study_name=study_name, storage=url)
     except Exception as exc:  # the storage may live on another machine, or need its password
@@ -167,8 +164,6 @@ def study_importances(study) -> dict[str, float]:
     """Optuna's importances (PED-ANOVA) over the completed trials; {} when there is too little to say."""
     if study is None:
         return {}
-    import optuna
-
     try:
         complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
         varying = {k for t in complete for k in t.params if len({str(u.params.get(k)) for u in complete}) > 1}

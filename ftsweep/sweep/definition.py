@@ -11,10 +11,14 @@ import hashlib
 import itertools
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
+import numpy as np
 import optuna
+from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
+from omegaconf import OmegaConf
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from ftsweep.contract import check_metric_names
@@ -80,8 +84,6 @@ class SweepSettings:
     @classmethod
     def from_config(cls, node: Any) -> "SweepSettings":
         """From the composed `hydra.sweeper` node (interpolations resolved), minus Hydra's `_target_`."""
-        from omegaconf import OmegaConf
-
         values = OmegaConf.to_container(node, resolve=True)
         values.pop("_target_", None)
         try:
@@ -169,8 +171,6 @@ class SweepDefinition:
     @classmethod
     def build(cls, settings: SweepSettings, objectives: List[str], arguments: List[str]) -> "SweepDefinition":
         """From the settings and the command line's sweep arguments; every mistake is a ConfigError here."""
-        from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
-
         overrides = [f"{k}={v}" for k, v in (settings.params or {}).items()] + list(arguments)
         try:
             space, fixed, _deletions = create_params_from_overrides(overrides)
@@ -260,8 +260,6 @@ class SweepDefinition:
     def make_sampler(self, trials_so_far: int = 0) -> optuna.samplers.BaseSampler:
         """Seeded, and the seed moves on with the study (see runner._claim). SeedSequence keeps the streams of
         (seed, k) apart: a plain seed + k would make seed 1's second trial seed 2's first."""
-        import numpy as np
-
         seed = int(np.random.SeedSequence([self.seed, trials_so_far]).generate_state(1)[0])
         startup = min(10, max(3, self.n_trials // 3))  # TPE/GP need some random trials; not 10 of a 12-trial budget
         constraints = {"constraints_func": constraint_values} if self.constraints else {}
@@ -329,8 +327,6 @@ class _Exhaustive(optuna.samplers.BruteForceSampler):
     is left out."""
 
     def __init__(self, seed: int):
-        import warnings
-
         with warnings.catch_warnings():  # "experimental" since optuna 3.1: a warning per claimed trial otherwise
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             super().__init__(seed=seed)

@@ -29,7 +29,8 @@ def _start_ray(launcher: Any) -> None:
 def _known(launcher: Any) -> Capabilities:
     if isinstance(launcher, BasicLauncher):
         return Capabilities(in_process=True)
-    try:  # an optional plugin (pip install 'ftsweep[ray]')
+    # Here, not at the top: an optional plugin (pip install 'ftsweep[ray]'), which warns when imported.
+    try:
         from hydra_plugins.hydra_ray_launcher.ray_launcher import RayLauncher
     except ImportError:
         return Capabilities()

@@ -23,6 +23,7 @@ from optuna.trial import Trial, TrialState
 
 from ftsweep import interrupt
 from ftsweep.errors import first_line
+from ftsweep.locks import redact
 from ftsweep.sweep import study as study_mod
 from ftsweep.sweep.claims import Claims, trial_id
 from ftsweep.sweep.definition import SweepDefinition, SweepSettings
@@ -30,7 +31,7 @@ from ftsweep.sweep.launchers import capabilities
 from ftsweep.sweep.outcomes import Outcomes, job_outcome
 from ftsweep.sweep.storage import RETRY_WINDOW_S, StorageGone, retrying, storage_unreachable
 from ftsweep.sweep.trial_link import STORAGE_ENV
-from ftsweep.tracking import Tracker, redact
+from ftsweep.tracking import Tracker
 
 log = logging.getLogger("ftsweep.sweep")
 MAX_LOSSES = 2  # a trial whose job the engine lost (killed, preempted) runs again, at most this many times

@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional, TypeVar
 
 import optuna
+from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from ftsweep.errors import ConfigError, FtsweepError, causes
-from ftsweep.locks import JOURNAL, SQLITE, create_aside, file_of, url_lock
+from ftsweep.locks import JOURNAL, SQLITE, create_aside, file_of, redact, url_lock
 from ftsweep.orphans import pid_alive
 from ftsweep.spool import Backoff
-from ftsweep.tracking import redact
 
 T = TypeVar("T")
 
@@ -55,8 +55,6 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
     if url.startswith(JOURNAL):
-        from optuna.storages.journal import JournalFileBackend
-
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
     # Workers share one sqlite file: wait for its lock rather than failing with "database is locked". A server
     # database's pooled connections are checked before use, so one restarted meanwhile is simply reconnected.

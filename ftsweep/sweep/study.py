@@ -8,8 +8,8 @@ it whatever ends the sweep; then the parent run ends.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +17,12 @@ import optuna
 from omegaconf import DictConfig
 
 from ftsweep import spool
+from ftsweep.locks import redact
 from ftsweep.sweep import results
 from ftsweep.sweep.definition import SweepDefinition, make_pruner
 from ftsweep.sweep.storage import claim_lock, open_storage
 from ftsweep.sweep.trial_link import OBJECTIVES_ATTR, PARENT_RUN_ATTR, PRUNER_ATTR
-from ftsweep.tracking import Tracker, redact
+from ftsweep.tracking import Tracker
 
 log = logging.getLogger("ftsweep.sweep")
 

@@ -8,15 +8,15 @@ each evaluation.
 
 from __future__ import annotations
 
-from typing import Any, Optional
-
 import os
 import socket
+from typing import Any, Optional
 
 import optuna
 
 from ftsweep.errors import ConfigError
 from ftsweep.hooks import Hooks
+from ftsweep.locks import redact
 from ftsweep.sweep.definition import make_pruner
 from ftsweep.sweep.storage import open_storage, retrying
 
@@ -28,8 +28,6 @@ STORAGE_ENV = "FTSWEEP_SWEEP_STORAGE"  # the storage URL with its password, set 
 
 def storage_url(from_command_line: str) -> str:
     """The real storage URL: the command line carries it redacted when it holds a password."""
-    from ftsweep.tracking import redact
-
     if "***" not in from_command_line:
         return from_command_line
     real = os.environ.get(STORAGE_ENV, "")
@@ -87,3 +85,9 @@ class TrialLink(Hooks):
             self.pruned_at = step
             return "pruned"
         return None
+
+    def raise_if_pruned(self) -> None:
+        """After train() returns: a trial its pruner stopped ends as Optuna's TrialPruned, which the sweeper
+        records as PRUNED (its MLflow run has ended FINISHED)."""
+        if self.pruned_at is not None:
+            raise optuna.TrialPruned(f"pruned at step {self.pruned_at}")

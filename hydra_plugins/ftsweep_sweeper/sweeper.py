@@ -9,15 +9,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List
 
-from hydra.core.config_store import ConfigStore
 from hydra.core.config_search_path import ConfigSearchPath
+from hydra.core.config_store import ConfigStore
+from hydra.core.plugins import Plugins
+from hydra.errors import HydraException
 from hydra.plugins.search_path_plugin import SearchPathPlugin
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
-from ftsweep.config import objectives_of
-from ftsweep.sweep.definition import SweepSettings
+from ftsweep import interrupt
+from ftsweep.config import CONF_DIR, objectives_of
+from ftsweep.errors import ConfigError, FtsweepError, describe_config_error
+from ftsweep.sweep import results
+from ftsweep.sweep.definition import SweepDefinition, SweepSettings
+from ftsweep.sweep.storage import default_url
 
 
 @dataclass
@@ -26,8 +33,6 @@ class FtsweepSweeperConf(SweepSettings):
 
 
 def _node() -> DictConfig:
-    from omegaconf import OmegaConf
-
     node = OmegaConf.structured(FtsweepSweeperConf)
     # Open to new keys, so that `hydra.sweeper.constraints={mem/peak_mb: 3000}` works on the command line
     # (Hydra's struct mode would refuse every metric name as an unknown key).
@@ -43,8 +48,6 @@ class FtsweepSweeper(Sweeper):
         pass  # read from the composed config in sweep(), where interpolations resolve
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        from hydra.core.plugins import Plugins
-
         self.config = config
         self.config_loader = hydra_context.config_loader
         self.launcher = Plugins.instance().instantiate_launcher(
@@ -52,14 +55,9 @@ class FtsweepSweeper(Sweeper):
 
     def sweep(self, arguments: List[str]) -> None:
         # Here, not at the top: Hydra imports this plugin at every start-up, single runs included, and these
-        # bring in Optuna, the sweep machinery and the report.
-        from ftsweep import interrupt
+        # bring in torch, transformers, peft, MLflow and matplotlib (the runner, the best model, the report).
         from ftsweep.conclude import conclude
-        from ftsweep.errors import FtsweepError
-        from ftsweep.sweep import results
-        from ftsweep.sweep.definition import SweepDefinition
         from ftsweep.sweep.runner import SweepRunner
-        from ftsweep.sweep.storage import default_url
 
         try:
             settings = SweepSettings.from_config(self.config.hydra.sweeper)
@@ -90,11 +88,7 @@ class FtsweepSweeper(Sweeper):
         """Compose the jobs this sweep will launch and check them as a single run checks itself, before any
         study, storage file or MLflow run exists: an unknown key, a bad value, unusable data or an unusable
         tracking store is one line now instead of N failed trials. The first job also reads its data."""
-        from hydra.errors import HydraException
-        from omegaconf import open_dict
-        from omegaconf.errors import OmegaConfBaseException
-
-        from ftsweep.errors import ConfigError, describe_config_error
+        # Here, not at the top, as in sweep(): preflight brings torch, transformers, MLflow and datasets.
         from ftsweep.preflight import check
 
         for i, point in enumerate(definition.probe_points()):
@@ -113,8 +107,6 @@ class UserConfSearchPath(SearchPathPlugin):
     data=mydata) beside ftsweep's own. Only when it exists: Hydra warns about a missing search path."""
 
     def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
-        from ftsweep.config import CONF_DIR
-
         user = Path("conf").resolve()
         if user.is_dir() and user != CONF_DIR.resolve():
             search_path.append(provider="ftsweep-user", path=f"file://{user}")
