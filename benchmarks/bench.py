@@ -30,15 +30,15 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from ftsweep.batches import LengthGroupedBatchSampler, PadCollator, make_loader, tokenize  # noqa: E402
 from ftsweep.compose import compose_config  # noqa: E402
 from ftsweep.config import LoraMethodConfig, MethodConfig, OptimizerConfig, Truncation, validate  # noqa: E402
-from ftsweep.batches import LengthGroupedBatchSampler, PadCollator, make_loader, tokenize  # noqa: E402
 from ftsweep.data import load_splits  # noqa: E402
 from ftsweep.evaluation import evaluate  # noqa: E402
 from ftsweep.loop import LoopSettings, fit  # noqa: E402
-from ftsweep.optim import build_optimizer, build_scheduler  # noqa: E402
 from ftsweep.metrics import PeakMemory, optimizer_state_mb, step_time_stats, tensor_mb  # noqa: E402
 from ftsweep.model import apply_method, count_params, load_model, load_tokenizer  # noqa: E402
+from ftsweep.optim import build_optimizer, build_scheduler  # noqa: E402
 
 BATCH, LENGTH = 16, 128
 OPT = OptimizerConfig(name="adamw", weight_decay=0.01, warmup_ratio=0.0)
@@ -72,35 +72,54 @@ class Setup:
 
     def model(self, method: MethodConfig, total_steps: int = 100):
         torch.manual_seed(0)
-        return apply_method(load_model(self.cfg.model, self.splits.label_names, self.tokenizer, method), method,
-                            total_steps)
+        return apply_method(
+            load_model(self.cfg.model, self.splits.label_names, self.tokenizer, method), method, total_steps
+        )
 
     def fixed_batches(self, n: int, length: int = LENGTH) -> list[dict]:
         ids = self.ids(self.splits.train_texts[: n * BATCH], length)
         collate = PadCollator(self.pad_id)
-        return [collate(list(zip(ids[i * BATCH:(i + 1) * BATCH], self.splits.train_labels[i * BATCH:(i + 1) * BATCH])))
-                for i in range(n)]
+        return [
+            collate(list(zip(ids[i * BATCH : (i + 1) * BATCH], self.splits.train_labels[i * BATCH : (i + 1) * BATCH])))
+            for i in range(n)
+        ]
 
 
 FULL = MethodConfig(name="full", lr=5e-5)
 LORA = LoraMethodConfig(name="lora", lr=5e-4)
 
 
-def ftsweep_steps(setup: Setup, method: MethodConfig, batches: list[dict], fused: bool = True,
-                  state: dict | None = None) -> list[float]:
+def ftsweep_steps(
+    setup: Setup, method: MethodConfig, batches: list[dict], fused: bool = True, state: dict | None = None
+) -> list[float]:
     """ftsweep's own loop (ftsweep.loop.fit) over the given batches; returns per-step seconds. `state`, when
     given, receives the training state's parts in MB, as a run logs them (mem/train_state_mb)."""
     model = setup.model(method)
     opt = build_optimizer(model, OPT, method.lr, fused=fused)
     sched = build_scheduler(opt, OPT, len(batches))
-    empty_eval = [{"input_ids": batches[0]["input_ids"][:1], "attention_mask": batches[0]["attention_mask"][:1],
-                   "labels": batches[0]["labels"][:1]}]
-    settings = LoopSettings(total_steps=len(batches), epochs=1, num_labels=2, max_grad_norm=1.0,
-                            log_every_steps=len(batches), progress=False)
+    empty_eval = [
+        {
+            "input_ids": batches[0]["input_ids"][:1],
+            "attention_mask": batches[0]["attention_mask"][:1],
+            "labels": batches[0]["labels"][:1],
+        }
+    ]
+    settings = LoopSettings(
+        total_steps=len(batches),
+        epochs=1,
+        num_labels=2,
+        max_grad_norm=1.0,
+        log_every_steps=len(batches),
+        progress=False,
+    )
     result = fit(model, batches, empty_eval, opt, sched, settings, torch.device("cpu"))
     if state is not None:
-        state.update(params_mb=tensor_mb(model.parameters()), grads_mb=result.grads_mb,
-                     optimizer_state_mb=optimizer_state_mb(opt), activations_saved_mb=result.activations_saved_mb)
+        state.update(
+            params_mb=tensor_mb(model.parameters()),
+            grads_mb=result.grads_mb,
+            optimizer_state_mb=optimizer_state_mb(opt),
+            activations_saved_mb=result.activations_saved_mb,
+        )
         state["train_state_mb"] = sum(state.values())
     return result.step_times_s
 
@@ -134,7 +153,7 @@ def alternating(repeats: int, cases: dict[str, Callable[[], Any]]) -> dict[str, 
     """Run every case once per repeat, reversing the order on odd repeats so no side always goes first."""
     results: dict[str, list] = {name: [] for name in cases}
     for r in range(repeats):
-        for name in (list(cases) if r % 2 == 0 else list(cases)[::-1]):
+        for name in list(cases) if r % 2 == 0 else list(cases)[::-1]:
             results[name].append(cases[name]())
     return results
 
@@ -144,15 +163,23 @@ def bench_overhead(setup: Setup, steps: int, repeats: int) -> dict:
     batches = setup.fixed_batches(steps)
     out = {}
     for method in (FULL, LORA):
-        runs = alternating(repeats, {
-            "ftsweep": lambda m=method: steady(ftsweep_steps(setup, m, batches)) * 1000,
-            "bare": lambda m=method: steady(bare_steps(setup, m, batches)) * 1000,
-        })
+        runs = alternating(
+            repeats,
+            {
+                "ftsweep": lambda m=method: steady(ftsweep_steps(setup, m, batches)) * 1000,
+                "bare": lambda m=method: steady(bare_steps(setup, m, batches)) * 1000,
+            },
+        )
         a, b = runs["ftsweep"], runs["bare"]
-        out[method.name] = {"ftsweep_step_ms": stats(a), "bare_step_ms": stats(b),
-                            "overhead_vs_bare_loop": statistics.median(a) / statistics.median(b)}
-        print(f"[overhead] {method.name}: ftsweep {statistics.median(a):.0f} ms, bare {statistics.median(b):.0f} ms",
-              flush=True)
+        out[method.name] = {
+            "ftsweep_step_ms": stats(a),
+            "bare_step_ms": stats(b),
+            "overhead_vs_bare_loop": statistics.median(a) / statistics.median(b),
+        }
+        print(
+            f"[overhead] {method.name}: ftsweep {statistics.median(a):.0f} ms, bare {statistics.median(b):.0f} ms",
+            flush=True,
+        )
     return out
 
 
@@ -182,12 +209,26 @@ def bench_hf_trainer(setup: Setup, steps: int, repeats: int) -> dict:
         model = setup.model(FULL)
         timer = StepTimer()
         with tempfile.TemporaryDirectory() as tmp:
-            targs = TrainingArguments(output_dir=tmp, per_device_train_batch_size=BATCH, max_steps=steps,
-                                      learning_rate=FULL.lr, weight_decay=0.01, warmup_steps=0, lr_scheduler_type="linear",
-                                      max_grad_norm=1.0, logging_strategy="no", save_strategy="no", report_to=[],
-                                      disable_tqdm=True, seed=0, dataloader_num_workers=0, use_cpu=True)
-            trainer = Trainer(model=model, args=targs, train_dataset=hf_data, data_collator=default_data_collator,
-                              callbacks=[timer])
+            targs = TrainingArguments(
+                output_dir=tmp,
+                per_device_train_batch_size=BATCH,
+                max_steps=steps,
+                learning_rate=FULL.lr,
+                weight_decay=0.01,
+                warmup_steps=0,
+                lr_scheduler_type="linear",
+                max_grad_norm=1.0,
+                logging_strategy="no",
+                save_strategy="no",
+                report_to=[],
+                disable_tqdm=True,
+                seed=0,
+                dataloader_num_workers=0,
+                use_cpu=True,
+            )
+            trainer = Trainer(
+                model=model, args=targs, train_dataset=hf_data, data_collator=default_data_collator, callbacks=[timer]
+            )
             t0 = time.perf_counter()
             trainer.train()
             wall = time.perf_counter() - t0
@@ -199,8 +240,9 @@ def bench_hf_trainer(setup: Setup, steps: int, repeats: int) -> dict:
         opt = build_optimizer(model, OPT, FULL.lr)
         sched = build_scheduler(opt, OPT, steps)
         t0 = time.perf_counter()
-        settings = LoopSettings(total_steps=steps, epochs=1, num_labels=2, max_grad_norm=1.0, log_every_steps=steps,
-                                progress=False)
+        settings = LoopSettings(
+            total_steps=steps, epochs=1, num_labels=2, max_grad_norm=1.0, log_every_steps=steps, progress=False
+        )
         result = fit(model, loader, [next(iter(loader))], opt, sched, settings, torch.device("cpu"))
         wall = time.perf_counter() - t0 - result.eval_time_s
         return wall, steady(result.step_times_s)
@@ -208,14 +250,20 @@ def bench_hf_trainer(setup: Setup, steps: int, repeats: int) -> dict:
     runs = alternating(repeats, {"hf": hf_run, "fs": ftsweep_run})
     hf_wall, hf_step = [w for w, _ in runs["hf"]], [s * 1000 for _, s in runs["hf"]]
     fs_wall, fs_step = [w for w, _ in runs["fs"]], [s * 1000 for _, s in runs["fs"]]
-    out = {"hf_train_wall_s": stats(hf_wall), "ftsweep_train_wall_s": stats(fs_wall),
-           "hf_step_ms": stats(hf_step), "ftsweep_step_ms": stats(fs_step),
-           "speedup_vs_hf_trainer_wall": statistics.median(hf_wall) / statistics.median(fs_wall),
-           "speedup_vs_hf_trainer_step": statistics.median(hf_step) / statistics.median(fs_step),
-           "note": f"{steps} steps, batch {BATCH}, lr {FULL.lr}; Trainer pads to {LENGTH} (run_glue default), "
-                   f"ftsweep pads per batch"}
-    print(f"[hf] wall speedup {out['speedup_vs_hf_trainer_wall']:.3f}, step {out['speedup_vs_hf_trainer_step']:.3f}",
-          flush=True)
+    out = {
+        "hf_train_wall_s": stats(hf_wall),
+        "ftsweep_train_wall_s": stats(fs_wall),
+        "hf_step_ms": stats(hf_step),
+        "ftsweep_step_ms": stats(fs_step),
+        "speedup_vs_hf_trainer_wall": statistics.median(hf_wall) / statistics.median(fs_wall),
+        "speedup_vs_hf_trainer_step": statistics.median(hf_step) / statistics.median(fs_step),
+        "note": f"{steps} steps, batch {BATCH}, lr {FULL.lr}; Trainer pads to {LENGTH} (run_glue default), "
+        f"ftsweep pads per batch",
+    }
+    print(
+        f"[hf] wall speedup {out['speedup_vs_hf_trainer_wall']:.3f}, step {out['speedup_vs_hf_trainer_step']:.3f}",
+        flush=True,
+    )
     return out
 
 
@@ -228,12 +276,22 @@ def bench_padding(setup: Setup, n_batches: int, repeats: int) -> dict:
         ids = setup.ids(texts, length, Truncation.head)
         collate = PadCollator(setup.pad_id)
         plans = {
-            "pad_to_max": [collate([(x + [setup.pad_id] * (length - len(x)), y) for x, y in
-                                    zip(ids[i:i + BATCH], labels[i:i + BATCH])]) for i in range(0, n, BATCH)],
-            "dynamic": [collate(list(zip(ids[i:i + BATCH], labels[i:i + BATCH]))) for i in range(0, n, BATCH)],
-            "dynamic_grouped": [collate([(ids[j], labels[j]) for j in b]) for b in
-                                LengthGroupedBatchSampler([len(x) for x in ids], BATCH, seed=0)],
+            "pad_to_max": [
+                collate(
+                    [
+                        (x + [setup.pad_id] * (length - len(x)), y)
+                        for x, y in zip(ids[i : i + BATCH], labels[i : i + BATCH])
+                    ]
+                )
+                for i in range(0, n, BATCH)
+            ],
+            "dynamic": [collate(list(zip(ids[i : i + BATCH], labels[i : i + BATCH]))) for i in range(0, n, BATCH)],
+            "dynamic_grouped": [
+                collate([(ids[j], labels[j]) for j in b])
+                for b in LengthGroupedBatchSampler([len(x) for x in ids], BATCH, seed=0)
+            ],
         }
+
         def samples_per_s(batches: list[dict]) -> float:
             model = setup.model(FULL)
             opt = build_optimizer(model, OPT, FULL.lr)
@@ -246,14 +304,18 @@ def bench_padding(setup: Setup, n_batches: int, repeats: int) -> dict:
 
         res = alternating(repeats, {name: (lambda b=batches: samples_per_s(b)) for name, batches in plans.items()})
         tokens = {k: sum(int(b["input_ids"].numel()) for b in v) for k, v in plans.items()}
-        out[str(length)] = {**{f"{k}_samples_per_s": stats(v) for k, v in res.items()},
-                            "padded_tokens": tokens, "real_tokens": sum(len(x) for x in ids),
-                            "dynamic_padding_speedup": statistics.median(res["dynamic"]) /
-                            statistics.median(res["pad_to_max"]),
-                            "grouped_speedup": statistics.median(res["dynamic_grouped"]) /
-                            statistics.median(res["pad_to_max"])}
-        print(f"[padding] {length}: dynamic x{out[str(length)]['dynamic_padding_speedup']:.2f}, "
-              f"grouped x{out[str(length)]['grouped_speedup']:.2f}", flush=True)
+        out[str(length)] = {
+            **{f"{k}_samples_per_s": stats(v) for k, v in res.items()},
+            "padded_tokens": tokens,
+            "real_tokens": sum(len(x) for x in ids),
+            "dynamic_padding_speedup": statistics.median(res["dynamic"]) / statistics.median(res["pad_to_max"]),
+            "grouped_speedup": statistics.median(res["dynamic_grouped"]) / statistics.median(res["pad_to_max"]),
+        }
+        print(
+            f"[padding] {length}: dynamic x{out[str(length)]['dynamic_padding_speedup']:.2f}, "
+            f"grouped x{out[str(length)]['grouped_speedup']:.2f}",
+            flush=True,
+        )
     return out
 
 
@@ -267,17 +329,27 @@ def step_flops(setup: Setup, method: MethodConfig, tokens_per_seq: int) -> dict:
     cfg = model.config
     embed = sum(p.numel() for n, p in model.named_parameters() if "embeddings" in n)
     lora = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
-    base = sum(p.numel() for n, p in model.named_parameters() if "embeddings" not in n and "lora_" not in n
-               and "modules_to_save" not in n)
+    base = sum(
+        p.numel()
+        for n, p in model.named_parameters()
+        if "embeddings" not in n and "lora_" not in n and "modules_to_save" not in n
+    )
     tokens = BATCH * tokens_per_seq
     attention = 12 * cfg.num_hidden_layers * BATCH * tokens_per_seq**2 * cfg.hidden_size  # QK^T and AV, fwd+bwd
     if method.name == "full":
         flops, formula = 6 * base * tokens + attention, "6 * N_nonembed * tokens + 12 * L * B * T^2 * H"
     else:  # frozen base: forward + input-gradient only (4N); adapters: forward + both gradients (6N)
-        flops, formula = 4 * base * tokens + 6 * lora * tokens + attention, \
-            "4 * N_base * tokens + 6 * N_lora * tokens + 12 * L * B * T^2 * H"
-    return {"flops_per_step": flops, "formula": formula, "non_embedding_params": base, "embedding_params": embed,
-            "lora_params": lora}
+        flops, formula = (
+            4 * base * tokens + 6 * lora * tokens + attention,
+            "4 * N_base * tokens + 6 * N_lora * tokens + 12 * L * B * T^2 * H",
+        )
+    return {
+        "flops_per_step": flops,
+        "formula": formula,
+        "non_embedding_params": base,
+        "embedding_params": embed,
+        "lora_params": lora,
+    }
 
 
 def _mm_seconds(m: int, k: int, n: int, batch: int = 1, reps: int = 5, warmup: int = 2) -> float:
@@ -317,8 +389,12 @@ def gemm_ceiling(model, tokens_per_seq: int) -> dict:
     for (m, k, n, b), count in shapes.items():
         flops += count * 2 * m * k * n * b
         seconds += count * _mm_seconds(m, k, n, b)
-    return {"gemm_flops_per_step": flops, "gemm_seconds_per_step": seconds, "gemm_ceiling_gflops": flops / seconds / 1e9,
-            "distinct_shapes": len(shapes)}
+    return {
+        "gemm_flops_per_step": flops,
+        "gemm_seconds_per_step": seconds,
+        "gemm_ceiling_gflops": flops / seconds / 1e9,
+        "distinct_shapes": len(shapes),
+    }
 
 
 def bench_mfu(setup: Setup, overhead: dict) -> dict:
@@ -331,23 +407,36 @@ def bench_mfu(setup: Setup, overhead: dict) -> dict:
         step_s = overhead[method.name]["ftsweep_step_ms"]["median"] / 1000
         achieved = f["flops_per_step"] / step_s / 1e9
         ceiling = gemm_ceiling(setup.model(method), seq)
-        out[method.name] = {**f, **ceiling, "achieved_gflops": achieved, "mfu_vs_matmul_peak": achieved / peak,
-                            "mfu_vs_gemm_ceiling": achieved / ceiling["gemm_ceiling_gflops"],
-                            "gemm_time_share_of_step": ceiling["gemm_seconds_per_step"] / step_s}
-        print(f"[mfu] {method.name}: {achieved:.1f} GFLOP/s of {peak:.1f} -> {achieved / peak:.2f}; shape ceiling "
-              f"{ceiling['gemm_ceiling_gflops']:.1f} -> {achieved / ceiling['gemm_ceiling_gflops']:.2f}", flush=True)
+        out[method.name] = {
+            **f,
+            **ceiling,
+            "achieved_gflops": achieved,
+            "mfu_vs_matmul_peak": achieved / peak,
+            "mfu_vs_gemm_ceiling": achieved / ceiling["gemm_ceiling_gflops"],
+            "gemm_time_share_of_step": ceiling["gemm_seconds_per_step"] / step_s,
+        }
+        print(
+            f"[mfu] {method.name}: {achieved:.1f} GFLOP/s of {peak:.1f} -> {achieved / peak:.2f}; shape ceiling "
+            f"{ceiling['gemm_ceiling_gflops']:.1f} -> {achieved / ceiling['gemm_ceiling_gflops']:.2f}",
+            flush=True,
+        )
     return out
 
 
 # --------------------------------------------------------------------------- 5. methods side by side
 def bench_methods(setup: Setup, steps: int) -> dict:
-    from ftsweep.config import (AdaLoraMethodConfig, FreezeMethodConfig, IA3MethodConfig,
-                                PromptTuningMethodConfig)
+    from ftsweep.config import AdaLoraMethodConfig, FreezeMethodConfig, IA3MethodConfig, PromptTuningMethodConfig
 
-    methods = [FULL, LORA, MethodConfig(name="head", lr=1e-3), MethodConfig(name="bitfit", lr=1e-3),
-               FreezeMethodConfig(name="freeze", lr=5e-5), IA3MethodConfig(name="ia3", lr=5e-3),
-               PromptTuningMethodConfig(name="prompt_tuning", lr=1e-2),
-               AdaLoraMethodConfig(name="adalora", lr=5e-4, target_modules=["query", "key", "value"])]
+    methods = [
+        FULL,
+        LORA,
+        MethodConfig(name="head", lr=1e-3),
+        MethodConfig(name="bitfit", lr=1e-3),
+        FreezeMethodConfig(name="freeze", lr=5e-5),
+        IA3MethodConfig(name="ia3", lr=5e-3),
+        PromptTuningMethodConfig(name="prompt_tuning", lr=1e-2),
+        AdaLoraMethodConfig(name="adalora", lr=5e-4, target_modules=["query", "key", "value"]),
+    ]
     batches = setup.fixed_batches(steps)
     out = {}
     for method in methods:
@@ -358,10 +447,18 @@ def bench_methods(setup: Setup, steps: int) -> dict:
         model = setup.model(method)
         trainable, total = count_params(model)
         step = steady(times)
-        out[method.name] = {"step_ms": step * 1000, "samples_per_s": BATCH / step, "peak_rss_mb": peak,
-                            "trainable_pct": 100 * trainable / total, **state}
-        print(f"[methods] {method.name}: {step * 1000:.0f} ms/step, {peak:.0f} MB RSS, train state "
-              f"{state['train_state_mb']:.0f} MB", flush=True)
+        out[method.name] = {
+            "step_ms": step * 1000,
+            "samples_per_s": BATCH / step,
+            "peak_rss_mb": peak,
+            "trainable_pct": 100 * trainable / total,
+            **state,
+        }
+        print(
+            f"[methods] {method.name}: {step * 1000:.0f} ms/step, {peak:.0f} MB RSS, train state "
+            f"{state['train_state_mb']:.0f} MB",
+            flush=True,
+        )
     out["qlora"] = "not measured: CUDA only (see docs/benchmarks.md, GPU check)"
     return out
 
@@ -403,11 +500,13 @@ def bench_eval_sorted(setup: Setup, repeats: int, n: int = 192) -> dict:
     model = setup.model(FULL)
     for length in (128, 512):
         ids = setup.ids(setup.splits.eval_texts[:n], length)
-        loaders = {"before": DataLoader(EncodedDataset(ids, labels), batch_size=32, collate_fn=PadCollator(setup.pad_id)),
-                   "after": make_loader(ids, labels, 32, setup.pad_id, shuffle=False, seed=0)}
+        loaders = {
+            "before": DataLoader(EncodedDataset(ids, labels), batch_size=32, collate_fn=PadCollator(setup.pad_id)),
+            "after": make_loader(ids, labels, 32, setup.pad_id, shuffle=False, seed=0),
+        }
         accuracy = {}
 
-        def rate(name: str) -> float:
+        def rate(name: str, loaders: dict = loaders, accuracy: dict = accuracy) -> float:  # this length's
             t0 = time.perf_counter()
             accuracy[name] = evaluate(model, loaders[name], torch.device("cpu"), 2)["accuracy"]
             return n / (time.perf_counter() - t0)
@@ -415,18 +514,24 @@ def bench_eval_sorted(setup: Setup, repeats: int, n: int = 192) -> dict:
         evaluate(model, [next(iter(loaders["after"]))], torch.device("cpu"), 2)  # warm-up
         res = alternating(repeats, {name: (lambda k=name: rate(k)) for name in loaders})
         padded = {k: sum(int(b["input_ids"].numel()) for b in v) for k, v in loaders.items()}
-        out[str(length)] = {**{f"{k}_samples_per_s": stats(v) for k, v in res.items()},
-                            "speedup": statistics.median(res["after"]) / statistics.median(res["before"]),
-                            "padded_tokens": padded, "real_tokens": sum(len(x) for x in ids),
-                            "accuracy": accuracy, "same_accuracy": accuracy["before"] == accuracy["after"]}
+        out[str(length)] = {
+            **{f"{k}_samples_per_s": stats(v) for k, v in res.items()},
+            "speedup": statistics.median(res["after"]) / statistics.median(res["before"]),
+            "padded_tokens": padded,
+            "real_tokens": sum(len(x) for x in ids),
+            "accuracy": accuracy,
+            "same_accuracy": accuracy["before"] == accuracy["after"],
+        }
         print(f"[eval sorted] {length}: x{out[str(length)]['speedup']:.2f}, accuracy {accuracy}", flush=True)
     return out
 
 
 # --------------------------------------------------------------------------- LoRA against full, op by op
-CATEGORIES = {"dropout masks (bernoulli_)": ("aten::bernoulli_",),
-              "matmuls": ("aten::mm", "aten::addmm", "aten::bmm"),
-              "optimizer": ("aten::_fused_adamw_",)}
+CATEGORIES = {
+    "dropout masks (bernoulli_)": ("aten::bernoulli_",),
+    "matmuls": ("aten::mm", "aten::addmm", "aten::bmm"),
+    "optimizer": ("aten::_fused_adamw_",),
+}
 
 
 def _profile_step_ms(setup: Setup, method: MethodConfig, batches: list[dict]) -> dict[str, float]:
@@ -443,6 +548,7 @@ def _profile_step_ms(setup: Setup, method: MethodConfig, batches: list[dict]) ->
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
+
     for batch in batches[:2]:
         step(batch)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -462,20 +568,34 @@ def bench_lora(setup: Setup, steps: int, repeats: int) -> dict:
     batches = setup.fixed_batches(steps)
     before = LoraMethodConfig(name="lora", lr=LORA.lr, lora_dropout=0.1)
     after = LoraMethodConfig(name="lora", lr=LORA.lr, lora_dropout=0.0)
-    profiles = {"full": _profile_step_ms(setup, FULL, batches[:5]), "lora": _profile_step_ms(setup, before, batches[:5]),
-                "lora_dropout_0": _profile_step_ms(setup, after, batches[:5])}
-    runs = alternating(repeats, {
-        "full": lambda: steady(ftsweep_steps(setup, FULL, batches)) * 1000,
-        "lora": lambda: steady(ftsweep_steps(setup, before, batches)) * 1000,
-        "lora_dropout_0": lambda: steady(ftsweep_steps(setup, after, batches)) * 1000,
-    })
-    flops = {m.name: step_flops(setup, m, int(batches[0]["input_ids"].shape[1]))["flops_per_step"] for m in (FULL, LORA)}
-    out = {"profile_ms_per_step": profiles, "step_ms": {k: stats(v) for k, v in runs.items()},
-           "flops_ratio_lora_vs_full": flops["lora"] / flops["full"]}
+    profiles = {
+        "full": _profile_step_ms(setup, FULL, batches[:5]),
+        "lora": _profile_step_ms(setup, before, batches[:5]),
+        "lora_dropout_0": _profile_step_ms(setup, after, batches[:5]),
+    }
+    runs = alternating(
+        repeats,
+        {
+            "full": lambda: steady(ftsweep_steps(setup, FULL, batches)) * 1000,
+            "lora": lambda: steady(ftsweep_steps(setup, before, batches)) * 1000,
+            "lora_dropout_0": lambda: steady(ftsweep_steps(setup, after, batches)) * 1000,
+        },
+    )
+    flops = {
+        m.name: step_flops(setup, m, int(batches[0]["input_ids"].shape[1]))["flops_per_step"] for m in (FULL, LORA)
+    }
+    out = {
+        "profile_ms_per_step": profiles,
+        "step_ms": {k: stats(v) for k, v in runs.items()},
+        "flops_ratio_lora_vs_full": flops["lora"] / flops["full"],
+    }
     for k in ("lora", "lora_dropout_0"):
         out[f"{k}_vs_full_step"] = statistics.median(runs[k]) / statistics.median(runs["full"])
-    print(f"[lora] step vs full {out['lora_vs_full_step']:.2f} (FLOPs {out['flops_ratio_lora_vs_full']:.2f}); without "
-          f"its dropout {out['lora_dropout_0_vs_full_step']:.2f}; profile {profiles}", flush=True)
+    print(
+        f"[lora] step vs full {out['lora_vs_full_step']:.2f} (FLOPs {out['flops_ratio_lora_vs_full']:.2f}); without "
+        f"its dropout {out['lora_dropout_0_vs_full_step']:.2f}; profile {profiles}",
+        flush=True,
+    )
     return out
 
 
@@ -492,15 +612,35 @@ def bench_cpu_bf16(setup: Setup, steps: int, repeats: int) -> dict:
     def train_step(precision: Precision) -> float:
         m = setup.model(FULL)
         opt = build_optimizer(m, OPT, FULL.lr)
-        settings = LoopSettings(total_steps=len(batches), epochs=1, num_labels=2, max_grad_norm=1.0,
-                                log_every_steps=len(batches), progress=False, precision=precision)
-        return steady(fit(m, batches, [batches[0]], opt, build_scheduler(opt, OPT, len(batches)), settings,
-                          torch.device("cpu")).step_times_s) * 1000
+        settings = LoopSettings(
+            total_steps=len(batches),
+            epochs=1,
+            num_labels=2,
+            max_grad_norm=1.0,
+            log_every_steps=len(batches),
+            progress=False,
+            precision=precision,
+        )
+        return (
+            steady(
+                fit(
+                    m,
+                    batches,
+                    [batches[0]],
+                    opt,
+                    build_scheduler(opt, OPT, len(batches)),
+                    settings,
+                    torch.device("cpu"),
+                ).step_times_s
+            )
+            * 1000
+        )
 
     def eval_rate(precision: Precision) -> float:
         t0 = time.perf_counter()
         evaluate(model, loader, torch.device("cpu"), 2, precision)
         return 128 / (time.perf_counter() - t0)
+
     evaluate(model, [next(iter(loader))], torch.device("cpu"), 2, Precision.bf16)  # warm-up
     step = alternating(repeats, {p.value: (lambda q=p: train_step(q)) for p in (Precision.fp32, Precision.bf16)})
     rate = alternating(repeats, {p.value: (lambda q=p: eval_rate(q)) for p in (Precision.fp32, Precision.bf16)})
@@ -509,10 +649,13 @@ def bench_cpu_bf16(setup: Setup, steps: int, repeats: int) -> dict:
     except OSError:
         flags = set()
     amx = ", ".join(f for f in ("amx_bf16", "avx512_bf16") if f in flags) or "no bf16 matrix instructions"
-    out = {"cpu_capability": amx, "step_ms": {k: stats(v) for k, v in step.items()},
-           "eval_samples_per_s": {k: stats(v) for k, v in rate.items()},
-           "train_speedup": statistics.median(step["fp32"]) / statistics.median(step["bf16"]),
-           "eval_speedup": statistics.median(rate["bf16"]) / statistics.median(rate["fp32"])}
+    out = {
+        "cpu_capability": amx,
+        "step_ms": {k: stats(v) for k, v in step.items()},
+        "eval_samples_per_s": {k: stats(v) for k, v in rate.items()},
+        "train_speedup": statistics.median(step["fp32"]) / statistics.median(step["bf16"]),
+        "eval_speedup": statistics.median(rate["bf16"]) / statistics.median(rate["fp32"]),
+    }
     print(f"[cpu bf16] train x{out['train_speedup']:.2f}, eval x{out['eval_speedup']:.2f} ({amx})", flush=True)
     return out
 
@@ -523,15 +666,24 @@ def bench_before_after(setup: Setup, steps: int, repeats: int) -> dict:
     batches = setup.fixed_batches(steps)
     out = {}
     for method in (FULL, LORA):
-        runs = alternating(repeats, {
-            "before": lambda m=method: steady(ftsweep_steps(setup, m, batches, fused=False)) * 1000,
-            "after": lambda m=method: steady(ftsweep_steps(setup, m, batches, fused=True)) * 1000,
-        })
+        runs = alternating(
+            repeats,
+            {
+                "before": lambda m=method: steady(ftsweep_steps(setup, m, batches, fused=False)) * 1000,
+                "after": lambda m=method: steady(ftsweep_steps(setup, m, batches, fused=True)) * 1000,
+            },
+        )
         before, after = runs["before"], runs["after"]
-        out[method.name] = {"before_foreach_step_ms": stats(before), "after_fused_step_ms": stats(after),
-                            "speedup": statistics.median(before) / statistics.median(after)}
-        print(f"[before/after] {method.name}: foreach {statistics.median(before):.0f} ms -> fused "
-              f"{statistics.median(after):.0f} ms", flush=True)
+        out[method.name] = {
+            "before_foreach_step_ms": stats(before),
+            "after_fused_step_ms": stats(after),
+            "speedup": statistics.median(before) / statistics.median(after),
+        }
+        print(
+            f"[before/after] {method.name}: foreach {statistics.median(before):.0f} ms -> fused "
+            f"{statistics.median(after):.0f} ms",
+            flush=True,
+        )
     return out
 
 
@@ -539,80 +691,130 @@ def bench_before_after(setup: Setup, steps: int, repeats: int) -> dict:
 def write_readme(results: dict) -> None:
     r = results
     m = r["meta"]
-    lines = [f"Measured {m['date']} on {m['cpu']} ({m['cores']} cores, {m['threads']} torch threads), torch "
-             f"{m['torch']}, transformers {m['transformers']}; MiniLM-L6, batch {BATCH}, {LENGTH} tokens unless said; "
-             f"median (min-max) of {m['repeats']} repeats, A/B alternating. Wall time of the whole bench: "
-             f"{m['bench_wall_s']:.0f} s.", "",
-             "| measure | result | target |", "|---|---|---|"]
+    lines = [
+        f"Measured {m['date']} on {m['cpu']} ({m['cores']} cores, {m['threads']} torch threads), torch "
+        f"{m['torch']}, transformers {m['transformers']}; MiniLM-L6, batch {BATCH}, {LENGTH} tokens unless said; "
+        f"median (min-max) of {m['repeats']} repeats, A/B alternating. Wall time of the whole bench: "
+        f"{m['bench_wall_s']:.0f} s.",
+        "",
+        "| measure | result | target |",
+        "|---|---|---|",
+    ]
     for name in ("full", "lora"):
         o = r["overhead"][name]
-        lines.append(f"| overhead_vs_bare_loop ({name}) | **{o['overhead_vs_bare_loop']:.3f}** (ftsweep "
-                     f"{o['ftsweep_step_ms']['median']:.0f} ms [{o['ftsweep_step_ms']['min']:.0f}-"
-                     f"{o['ftsweep_step_ms']['max']:.0f}], bare {o['bare_step_ms']['median']:.0f} ms "
-                     f"[{o['bare_step_ms']['min']:.0f}-{o['bare_step_ms']['max']:.0f}]) | <= 1.02 |")
+        lines.append(
+            f"| overhead_vs_bare_loop ({name}) | **{o['overhead_vs_bare_loop']:.3f}** (ftsweep "
+            f"{o['ftsweep_step_ms']['median']:.0f} ms [{o['ftsweep_step_ms']['min']:.0f}-"
+            f"{o['ftsweep_step_ms']['max']:.0f}], bare {o['bare_step_ms']['median']:.0f} ms "
+            f"[{o['bare_step_ms']['min']:.0f}-{o['bare_step_ms']['max']:.0f}]) | <= 1.02 |"
+        )
     h = r["hf_trainer"]
-    lines.append(f"| speedup_vs_hf_trainer, whole training | **{h['speedup_vs_hf_trainer_wall']:.3f}** (HF "
-                 f"{h['hf_train_wall_s']['median']:.1f} s, ftsweep {h['ftsweep_train_wall_s']['median']:.1f} s) | >= 1.0 |")
-    lines.append(f"| speedup_vs_hf_trainer, step | **{h['speedup_vs_hf_trainer_step']:.3f}** (HF "
-                 f"{h['hf_step_ms']['median']:.0f} ms, ftsweep {h['ftsweep_step_ms']['median']:.0f} ms) | >= 1.0 |")
+    lines.append(
+        f"| speedup_vs_hf_trainer, whole training | **{h['speedup_vs_hf_trainer_wall']:.3f}** (HF "
+        f"{h['hf_train_wall_s']['median']:.1f} s, ftsweep {h['ftsweep_train_wall_s']['median']:.1f} s) | >= 1.0 |"
+    )
+    lines.append(
+        f"| speedup_vs_hf_trainer, step | **{h['speedup_vs_hf_trainer_step']:.3f}** (HF "
+        f"{h['hf_step_ms']['median']:.0f} ms, ftsweep {h['ftsweep_step_ms']['median']:.0f} ms) | >= 1.0 |"
+    )
     for length, p in r["padding"].items():
-        lines.append(f"| dynamic_padding_speedup at {length} tokens | **{p['dynamic_padding_speedup']:.2f}** "
-                     f"(+ length grouping: {p['grouped_speedup']:.2f}; pad-to-max "
-                     f"{p['pad_to_max_samples_per_s']['median']:.1f} samples/s; real/padded tokens "
-                     f"{p['real_tokens']}/{p['padded_tokens']['pad_to_max']}) | > 1 |")
+        lines.append(
+            f"| dynamic_padding_speedup at {length} tokens | **{p['dynamic_padding_speedup']:.2f}** "
+            f"(+ length grouping: {p['grouped_speedup']:.2f}; pad-to-max "
+            f"{p['pad_to_max_samples_per_s']['median']:.1f} samples/s; real/padded tokens "
+            f"{p['real_tokens']}/{p['padded_tokens']['pad_to_max']}) | > 1 |"
+        )
     f = r["mfu"]
     lines.append(f"| fp32 matmul peak (2048^2, torch) | {f['matmul_gflops']:.1f} GFLOP/s | |")
     for name in ("full", "lora"):
-        lines.append(f"| mfu_vs_matmul_peak ({name}) | **{f[name]['mfu_vs_matmul_peak']:.2f}** "
-                     f"({f[name]['achieved_gflops']:.1f} GFLOP/s; {f[name]['formula']}) | "
-                     f"{'>= 0.65' if name == 'full' else ''} |")
+        lines.append(
+            f"| mfu_vs_matmul_peak ({name}) | **{f[name]['mfu_vs_matmul_peak']:.2f}** "
+            f"({f[name]['achieved_gflops']:.1f} GFLOP/s; {f[name]['formula']}) | "
+            f"{'>= 0.65' if name == 'full' else ''} |"
+        )
         if "mfu_vs_gemm_ceiling" in f[name]:
-            lines.append(f"| mfu_vs_gemm_ceiling ({name}) | **{f[name]['mfu_vs_gemm_ceiling']:.2f}** (the step's own "
-                         f"{f[name]['distinct_shapes']} GEMM shapes run at {f[name]['gemm_ceiling_gflops']:.1f} GFLOP/s "
-                         f"alone; they are {100 * f[name]['gemm_time_share_of_step']:.0f} % of the step's time) | |")
-    lines += ["", "| method | step ms | samples/s | peak RSS MB | train state MB (params + grads + optimizer + saved "
-              "activations) | trainable % |", "|---|---|---|---|---|---|"]
+            lines.append(
+                f"| mfu_vs_gemm_ceiling ({name}) | **{f[name]['mfu_vs_gemm_ceiling']:.2f}** (the step's own "
+                f"{f[name]['distinct_shapes']} GEMM shapes run at {f[name]['gemm_ceiling_gflops']:.1f} GFLOP/s "
+                f"alone; they are {100 * f[name]['gemm_time_share_of_step']:.0f} % of the step's time) | |"
+            )
+    lines += [
+        "",
+        "| method | step ms | samples/s | peak RSS MB | train state MB (params + grads + optimizer + saved "
+        "activations) | trainable % |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, v in r["methods"].items():
         if isinstance(v, dict):
-            state = (f"**{v['train_state_mb']:.0f}** ({v['params_mb']:.0f} + {v['grads_mb']:.1f} + "
-                     f"{v['optimizer_state_mb']:.1f} + {v['activations_saved_mb']:.0f})") if "train_state_mb" in v else ""
-            lines.append(f"| {name} | {v['step_ms']:.0f} | {v['samples_per_s']:.1f} | {v['peak_rss_mb']:.0f} | "
-                         f"{state} | {v['trainable_pct']:.3g} |")
-    lines += ["", "| before/after (ftsweep step) | before: AdamW foreach | after: AdamW fused | speedup |",
-              "|---|---|---|---|"]
+            state = (
+                (
+                    f"**{v['train_state_mb']:.0f}** ({v['params_mb']:.0f} + {v['grads_mb']:.1f} + "
+                    f"{v['optimizer_state_mb']:.1f} + {v['activations_saved_mb']:.0f})"
+                )
+                if "train_state_mb" in v
+                else ""
+            )
+            lines.append(
+                f"| {name} | {v['step_ms']:.0f} | {v['samples_per_s']:.1f} | {v['peak_rss_mb']:.0f} | "
+                f"{state} | {v['trainable_pct']:.3g} |"
+            )
+    lines += [
+        "",
+        "| before/after (ftsweep step) | before: AdamW foreach | after: AdamW fused | speedup |",
+        "|---|---|---|---|",
+    ]
     for name, v in r["before_after"].items():
-        lines.append(f"| {name} | {v['before_foreach_step_ms']['median']:.0f} ms | {v['after_fused_step_ms']['median']:.0f}"
-                     f" ms | {v['speedup']:.3f} |")
+        lines.append(
+            f"| {name} | {v['before_foreach_step_ms']['median']:.0f} ms | {v['after_fused_step_ms']['median']:.0f}"
+            f" ms | {v['speedup']:.3f} |"
+        )
     lines += ["", "| eval case (256 reviews) | samples/s |", "|---|---|"]
     for name, v in r["eval"].items():
         lines.append(f"| {name} | {v['median']:.0f} ({v['min']:.0f}-{v['max']:.0f}) |")
     if "eval_sorted" in r:
-        lines += ["", "| eval, 192 reviews, batch 32 | before: data order | after: longest first | speed-up | "
-                  "same accuracy |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| eval, 192 reviews, batch 32 | before: data order | after: longest first | speed-up | same accuracy |",
+            "|---|---|---|---|---|",
+        ]
         for length, v in r["eval_sorted"].items():
-            lines.append(f"| {length} tokens | {v['before_samples_per_s']['median']:.1f} samples/s | "
-                         f"{v['after_samples_per_s']['median']:.1f} samples/s | **{v['speedup']:.2f}** | "
-                         f"{'yes' if v['same_accuracy'] else 'NO'} ({v['accuracy']['after']:.3f}) |")
+            lines.append(
+                f"| {length} tokens | {v['before_samples_per_s']['median']:.1f} samples/s | "
+                f"{v['after_samples_per_s']['median']:.1f} samples/s | **{v['speedup']:.2f}** | "
+                f"{'yes' if v['same_accuracy'] else 'NO'} ({v['accuracy']['after']:.3f}) |"
+            )
     if "lora" in r:
         lo = r["lora"]
-        lines += ["", f"LoRA against full fine-tuning: step {lo['lora_vs_full_step']:.2f}x of full's for "
-                  f"{lo['flops_ratio_lora_vs_full']:.2f}x the FLOPs. Self CPU time per step (torch.profiler, 3 steps):",
-                  "", "| where | full ms | lora before (lora_dropout=0.1) ms | lora after (lora_dropout=0, the default) ms |",
-                  "|---|---|---|---|"]
+        lines += [
+            "",
+            f"LoRA against full fine-tuning: step {lo['lora_vs_full_step']:.2f}x of full's for "
+            f"{lo['flops_ratio_lora_vs_full']:.2f}x the FLOPs. Self CPU time per step (torch.profiler, 3 steps):",
+            "",
+            "| where | full ms | lora before (lora_dropout=0.1) ms | lora after (lora_dropout=0, the default) ms |",
+            "|---|---|---|---|",
+        ]
         for cat in lo["profile_ms_per_step"]["full"]:
-            lines.append(f"| {cat} | " + " | ".join(f"{lo['profile_ms_per_step'][k][cat]:.0f}" for k in
-                                                    ("full", "lora", "lora_dropout_0")) + " |")
+            lines.append(
+                f"| {cat} | "
+                + " | ".join(f"{lo['profile_ms_per_step'][k][cat]:.0f}" for k in ("full", "lora", "lora_dropout_0"))
+                + " |"
+            )
         sm = lo["step_ms"]
-        lines.append(f"| **measured step (median)** | {sm['full']['median']:.0f} | {sm['lora']['median']:.0f} "
-                     f"({lo['lora_vs_full_step']:.2f}x) | {sm['lora_dropout_0']['median']:.0f} "
-                     f"({lo['lora_dropout_0_vs_full_step']:.2f}x) |")
+        lines.append(
+            f"| **measured step (median)** | {sm['full']['median']:.0f} | {sm['lora']['median']:.0f} "
+            f"({lo['lora_vs_full_step']:.2f}x) | {sm['lora_dropout_0']['median']:.0f} "
+            f"({lo['lora_dropout_0_vs_full_step']:.2f}x) |"
+        )
     if "cpu_bf16" in r:
         c = r["cpu_bf16"]
-        lines += ["", f"`precision=bf16` on this CPU ({c['cpu_capability']}; autocast, fp32 master weights): training step "
-                  f"{c['step_ms']['fp32']['median']:.0f} → {c['step_ms']['bf16']['median']:.0f} ms "
-                  f"(**{c['train_speedup']:.2f}x**), eval {c['eval_samples_per_s']['fp32']['median']:.0f} → "
-                  f"{c['eval_samples_per_s']['bf16']['median']:.0f} samples/s (**{c['eval_speedup']:.2f}x**). Accuracy "
-                  f"parity is not measured here, so fp32 stays the CPU default (`precision=auto`)."]
+        lines += [
+            "",
+            f"`precision=bf16` on this CPU ({c['cpu_capability']}; autocast, fp32 master weights): training step "
+            f"{c['step_ms']['fp32']['median']:.0f} → {c['step_ms']['bf16']['median']:.0f} ms "
+            f"(**{c['train_speedup']:.2f}x**), eval {c['eval_samples_per_s']['fp32']['median']:.0f} → "
+            f"{c['eval_samples_per_s']['bf16']['median']:.0f} samples/s (**{c['eval_speedup']:.2f}x**). Accuracy "
+            f"parity is not measured here, so fp32 stays the CPU default (`precision=auto`).",
+        ]
     if "sweep_efficiency" in r:
         import runs
 
@@ -636,8 +838,9 @@ def before_checkout(ref: str):
         yield None
         return
     with tempfile.TemporaryDirectory(prefix="bench-before-") as tmp:
-        made = subprocess.run(["git", "-C", str(HERE.parent), "worktree", "add", "--detach", tmp, ref],
-                              capture_output=True, text=True)
+        made = subprocess.run(
+            ["git", "-C", str(HERE.parent), "worktree", "add", "--detach", tmp, ref], capture_output=True, text=True
+        )
         if made.returncode != 0:
             print(f"[before] no worktree of {ref}: {made.stderr.strip()}; measuring 'after' only", flush=True)
             yield None
@@ -651,12 +854,21 @@ def before_checkout(ref: str):
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer steps and repeats: a smoke run, not for quoting")
-    ap.add_argument("--before", default=BEFORE,
-                    help="git commit to measure the sweep on as 'before' (a temporary worktree); '' skips it")
-    ap.add_argument("--only-parity", action="store_true",
-                    help="rerun only the length-grouping parity and replace it in results.json (dated on its own)")
-    ap.add_argument("--only-samplers", action="store_true",
-                    help="rerun only GP vs TPE and replace that section of results.json (dated on its own)")
+    ap.add_argument(
+        "--before",
+        default=BEFORE,
+        help="git commit to measure the sweep on as 'before' (a temporary worktree); '' skips it",
+    )
+    ap.add_argument(
+        "--only-parity",
+        action="store_true",
+        help="rerun only the length-grouping parity and replace it in results.json (dated on its own)",
+    )
+    ap.add_argument(
+        "--only-samplers",
+        action="store_true",
+        help="rerun only GP vs TPE and replace that section of results.json (dated on its own)",
+    )
     args = ap.parse_args()
     if args.only_parity:
         import runs
@@ -664,8 +876,9 @@ def main() -> int:
         results = json.loads((HERE / "results.json").read_text())
         t0 = time.time()
         results["grouped_parity"] = runs.bench_grouped_parity()
-        results["grouped_parity"].update(date=dt.date.today().isoformat(), wall_s=time.time() - t0, cpu=cpu_model(),
-                                         rerun="--only-parity")
+        results["grouped_parity"].update(
+            date=dt.date.today().isoformat(), wall_s=time.time() - t0, cpu=cpu_model(), rerun="--only-parity"
+        )
         (HERE / "results.json").write_text(json.dumps(results, indent=2))
         write_readme(results)
         return 0
@@ -685,10 +898,19 @@ def main() -> int:
     import transformers
 
     setup = Setup(n_train=max(steps, 8) * BATCH * 2)
-    results = {"meta": {"date": dt.date.today().isoformat(), "cpu": cpu_model(), "cores": os.cpu_count(),
-                        "threads": torch.get_num_threads(), "torch": torch.__version__,
-                        "transformers": transformers.__version__, "repeats": repeats, "steps": steps,
-                        "quick": args.quick}}
+    results = {
+        "meta": {
+            "date": dt.date.today().isoformat(),
+            "cpu": cpu_model(),
+            "cores": os.cpu_count(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "repeats": repeats,
+            "steps": steps,
+            "quick": args.quick,
+        }
+    }
     results["overhead"] = bench_overhead(setup, steps, repeats)
     results["hf_trainer"] = bench_hf_trainer(setup, steps, max(repeats - 1, 1))
     results["padding"] = bench_padding(setup, 4 if not args.quick else 2, max(repeats - 1, 1))

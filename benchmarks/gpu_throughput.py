@@ -39,14 +39,15 @@ def prepare(out: Path) -> None:
     """Here: the fp16 MiniLM folder and the IMDB split as uint16 token ids, as ftsweep cuts them."""
     from safetensors.torch import load_file, save_file
 
+    from ftsweep.batches import tokenize
     from ftsweep.compose import compose_config
     from ftsweep.config import validate
-    from ftsweep.batches import tokenize
     from ftsweep.data import load_splits
     from ftsweep.model import load_tokenizer, resolve_path
 
-    cfg = validate(compose_config("data.max_train_samples=null", "data.max_eval_samples=null",
-                                  f"data.max_length={LENGTH}"))
+    cfg = validate(
+        compose_config("data.max_train_samples=null", "data.max_eval_samples=null", f"data.max_length={LENGTH}")
+    )
     src = Path(resolve_path(cfg.model))
     (out / "minilm").mkdir(parents=True, exist_ok=True)
     weights = {k: v.half().contiguous() for k, v in load_file(str(src / "model.safetensors")).items()}
@@ -55,12 +56,14 @@ def prepare(out: Path) -> None:
     splits = load_splits(cfg.data)
     tok = load_tokenizer(cfg.model)
     arrays = {}
-    for name, texts, labels in (("train", splits.train_texts, splits.train_labels),
-                                ("eval", splits.eval_texts, splits.eval_labels)):
+    for name, texts, labels in (
+        ("train", splits.train_texts, splits.train_labels),
+        ("eval", splits.eval_texts, splits.eval_labels),
+    ):
         ids = tokenize(texts, tok, LENGTH, cfg.data.truncation)
         flat = np.zeros((len(ids), LENGTH), dtype=np.uint16)
         for i, row in enumerate(ids):
-            flat[i, :len(row)] = row
+            flat[i, : len(row)] = row
         arrays[f"{name}_ids"], arrays[f"{name}_len"] = flat, np.array([len(r) for r in ids], dtype=np.int16)
         arrays[f"{name}_labels"] = np.array(labels, dtype=np.int8)
     np.savez_compressed(out / "imdb_256.npz", **arrays)
@@ -73,8 +76,9 @@ def build(kind: str, assets: Path, method: str, checkpointing: bool = False, see
 
     torch.manual_seed(seed)
     if kind == "minilm":
-        model = AutoModelForSequenceClassification.from_pretrained(str(assets / "minilm"), num_labels=2,
-                                                                   dtype=torch.float32)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(assets / "minilm"), num_labels=2, dtype=torch.float32
+        )
     else:  # BERT-base's shape; random weights
         model = BertForSequenceClassification(BertConfig(num_labels=2))
     if checkpointing:
@@ -82,8 +86,16 @@ def build(kind: str, assets: Path, method: str, checkpointing: bool = False, see
     if method == "lora":
         from peft import LoraConfig, TaskType, get_peft_model
 
-        model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=8, lora_alpha=16, lora_dropout=lora_dropout,
-                                                 target_modules=["query", "value"]))
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                task_type=TaskType.SEQ_CLS,
+                r=8,
+                lora_alpha=16,
+                lora_dropout=lora_dropout,
+                target_modules=["query", "value"],
+            ),
+        )
     return model.cuda().train()
 
 
@@ -93,7 +105,7 @@ def train_flops(model, method: str, batch: int, length: int) -> float:
     hidden, layers = cfg.hidden_size, cfg.num_hidden_layers
     emb = sum(p.numel() for n, p in model.named_parameters() if "embeddings" in n)
     tokens = batch * length
-    attention = 12 * layers * batch * length ** 2 * hidden
+    attention = 12 * layers * batch * length**2 * hidden
     if method == "full":
         return 6 * (sum(p.numel() for p in model.parameters()) - emb) * tokens + attention
     lora = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad)
@@ -114,12 +126,18 @@ def step_fn(model, precision: str, compiled: bool):
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
+
     return step, opt
 
 
 def throughput(assets: Path, peak: float, budget_s: float, rows: list) -> None:
-    cases = [(k, m, p, b, False) for k in ("minilm", "bert_base") for m in ("full", "lora")
-             for p in ("fp32", "bf16") for b in (32, 128, 512)]
+    cases = [
+        (k, m, p, b, False)
+        for k in ("minilm", "bert_base")
+        for m in ("full", "lora")
+        for p in ("fp32", "bf16")
+        for b in (32, 128, 512)
+    ]
     cases += [(k, m, "bf16", 128, True) for k in ("minilm", "bert_base") for m in ("full", "lora")]
     t_start = time.time()
     for kind, method, precision, batch, compiled in cases:
@@ -143,9 +161,14 @@ def throughput(assets: Path, peak: float, budget_s: float, rows: list) -> None:
             torch.cuda.synchronize()
             dt = (time.perf_counter() - t0) / n
             flops = train_flops(model, method, batch, LENGTH)
-            row.update(step_ms=1000 * dt, samples_per_s=batch / dt, tflops=flops / dt / 1e12,
-                       mfu_vs_bf16_peak=flops / dt / 1e12 / peak,
-                       cuda_peak_allocated_mb=torch.cuda.max_memory_allocated() / 2**20, status="ok")
+            row.update(
+                step_ms=1000 * dt,
+                samples_per_s=batch / dt,
+                tflops=flops / dt / 1e12,
+                mfu_vs_bf16_peak=flops / dt / 1e12 / peak,
+                cuda_peak_allocated_mb=torch.cuda.max_memory_allocated() / 2**20,
+                status="ok",
+            )
         except torch.cuda.OutOfMemoryError:
             row["status"] = "out of memory"
         except Exception as exc:  # one unsupported case must not hide the others
@@ -179,8 +202,14 @@ def eval_speed(assets: Path, rows: list) -> None:
 def train_state(assets: Path, rows: list) -> None:
     from ftsweep.metrics import SavedForBackward, optimizer_state_mb, tensor_mb
 
-    for method, precision, ckpt in (("full", "fp32", False), ("lora", "fp32", False), ("full", "fp32", True),
-                                    ("full", "bf16", False), ("lora", "bf16", False), ("lora", "bf16", True)):
+    for method, precision, ckpt in (
+        ("full", "fp32", False),
+        ("lora", "fp32", False),
+        ("full", "fp32", True),
+        ("full", "bf16", False),
+        ("lora", "bf16", False),
+        ("lora", "bf16", True),
+    ):
         model = build("minilm", assets, method, checkpointing=ckpt)
         step, opt = step_fn(model, precision, False)
         ids = torch.randint(1000, 30000, (32, LENGTH), device="cuda")
@@ -198,10 +227,21 @@ def train_state(assets: Path, rows: list) -> None:
         grads = tensor_mb(trainable)  # grads are as large as the trainable params
         state = params + grads + optimizer_state_mb(opt) + counter.peak_mb
         peak = torch.cuda.max_memory_allocated() / 2**20
-        rows.append({"method": method, "precision": precision, "checkpointing": ckpt, "params_mb": params,
-                     "grads_mb": grads, "optimizer_state_mb": optimizer_state_mb(opt),
-                     "activations_saved_mb": counter.peak_mb, "train_state_mb": state, "cuda_peak_allocated_mb": peak,
-                     "baseline_allocated_mb": base / 2**20, "ratio_state_to_cuda_peak": state / peak})
+        rows.append(
+            {
+                "method": method,
+                "precision": precision,
+                "checkpointing": ckpt,
+                "params_mb": params,
+                "grads_mb": grads,
+                "optimizer_state_mb": optimizer_state_mb(opt),
+                "activations_saved_mb": counter.peak_mb,
+                "train_state_mb": state,
+                "cuda_peak_allocated_mb": peak,
+                "baseline_allocated_mb": base / 2**20,
+                "ratio_state_to_cuda_peak": state / peak,
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
         model = step = opt = None
         torch.cuda.empty_cache()
@@ -220,10 +260,10 @@ def ceiling(assets: Path, epochs: int, out: dict) -> None:
     sched = get_linear_schedule_with_warmup(opt, int(0.06 * total), total)
     positions = torch.arange(LENGTH)
     t0 = time.time()
-    for epoch in range(epochs):
+    for _ in range(epochs):
         order = torch.randperm(n)
         for i in range(n // batch):
-            idx = order[i * batch:(i + 1) * batch]
+            idx = order[i * batch : (i + 1) * batch]
             ids, m = x[idx].cuda(non_blocking=True), (positions < lens[idx, None]).long().cuda(non_blocking=True)
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 loss = model(input_ids=ids, attention_mask=m, labels=y[idx].cuda()).loss
@@ -239,11 +279,19 @@ def ceiling(assets: Path, epochs: int, out: dict) -> None:
     preds = []
     with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
         for i in range(0, len(ey), 512):
-            m = (positions < el[i:i + 512, None]).long().cuda()
-            preds.append(model(input_ids=ex[i:i + 512].cuda(), attention_mask=m).logits.argmax(-1).cpu())
+            m = (positions < el[i : i + 512, None]).long().cuda()
+            preds.append(model(input_ids=ex[i : i + 512].cuda(), attention_mask=m).logits.argmax(-1).cpu())
     hit = (torch.cat(preds) == ey).float()
-    out.update(train_reviews=n, epochs=epochs, length=LENGTH, batch=batch, train_s=train_s,
-               accuracy_all_eval=hit.mean().item(), eval_reviews=len(ey), accuracy_first_1000=hit[:1000].mean().item())
+    out.update(
+        train_reviews=n,
+        epochs=epochs,
+        length=LENGTH,
+        batch=batch,
+        train_s=train_s,
+        accuracy_all_eval=hit.mean().item(),
+        eval_reviews=len(ey),
+        accuracy_first_1000=hit[:1000].mean().item(),
+    )
     print(json.dumps(out), flush=True)
 
 
@@ -253,12 +301,12 @@ def cut(ids: torch.Tensor, lens: torch.Tensor, length: int) -> tuple[torch.Tenso
     out, new = torch.zeros(len(ids), length, dtype=ids.dtype), torch.zeros_like(lens)
     budget = length - 2
     for i in range(len(ids)):
-        content = ids[i, 1:int(lens[i]) - 1]
+        content = ids[i, 1 : int(lens[i]) - 1]
         if len(content) > budget:
             head = budget // 4
-            content = torch.cat([content[:head], content[len(content) - (budget - head):]])
-        row = torch.cat([ids[i, :1], content, ids[i, int(lens[i]) - 1:int(lens[i])]])
-        out[i, :len(row)], new[i] = row, len(row)
+            content = torch.cat([content[:head], content[len(content) - (budget - head) :]])
+        row = torch.cat([ids[i, :1], content, ids[i, int(lens[i]) - 1 : int(lens[i])]])
+        out[i, : len(row)], new[i] = row, len(row)
     return out, new
 
 
@@ -283,9 +331,12 @@ def fine_tune_and_score(model, lr: float, tx, tl, ty, vx, vl, vy) -> float:
     order = torch.randperm(len(ty))
     pos = torch.arange(tx.shape[1])
     for i in range(steps):
-        idx = order[i * 16:(i + 1) * 16]
-        loss = model(input_ids=tx[idx].to(device), attention_mask=(pos < tl[idx, None]).long().to(device),
-                     labels=ty[idx].to(device)).loss
+        idx = order[i * 16 : (i + 1) * 16]
+        loss = model(
+            input_ids=tx[idx].to(device),
+            attention_mask=(pos < tl[idx, None]).long().to(device),
+            labels=ty[idx].to(device),
+        ).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()
@@ -302,8 +353,16 @@ def choose_default(assets: Path, rows: list, budget_s: float) -> None:
     reviews make run scores. Speed is measured on the CPU; this only says which candidates reach the accuracy."""
     x, lens, y, ex, el, ey = _imdb_slices(assets)
     t_start = time.time()
-    for length, n in ((128, 3000), (128, 4000), (128, 5000), (192, 2500), (192, 3000), (192, 3500),
-                      (256, 2000), (256, 2500)):
+    for length, n in (
+        (128, 3000),
+        (128, 4000),
+        (128, 5000),
+        (192, 2500),
+        (192, 3000),
+        (192, 3500),
+        (256, 2000),
+        (256, 2500),
+    ):
         tx, tl = cut(x[:n], lens[:n], length)
         vx, vl = cut(ex, el, length)
         for lr in (5e-5, 8e-5):
@@ -327,8 +386,9 @@ def lora_dropout_parity(assets: Path, rows: list) -> None:
             for seed in (1, 2, 3):
                 model = build("minilm", assets, "lora", seed=seed, lora_dropout=dropout)
                 acc = fine_tune_and_score(model, 5e-4, tx, tl, y[:n], vx, vl, ey)
-                rows.append({"length": length, "train_reviews": n, "lora_dropout": dropout, "seed": seed,
-                             "accuracy": acc})
+                rows.append(
+                    {"length": length, "train_reviews": n, "lora_dropout": dropout, "seed": seed, "accuracy": acc}
+                )
                 print(json.dumps(rows[-1]), flush=True)
 
 
@@ -348,9 +408,19 @@ def main() -> int:
     name = torch.cuda.get_device_name(0)
     peak = next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), math.nan)
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 here, as in ftsweep's default
-    result = {"meta": {"device": name, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
-                       "bf16_peak_tflops": peak, "length": LENGTH},
-              "throughput": [], "eval": [], "train_state": [], "ceiling": {}}
+    result = {
+        "meta": {
+            "device": name,
+            "torch": torch.__version__,
+            "date": time.strftime("%Y-%m-%d"),
+            "bf16_peak_tflops": peak,
+            "length": LENGTH,
+        },
+        "throughput": [],
+        "eval": [],
+        "train_state": [],
+        "ceiling": {},
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     if args.lora_dropout:
         rows = []
@@ -365,10 +435,13 @@ def main() -> int:
 
     def save():
         (args.out / "gpu_throughput.json").write_text(json.dumps(result, indent=2))
-    for part in (lambda: train_state(args.assets, result["train_state"]),
-                 lambda: eval_speed(args.assets, result["eval"]),
-                 lambda: throughput(args.assets, peak, args.throughput_budget_s, result["throughput"]),
-                 lambda: ceiling(args.assets, args.epochs, result["ceiling"])):
+
+    for part in (
+        lambda: train_state(args.assets, result["train_state"]),
+        lambda: eval_speed(args.assets, result["eval"]),
+        lambda: throughput(args.assets, peak, args.throughput_budget_s, result["throughput"]),
+        lambda: ceiling(args.assets, args.epochs, result["ceiling"]),
+    ):
         try:
             part()
         except Exception as exc:  # keep what the other parts measured

@@ -23,8 +23,14 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-GRID = ["method=full,lora", "batch_size=8,16,32", "data.max_train_samples=400", "data.max_eval_samples=200",
-        "data.max_length=128", "progress_bar=false"]
+GRID = [
+    "method=full,lora",
+    "batch_size=8,16,32",
+    "data.max_train_samples=400",
+    "data.max_eval_samples=200",
+    "data.max_length=128",
+    "progress_bar=false",
+]
 OLD_DEFAULT = ["data.max_train_samples=2000", "data.max_length=128", "data.group_by_length=false"]
 
 
@@ -56,24 +62,41 @@ def sweep_efficiency(repo: Path) -> dict:
     train = sum(m["perf/train_time_s"] for m in trials)
     evaluation = sum(m["perf/eval_time_s"] for m in trials)
     spans = sum(r.info.end_time - r.info.start_time for r in runs) / 1000  # each trial's MLflow run, start to end
-    return {"trials": len(trials), "wall_s": wall, "train_s": train, "eval_s": evaluation,
-            "rest_s": wall - train - evaluation, "rest_per_trial_s": (wall - train - evaluation) / len(trials),
-            "rest_inside_trial_runs_s": spans - train - evaluation, "rest_outside_trial_runs_s": wall - spans,
-            "sweep_efficiency": train / wall, "accuracies": sorted(round(m["eval/accuracy"], 4) for m in trials)}
+    return {
+        "trials": len(trials),
+        "wall_s": wall,
+        "train_s": train,
+        "eval_s": evaluation,
+        "rest_s": wall - train - evaluation,
+        "rest_per_trial_s": (wall - train - evaluation) / len(trials),
+        "rest_inside_trial_runs_s": spans - train - evaluation,
+        "rest_outside_trial_runs_s": wall - spans,
+        "sweep_efficiency": train / wall,
+        "accuracies": sorted(round(m["eval/accuracy"], 4) for m in trials),
+    }
 
 
 def bench_sweep_efficiency(before: Path | None) -> dict:
     sides = {"after": REPO, **({"before": before} if before else {})}
     with tempfile.TemporaryDirectory() as tmp:  # warm what both share (tokenised data, page cache); not measured
         for repo in sides.values():
-            ftsweep(repo, tmp, "data.max_train_samples=16", "data.max_eval_samples=16", "max_steps=1",
-                    "progress_bar=false", f"hydra.run.dir={tmp}/warm")
+            ftsweep(
+                repo,
+                tmp,
+                "data.max_train_samples=16",
+                "data.max_eval_samples=16",
+                "max_steps=1",
+                "progress_bar=false",
+                f"hydra.run.dir={tmp}/warm",
+            )
     out: dict = {"command": "python -m ftsweep -m " + " ".join(GRID)}
-    for name in (["before", "after"] if before else ["after"]):
+    for name in ["before", "after"] if before else ["after"]:
         out[name] = sweep_efficiency(sides[name])
-        print(f"[sweep] {name}: wall {out[name]['wall_s']:.1f} s, train {out[name]['train_s']:.1f} s, eval "
-              f"{out[name]['eval_s']:.1f} s, rest {out[name]['rest_s']:.1f} s -> {out[name]['sweep_efficiency']:.3f}",
-              flush=True)
+        print(
+            f"[sweep] {name}: wall {out[name]['wall_s']:.1f} s, train {out[name]['train_s']:.1f} s, eval "
+            f"{out[name]['eval_s']:.1f} s, rest {out[name]['rest_s']:.1f} s -> {out[name]['sweep_efficiency']:.3f}",
+            flush=True,
+        )
     return out
 
 
@@ -82,8 +105,13 @@ def default_run(*overrides: str) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-run-") as tmp:
         wall = ftsweep(REPO, tmp, "progress_bar=false", f"hydra.run.dir={tmp}/run", *overrides)
         m = json.loads((Path(tmp) / "run" / "metrics.json").read_text())
-    return {"overrides": list(overrides), "wall_s": wall, "accuracy": m["eval/accuracy"],
-            "train_s": m["perf/train_time_s"], "eval_s": m["perf/eval_time_s"]}
+    return {
+        "overrides": list(overrides),
+        "wall_s": wall,
+        "accuracy": m["eval/accuracy"],
+        "train_s": m["perf/train_time_s"],
+        "eval_s": m["perf/eval_time_s"],
+    }
 
 
 def tfidf_baseline(n_train: int) -> dict:
@@ -100,13 +128,21 @@ def tfidf_baseline(n_train: int) -> dict:
     vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2)
     clf = LogisticRegression(C=10.0, max_iter=2000).fit(vec.fit_transform(splits.train_texts), splits.train_labels)
     accuracy = float((clf.predict(vec.transform(splits.eval_texts)) == splits.eval_labels).mean())
-    return {"train_reviews": n_train, "eval_reviews": len(splits.eval_labels), "accuracy": accuracy,
-            "wall_s": time.perf_counter() - t0}
+    return {
+        "train_reviews": n_train,
+        "eval_reviews": len(splits.eval_labels),
+        "accuracy": accuracy,
+        "wall_s": time.perf_counter() - t0,
+    }
 
 
 def bench_default_run() -> dict:
-    out = {"default": default_run(), "old_default": default_run(*OLD_DEFAULT),
-           "tfidf": tfidf_baseline(2500), "tfidf_2000": tfidf_baseline(2000)}
+    out = {
+        "default": default_run(),
+        "old_default": default_run(*OLD_DEFAULT),
+        "tfidf": tfidf_baseline(2500),
+        "tfidf_2000": tfidf_baseline(2000),
+    }
     for k, v in out.items():
         print(f"[default run] {k}: accuracy {v['accuracy']:.3f} in {v['wall_s']:.0f} s", flush=True)
     return out
@@ -120,16 +156,24 @@ PARITY = ["data.max_train_samples=1200", "data.max_eval_samples=400", "data.max_
 def bench_grouped_parity(seeds=(1, 2, 3)) -> dict:
     runs: dict[str, list] = {"grouped": [], "ungrouped": []}
     for seed in seeds:
-        for name in (("grouped", "ungrouped") if seed % 2 else ("ungrouped", "grouped")):
+        for name in ("grouped", "ungrouped") if seed % 2 else ("ungrouped", "grouped"):
             flag = "true" if name == "grouped" else "false"
             runs[name].append(default_run(*PARITY, f"seed={seed}", f"data.group_by_length={flag}"))
     out: dict = {"settings": " ".join(PARITY), "seeds": list(seeds)}
     for name, rs in runs.items():
         acc = [r["accuracy"] for r in rs]
-        out[name] = {"accuracies": acc, "mean": statistics.mean(acc), "spread": max(acc) - min(acc),
-                     "stdev": statistics.stdev(acc), "train_s": [r["train_s"] for r in rs]}
-        print(f"[grouping] {name}: accuracy {statistics.mean(acc):.3f} ± {statistics.stdev(acc):.3f}, train "
-              f"{statistics.mean(out[name]['train_s']):.0f} s", flush=True)
+        out[name] = {
+            "accuracies": acc,
+            "mean": statistics.mean(acc),
+            "spread": max(acc) - min(acc),
+            "stdev": statistics.stdev(acc),
+            "train_s": [r["train_s"] for r in rs],
+        }
+        print(
+            f"[grouping] {name}: accuracy {statistics.mean(acc):.3f} ± {statistics.stdev(acc):.3f}, train "
+            f"{statistics.mean(out[name]['train_s']):.0f} s",
+            flush=True,
+        )
     out["train_speedup"] = statistics.mean(out["ungrouped"]["train_s"]) / statistics.mean(out["grouped"]["train_s"])
     return out
 
@@ -138,35 +182,62 @@ def bench_grouped_parity(seeds=(1, 2, 3)) -> dict:
 def readme_lines(r: dict) -> list[str]:
     lines = []
     s = r["sweep_efficiency"]
-    lines += ["", f"Sweep efficiency, `{s['command']}` (6 trials, basic launcher; wall = process start to exit):", "",
-              "| code | wall s | train s | eval s | rest s (per trial) | sweep_efficiency | target |",
-              "|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        f"Sweep efficiency, `{s['command']}` (6 trials, basic launcher; wall = process start to exit):",
+        "",
+        "| code | wall s | train s | eval s | rest s (per trial) | sweep_efficiency | target |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name in ("before", "after"):
         if name in s:
             v = s[name]
-            lines.append(f"| {name} | {v['wall_s']:.1f} | {v['train_s']:.1f} | {v['eval_s']:.1f} | {v['rest_s']:.1f} "
-                         f"({v['rest_per_trial_s']:.1f}) | **{v['sweep_efficiency']:.3f}** | >= 0.85 |")
+            lines.append(
+                f"| {name} | {v['wall_s']:.1f} | {v['train_s']:.1f} | {v['eval_s']:.1f} | {v['rest_s']:.1f} "
+                f"({v['rest_per_trial_s']:.1f}) | **{v['sweep_efficiency']:.3f}** | >= 0.85 |"
+            )
     d = r["default_run"]
-    lines += ["", "Default run (`make run`, data cached; wall = process start to exit) against TF-IDF + logistic "
-              "regression on the same rows (1,000 fixed eval reviews):", "",
-              "| run | accuracy | wall s | train s | eval s |", "|---|---|---|---|---|"]
-    lines.append(f"| default: 2,500 reviews, 256 tokens, length-grouped | **{d['default']['accuracy']:.3f}** | "
-                 f"{d['default']['wall_s']:.0f} | {d['default']['train_s']:.0f} | {d['default']['eval_s']:.0f} |")
-    lines.append(f"| old default: 2,000 reviews, 128 tokens | {d['old_default']['accuracy']:.3f} | "
-                 f"{d['old_default']['wall_s']:.0f} | {d['old_default']['train_s']:.0f} | {d['old_default']['eval_s']:.0f} |")
+    lines += [
+        "",
+        "Default run (`make run`, data cached; wall = process start to exit) against TF-IDF + logistic "
+        "regression on the same rows (1,000 fixed eval reviews):",
+        "",
+        "| run | accuracy | wall s | train s | eval s |",
+        "|---|---|---|---|---|",
+    ]
+    lines.append(
+        f"| default: 2,500 reviews, 256 tokens, length-grouped | **{d['default']['accuracy']:.3f}** | "
+        f"{d['default']['wall_s']:.0f} | {d['default']['train_s']:.0f} | {d['default']['eval_s']:.0f} |"
+    )
+    lines.append(
+        f"| old default: 2,000 reviews, 128 tokens | {d['old_default']['accuracy']:.3f} | "
+        f"{d['old_default']['wall_s']:.0f} | {d['old_default']['train_s']:.0f} | {d['old_default']['eval_s']:.0f} |"
+    )
     for key in ("tfidf", "tfidf_2000"):
         t = d[key]
-        lines.append(f"| TF-IDF (1-2 grams) + logistic regression, {t['train_reviews']:,} reviews | {t['accuracy']:.3f} | "
-                     f"{t['wall_s']:.0f} | | |")
+        lines.append(
+            f"| TF-IDF (1-2 grams) + logistic regression, {t['train_reviews']:,} reviews | {t['accuracy']:.3f} | "
+            f"{t['wall_s']:.0f} | | |"
+        )
     g = r["grouped_parity"]
-    rerun = (f" Measured {g['date']} with `bench.py --only-parity` ({g['wall_s']:.0f} s), after the main run, whose "
-             f"480-review budget left MiniLM predicting one class." if g.get("rerun") else "")
-    lines += ["", f"Length-grouped against random training batches (`{g['settings']}`, MiniLM full, seeds "
-              f"{g['seeds']}).{rerun}", "", "| batches | accuracy per seed | mean ± stdev (spread) | train s (mean) |",
-              "|---|---|---|---|"]
+    rerun = (
+        f" Measured {g['date']} with `bench.py --only-parity` ({g['wall_s']:.0f} s), after the main run, whose "
+        f"480-review budget left MiniLM predicting one class."
+        if g.get("rerun")
+        else ""
+    )
+    lines += [
+        "",
+        f"Length-grouped against random training batches (`{g['settings']}`, MiniLM full, seeds {g['seeds']}).{rerun}",
+        "",
+        "| batches | accuracy per seed | mean ± stdev (spread) | train s (mean) |",
+        "|---|---|---|---|",
+    ]
     for name in ("ungrouped", "grouped"):
         v = g[name]
-        lines.append(f"| {name} | {', '.join(f'{a:.3f}' for a in v['accuracies'])} | {v['mean']:.3f} ± "
-                     f"{v['stdev']:.3f} ({v['spread']:.3f}) | {statistics.mean(v['train_s']):.0f} |")
+        lines.append(
+            f"| {name} | {', '.join(f'{a:.3f}' for a in v['accuracies'])} | {v['mean']:.3f} ± "
+            f"{v['stdev']:.3f} ({v['spread']:.3f}) | {statistics.mean(v['train_s']):.0f} |"
+        )
     lines.append(f"\nGrouping trains {g['train_speedup']:.2f}x as fast at 256 tokens.")
     return lines

@@ -42,8 +42,15 @@ from ftsweep.config import CONF_DIR, objectives_of  # noqa: E402  (importing it 
 from ftsweep.errors import FtsweepError, describe_config_error  # noqa: E402
 
 log = logging.getLogger("ftsweep")
-SUMMARY = ("eval/accuracy", "eval/f1_macro", "perf/step_time_ms", "perf/train_time_s", "mem/cpu_peak_rss_mb",
-           "mem/cuda_peak_allocated_mb", "params/trainable_pct")
+SUMMARY = (
+    "eval/accuracy",
+    "eval/f1_macro",
+    "perf/step_time_ms",
+    "perf/train_time_s",
+    "mem/cpu_peak_rss_mb",
+    "mem/cuda_peak_allocated_mb",
+    "params/trainable_pct",
+)
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config")

@@ -30,8 +30,13 @@ def atomic_write(path: Path, write: Callable[[IO], None], binary: bool = False, 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         mode, newline = ("wb", None) if binary else ("w", "")
-        with tempfile.NamedTemporaryFile(mode, dir=path.parent, prefix=f".{path.name}.", delete=False,
-                                         **({} if binary else {"newline": newline, "encoding": "utf-8"})) as f:
+        with tempfile.NamedTemporaryFile(
+            mode,
+            dir=path.parent,
+            prefix=f".{path.name}.",
+            delete=False,
+            **({} if binary else {"newline": newline, "encoding": "utf-8"}),
+        ) as f:
             tmp = f.name
             write(f)  # a full disk fails here, or in the flush when the file closes
         os.chmod(tmp, 0o666 & ~_umask())
@@ -117,8 +122,9 @@ def confusion_matrix_png(cm, label_names: list[str], path: Path) -> None:
     ax.set_title(f"Confusion matrix (eval, n={int(cm.sum())})")
     for i in range(cm.shape[0]):
         for j in range(cm.shape[1]):
-            ax.text(j, i, int(cm[i, j]), ha="center", va="center",
-                    color="white" if cm[i, j] > cm.max() / 2 else "black")
+            ax.text(
+                j, i, int(cm[i, j]), ha="center", va="center", color="white" if cm[i, j] > cm.max() / 2 else "black"
+            )
     fig.colorbar(im, ax=ax, label="examples")
     fig.tight_layout()
     save_png(fig, path, dpi=100)

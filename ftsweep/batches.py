@@ -27,7 +27,7 @@ def _truncate(ids: list[int], budget: int, side: Truncation) -> list[int]:
     if side == Truncation.tail:
         return ids[-budget:]
     head = budget // 4  # Sun et al. 2019 kept 128 head + 382 tail tokens of 510
-    return ids[:head] + ids[len(ids) - (budget - head):]
+    return ids[:head] + ids[len(ids) - (budget - head) :]
 
 
 def _tokenizer_fingerprint(tokenizer) -> str:
@@ -72,8 +72,15 @@ def tokenize(texts: list[str], tokenizer, max_length: int, truncation: Truncatio
         return {"input_ids": encode_texts(batch["text"], tokenizer, max_length, truncation)}
 
     ds = datasets.Dataset.from_dict({"text": texts})
-    ds = ds.map(encode, batched=True, batch_size=1000, remove_columns=["text"],
-                cache_file_name=str(cache), load_from_cache_file=True, desc="tokenising")
+    ds = ds.map(
+        encode,
+        batched=True,
+        batch_size=1000,
+        remove_columns=["text"],
+        cache_file_name=str(cache),
+        load_from_cache_file=True,
+        desc="tokenising",
+    )
     return remember(_IDS, key.hexdigest(), ds["input_ids"])
 
 
@@ -123,14 +130,21 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         mega = 50 * self.batch_size
         batches = []
         for start in range(0, len(order), mega):
-            chunk = sorted(order[start:start + mega], key=lambda i: self.lengths[i], reverse=True)
-            batches += [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+            chunk = sorted(order[start : start + mega], key=lambda i: self.lengths[i], reverse=True)
+            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
         rng.shuffle(batches)
         return iter(batches)
 
 
-def make_loader(input_ids: list[list[int]], labels: list[int], batch_size: int, pad_id: int,
-                shuffle: bool, seed: int, group_by_length: bool = False) -> DataLoader:
+def make_loader(
+    input_ids: list[list[int]],
+    labels: list[int],
+    batch_size: int,
+    pad_id: int,
+    shuffle: bool,
+    seed: int,
+    group_by_length: bool = False,
+) -> DataLoader:
     """Training batches (shuffle=True): random, or length-grouped. Eval batches (shuffle=False): longest first,
     so each batch pads to its own near-equal lengths; the scores do not depend on the order."""
     dataset = EncodedDataset(input_ids, labels)

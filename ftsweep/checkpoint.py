@@ -31,11 +31,26 @@ def comparable(config: dict) -> dict:
     return {k: v for k, v in config.items() if k not in FREE_ON_RESUME}
 
 
-def save(path: Path, model: nn.Module, optimizer, scheduler, loop_state: dict, run_id: str, overrides: list[str],
-         config: dict) -> None:
-    state = {"format": 1, "run_id": run_id, "overrides": list(overrides), "config": comparable(config),
-             "model": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad},
-             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "loop": loop_state}
+def save(
+    path: Path,
+    model: nn.Module,
+    optimizer,
+    scheduler,
+    loop_state: dict,
+    run_id: str,
+    overrides: list[str],
+    config: dict,
+) -> None:
+    state = {
+        "format": 1,
+        "run_id": run_id,
+        "overrides": list(overrides),
+        "config": comparable(config),
+        "model": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad},
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "loop": loop_state,
+    }
     artifacts.atomic_write(path, lambda f: torch.save(state, f), binary=True, need_bytes=artifacts.tensor_bytes(state))
     # Beside it, small: what `python -m ftsweep resume=...` needs to compose the same config again.
     artifacts.write_json(path.with_suffix(".json"), {"run_id": run_id, "overrides": list(overrides)})
@@ -73,13 +88,17 @@ def locate(value: str, tracking_client=None) -> Path:
             tagged = None
             reason = "no such MLflow run"
         else:
-            reason = "it never wrote a checkpoint (set checkpoint_every_steps)" if not tagged else \
-                f"its checkpoint {tagged} is gone (a run that finished removed it)"
+            reason = (
+                "it never wrote a checkpoint (set checkpoint_every_steps)"
+                if not tagged
+                else f"its checkpoint {tagged} is gone (a run that finished removed it)"
+            )
         if tagged and Path(tagged).is_file():
             return Path(tagged)
         raise ConfigError(f"resume={value}: {reason}")
-    raise ConfigError(f"resume={value}: no checkpoint there; give the MLflow run id of an interrupted run or its "
-                      f"checkpoint folder")
+    raise ConfigError(
+        f"resume={value}: no checkpoint there; give the MLflow run id of an interrupted run or its checkpoint folder"
+    )
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -98,9 +117,11 @@ def check_same_config(state: dict, config: dict, where: Path) -> None:
     changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
     if changed:
         key = changed[0]
-        raise ConfigError(f"resume from {where}: {key} differs from the interrupted run ({before.get(key)!r}, now "
-                          f"{now.get(key)!r}); resume with the same settings (python -m ftsweep resume=... alone "
-                          f"reuses them)")
+        raise ConfigError(
+            f"resume from {where}: {key} differs from the interrupted run ({before.get(key)!r}, now "
+            f"{now.get(key)!r}); resume with the same settings (python -m ftsweep resume=... alone "
+            f"reuses them)"
+        )
 
 
 def restore(model: nn.Module, optimizer, scheduler, state: dict) -> None:

@@ -29,8 +29,11 @@ def conclude(done: SweepDone) -> None:
     try:
         log.info("trade-off report: %s", make_report(done.parent_run_id, out=done.sweep_dir))
     except Exception as exc:
-        log.warning("could not write the report (%s); rerun python -m ftsweep.report --sweep %s",
-                    first_line(exc, with_type=True), done.parent_run_id)
+        log.warning(
+            "could not write the report (%s); rerun python -m ftsweep.report --sweep %s",
+            first_line(exc, with_type=True),
+            done.parent_run_id,
+        )
 
 
 def keep_best_model(done: SweepDone, delete_others: bool) -> None:
@@ -40,8 +43,13 @@ def keep_best_model(done: SweepDone, delete_others: bool) -> None:
     register the best."""
     d, parent = done.definition, Tracker(done.tracking_uri)
     parent.run_id, client = done.parent_run_id, parent.client  # the parent run may have ended: no spool
-    finished = [c for c in done.children if c.info.status == "FINISHED" and c.data.tags.get("pruned") != "true"
-                and all(c.data.metrics.get(k, math.inf) <= bound for k, bound in d.constraints.items())]
+    finished = [
+        c
+        for c in done.children
+        if c.info.status == "FINISHED"
+        and c.data.tags.get("pruned") != "true"
+        and all(c.data.metrics.get(k, math.inf) <= bound for k, bound in d.constraints.items())
+    ]
     single = len(d.objectives) == 1
     metric = d.objectives[0] if single else "eval/accuracy"
     sign = -1.0 if single and d.directions[0] == "minimize" else 1.0
@@ -54,8 +62,15 @@ def keep_best_model(done: SweepDone, delete_others: bool) -> None:
     if uri is None and folder.is_dir():
         model, tokenizer = keep.load_folder(folder)
         labels = [model.config.id2label[i] for i in range(len(model.config.id2label))]
-        uri = keep.log_model(done.tracking_uri, best.info.run_id, model, tokenizer, keep.examples_of(folder),
-                             labels, keep.cut_of(str(folder)))
+        uri = keep.log_model(
+            done.tracking_uri,
+            best.info.run_id,
+            model,
+            tokenizer,
+            keep.examples_of(folder),
+            labels,
+            keep.cut_of(str(folder)),
+        )
         client.set_tag(best.info.run_id, "ftsweep.model_uri", uri)
     if uri is None:
         return  # trials of an earlier sweep, which kept no models

@@ -25,13 +25,23 @@ from typing import List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from ftsweep.errors import ConfigError
 from ftsweep.contract import EVAL_METRICS, check_metric_names
+from ftsweep.errors import ConfigError
 from ftsweep.errors import check_config as _check
+
 # The method schemas, re-exported: importing this module registers every method (ftsweep/methods/).
-from ftsweep.methods import (AdaLoraMethodConfig, BitFitMethodConfig, FreezeMethodConfig,  # noqa: F401
-                             FullMethodConfig, HeadMethodConfig, IA3MethodConfig, LoraMethodConfig, MethodConfig,
-                             PromptTuningMethodConfig, QLoraMethodConfig)
+from ftsweep.methods import (  # noqa: F401
+    AdaLoraMethodConfig,
+    BitFitMethodConfig,
+    FreezeMethodConfig,
+    FullMethodConfig,
+    HeadMethodConfig,
+    IA3MethodConfig,
+    LoraMethodConfig,
+    MethodConfig,
+    PromptTuningMethodConfig,
+    QLoraMethodConfig,
+)
 
 
 class Scheduler(str, Enum):
@@ -88,8 +98,10 @@ class TinyModelConfig(ModelConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check(self.hidden_size % self.num_attention_heads == 0,
-               "model.hidden_size must be divisible by model.num_attention_heads")
+        _check(
+            self.hidden_size % self.num_attention_heads == 0,
+            "model.hidden_size must be divisible by model.num_attention_heads",
+        )
         _check(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1), got {self.dropout}")
 
 
@@ -113,10 +125,14 @@ class OptimizerConfig:
         _check(self.name in ("adamw", "sgd"), f"optimizer.name must be adamw or sgd, got '{self.name}'")
         _check(self.weight_decay >= 0, f"optimizer.weight_decay must be >= 0, got {self.weight_decay}")
         _check(0.0 <= self.warmup_ratio < 1.0, f"optimizer.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        _check(self.max_grad_norm is None or self.max_grad_norm > 0,
-               f"optimizer.max_grad_norm must be > 0 or null, got {self.max_grad_norm}")
-        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
-               f"optimizer.betas must be two numbers in [0, 1), got {self.betas}")
+        _check(
+            self.max_grad_norm is None or self.max_grad_norm > 0,
+            f"optimizer.max_grad_norm must be > 0 or null, got {self.max_grad_norm}",
+        )
+        _check(
+            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            f"optimizer.betas must be two numbers in [0, 1), got {self.betas}",
+        )
         _check(self.momentum >= 0, f"optimizer.momentum must be >= 0, got {self.momentum}")
 
 
@@ -133,7 +149,9 @@ class DataConfig:
     # When there is no eval split: fraction held out by a seeded stratified split.
     eval_fraction: float = 0.2
     split_seed: int = 1234  # fixed so that the held-out set never changes between runs
-    group_by_length: bool = True  # shuffled batches of similar length: less padding (same accuracy, benchmarks/README.md)
+    group_by_length: bool = (
+        True  # shuffled batches of similar length: less padding (same accuracy, benchmarks/README.md)
+    )
     eval_batch_size: Optional[int] = None  # null: 2 x batch_size
 
     def __post_init__(self) -> None:
@@ -143,8 +161,10 @@ class DataConfig:
             _check(value is None or value >= 1, f"data.{key} must be >= 1 or null, got {value}")
         _check(0.0 < self.eval_fraction < 1.0, f"data.eval_fraction must be in (0, 1), got {self.eval_fraction}")
         _check(0 <= self.split_seed < 2**32, f"data.split_seed must be in [0, 2**32), got {self.split_seed}")
-        _check(self.text_column != self.label_column,
-               f"data.text_column and data.label_column are both '{self.text_column}': a model would read the answer")
+        _check(
+            self.text_column != self.label_column,
+            f"data.text_column and data.label_column are both '{self.text_column}': a model would read the answer",
+        )
 
 
 @dataclass
@@ -180,8 +200,10 @@ class TrackingConfig:
     retry_window_s: float = 600.0
 
     def __post_init__(self) -> None:
-        _check(math.isfinite(self.retry_window_s) and self.retry_window_s >= 0,
-               f"tracking.retry_window_s must be >= 0 (seconds), got {self.retry_window_s}")
+        _check(
+            math.isfinite(self.retry_window_s) and self.retry_window_s >= 0,
+            f"tracking.retry_window_s must be >= 0 (seconds), got {self.retry_window_s}",
+        )
 
 
 # --------------------------------------------------------------------------- sweep
@@ -210,12 +232,18 @@ class EarlyStoppingConfig:
     min_delta: float = 0.0  # an improvement smaller than this does not count
 
     def __post_init__(self) -> None:
-        _check(self.patience is None or self.patience >= 1,
-               f"early_stopping.patience must be >= 1 or null, got {self.patience}")
-        _check(self.metric in EVAL_METRICS,
-               f"early_stopping.metric must be one of {', '.join(EVAL_METRICS)}, got '{self.metric}'")
-        _check(math.isfinite(self.min_delta) and self.min_delta >= 0,
-               f"early_stopping.min_delta must be >= 0, got {self.min_delta}")
+        _check(
+            self.patience is None or self.patience >= 1,
+            f"early_stopping.patience must be >= 1 or null, got {self.patience}",
+        )
+        _check(
+            self.metric in EVAL_METRICS,
+            f"early_stopping.metric must be one of {', '.join(EVAL_METRICS)}, got '{self.metric}'",
+        )
+        _check(
+            math.isfinite(self.min_delta) and self.min_delta >= 0,
+            f"early_stopping.min_delta must be >= 0, got {self.min_delta}",
+        )
 
 
 # --------------------------------------------------------------------------- top level
@@ -260,15 +288,21 @@ class TrainConfig:
         _check(self.grad_accum_steps >= 1, f"grad_accum_steps must be >= 1, got {self.grad_accum_steps}")
         _check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
         _check(self.max_steps is None or self.max_steps >= 1, f"max_steps must be >= 1 or null, got {self.max_steps}")
-        _check(self.eval_every_steps is None or self.eval_every_steps >= 1,
-               f"eval_every_steps must be >= 1 or null, got {self.eval_every_steps}")
+        _check(
+            self.eval_every_steps is None or self.eval_every_steps >= 1,
+            f"eval_every_steps must be >= 1 or null, got {self.eval_every_steps}",
+        )
         # numpy's and torch's generators take 32-bit unsigned seeds.
         _check(0 <= self.seed < 2**32, f"seed must be in [0, 2**32), got {self.seed}")
         _check(self.log_every_steps >= 1, f"log_every_steps must be >= 1, got {self.log_every_steps}")
-        _check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
-               f"device must be auto, cpu or cuda[:N], got '{self.device}'")
-        _check(self.checkpoint_every_steps is None or self.checkpoint_every_steps >= 1,
-               f"checkpoint_every_steps must be >= 1 or null, got {self.checkpoint_every_steps}")
+        _check(
+            self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+            f"device must be auto, cpu or cuda[:N], got '{self.device}'",
+        )
+        _check(
+            self.checkpoint_every_steps is None or self.checkpoint_every_steps >= 1,
+            f"checkpoint_every_steps must be >= 1 or null, got {self.checkpoint_every_steps}",
+        )
         if self.optimized_metric is not None:
             self.objectives = [self.optimized_metric]
         _check(len(self.objectives) >= 1, "objectives must name at least one metric")
@@ -298,8 +332,9 @@ def register_configs() -> None:
     cs.store(group="data", name="base_data", node=DataConfig)
     cs.store(group="data", name="base_local", node=LocalDataConfig)
     cs.store(group="data", name="base_hub", node=HubDataConfig)
-    OmegaConf.register_resolver("ftsweep.batch_sizes", lambda: ", ".join(str(b) for b in SEARCH_BATCH_SIZES),
-                                replace=True)
+    OmegaConf.register_resolver(
+        "ftsweep.batch_sizes", lambda: ", ".join(str(b) for b in SEARCH_BATCH_SIZES), replace=True
+    )
 
 
 def _conf_dir() -> Path:

@@ -10,19 +10,45 @@ EVAL_METRICS = ("eval/accuracy", "eval/f1_macro", "eval/loss")  # every evaluati
 
 # What train() returns and logs at the end (docs/contract.md): the names `objectives` and
 # `hydra.sweeper.constraints` may use. The CUDA and compile entries appear only on CUDA / with compile=true.
-FINAL_METRICS = frozenset({
-    "eval/accuracy", "eval/f1_macro", "eval/loss",
-    "perf/step_time_ms", "perf/step_time_p90_ms", "perf/samples_per_s", "perf/tokens_per_s", "perf/train_time_s",
-    "perf/eval_time_s", "perf/effective_batch_size", "perf/compile_time_s",
-    "train/steps", "train/total_steps", "train/stopped_early", "train/best_step",
-    "params/trainable", "params/total", "params/trainable_pct",
-    "mem/peak_mb", "mem/cpu_peak_rss_mb", "mem/cuda_peak_allocated_mb", "mem/cuda_peak_reserved_mb",
-    "mem/params_mb", "mem/grads_mb", "mem/optimizer_state_mb", "mem/baseline_mb", "mem/activations_est_mb",
-    "mem/activations_saved_mb", "mem/train_state_mb", "mem/footprint_mb",
-})
+FINAL_METRICS = frozenset(
+    {
+        "eval/accuracy",
+        "eval/f1_macro",
+        "eval/loss",
+        "perf/step_time_ms",
+        "perf/step_time_p90_ms",
+        "perf/samples_per_s",
+        "perf/tokens_per_s",
+        "perf/train_time_s",
+        "perf/eval_time_s",
+        "perf/effective_batch_size",
+        "perf/compile_time_s",
+        "train/steps",
+        "train/total_steps",
+        "train/stopped_early",
+        "train/best_step",
+        "params/trainable",
+        "params/total",
+        "params/trainable_pct",
+        "mem/peak_mb",
+        "mem/cpu_peak_rss_mb",
+        "mem/cuda_peak_allocated_mb",
+        "mem/cuda_peak_reserved_mb",
+        "mem/params_mb",
+        "mem/grads_mb",
+        "mem/optimizer_state_mb",
+        "mem/baseline_mb",
+        "mem/activations_est_mb",
+        "mem/activations_saved_mb",
+        "mem/train_state_mb",
+        "mem/footprint_mb",
+    }
+)
 
 
 def check_metric_names(names: Iterable[str], what: str) -> None:
     unknown = [n for n in names if n not in FINAL_METRICS]
-    check_config(not unknown, f"{what}: {', '.join(unknown)} is not a metric a run logs; choose from "
-                              f"{', '.join(sorted(FINAL_METRICS))}")
+    check_config(
+        not unknown,
+        f"{what}: {', '.join(unknown)} is not a metric a run logs; choose from {', '.join(sorted(FINAL_METRICS))}",
+    )

@@ -24,6 +24,7 @@ from ftsweep.errors import DataError, first_line
 
 log = logging.getLogger("ftsweep.data")
 
+
 @dataclass
 class TextSplits:
     train_texts: list[str]
@@ -51,10 +52,12 @@ def _read_imdb() -> pd.DataFrame:
 def _read_bbc_news() -> pd.DataFrame:
     root = assets.fetch(assets.BBC_NEWS)
     files = sorted(p for p in root.rglob("*.txt"))
-    return pd.DataFrame({
-        "text": [_decode_bbc(p.read_bytes()) for p in files],
-        "label": [p.parent.name for p in files],
-    })
+    return pd.DataFrame(
+        {
+            "text": [_decode_bbc(p.read_bytes()) for p in files],
+            "label": [p.parent.name for p in files],
+        }
+    )
 
 
 def _decode_bbc(raw: bytes) -> str:
@@ -106,7 +109,8 @@ def read_table(path: str, encoding: str = "utf-8") -> pd.DataFrame:
 
 
 def _separator(p: Path, encoding: str) -> str:
-    """`,` unless the header line has none and has tabs, semicolons or pipes (a TSV or an Excel export saved as .csv)."""
+    """`,` unless the header line has none and has tabs, semicolons or pipes (a TSV or an Excel export saved as
+    .csv)."""
     with open(p, "rb") as f:
         header = f.readline().decode(encoding, errors="replace")
     if "," in header:
@@ -186,16 +190,22 @@ def _columns(df: pd.DataFrame, cfg: DataConfig, source: str) -> tuple[list[str],
         raise DataError(f"{source}: more than one column is named '{cfg.text_column}' or '{cfg.label_column}'")
     for i, value in enumerate(labels):
         if isinstance(value, (list, tuple, dict, set, np.ndarray)):
-            raise DataError(f"{source}: column '{cfg.label_column}' holds a {type(value).__name__} in row {i + 1}; "
-                            f"a label must be a single value (one class per row)")
+            raise DataError(
+                f"{source}: column '{cfg.label_column}' holds a {type(value).__name__} in row {i + 1}; "
+                f"a label must be a single value (one class per row)"
+            )
     missing = labels.isna() | labels.map(lambda v: isinstance(v, str) and not v.strip())
     if missing.any():
-        raise DataError(f"{source}: {int(missing.sum())} rows have no label in column '{cfg.label_column}' "
-                        f"(first: row {int(np.flatnonzero(missing.to_numpy())[0]) + 1})")
+        raise DataError(
+            f"{source}: {int(missing.sum())} rows have no label in column '{cfg.label_column}' "
+            f"(first: row {int(np.flatnonzero(missing.to_numpy())[0]) + 1})"
+        )
     bad = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
     if bad:
-        raise DataError(f"{source}: {len(bad)} rows have an empty or non-text value in column '{cfg.text_column}' "
-                        f"(first: row {bad[0] + 1})")
+        raise DataError(
+            f"{source}: {len(bad)} rows have an empty or non-text value in column '{cfg.text_column}' "
+            f"(first: row {bad[0] + 1})"
+        )
     return texts.tolist(), labels.tolist()
 
 
@@ -246,8 +256,13 @@ def load_splits(cfg: DataConfig) -> TextSplits:
     if key not in _SPLITS:
         remember(_SPLITS, key, _load_splits(cfg))
     kept = _SPLITS[key]
-    return TextSplits(list(kept.train_texts), list(kept.train_labels), list(kept.eval_texts), list(kept.eval_labels),
-                      list(kept.label_names))
+    return TextSplits(
+        list(kept.train_texts),
+        list(kept.train_labels),
+        list(kept.eval_texts),
+        list(kept.eval_labels),
+        list(kept.label_names),
+    )
 
 
 def _load_splits(cfg: DataConfig) -> TextSplits:
@@ -262,8 +277,10 @@ def _load_splits(cfg: DataConfig) -> TextSplits:
         train_idx, eval_idx = stratified_split([label_id[c] for c in raw_labels], cfg.eval_fraction, cfg.split_seed)
         if not eval_idx:
             counts = ", ".join(f"{c} {raw_labels.count(c)}" for c in classes)
-            raise DataError(f"{source}: too few rows to hold out an eval set ({counts}); the stratified split needs "
-                            f"at least 2 rows of a class. Add rows, or give an eval set (data.eval_file)")
+            raise DataError(
+                f"{source}: too few rows to hold out an eval set ({counts}); the stratified split needs "
+                f"at least 2 rows of a class. Add rows, or give an eval set (data.eval_file)"
+            )
         eval_texts, eval_raw = [texts[i] for i in eval_idx], [raw_labels[i] for i in eval_idx]
         texts, raw_labels = [texts[i] for i in train_idx], [raw_labels[i] for i in train_idx]
     else:
@@ -282,8 +299,11 @@ def _load_splits(cfg: DataConfig) -> TextSplits:
     present = set(eval_raw[:n_eval])
     absent = [str(c) for c in classes if c not in present]
     if absent:
-        log.warning("the eval set (%d rows) has no example of class %s: its accuracy says nothing about it",
-                    min(n_eval, len(eval_texts)), ", ".join(absent[:5]))
+        log.warning(
+            "the eval set (%d rows) has no example of class %s: its accuracy says nothing about it",
+            min(n_eval, len(eval_texts)),
+            ", ".join(absent[:5]),
+        )
     return TextSplits(
         train_texts=texts[:n_train],
         train_labels=[label_id[c] for c in raw_labels[:n_train]],

@@ -133,8 +133,9 @@ def start(raw_cfg, world: int, device: torch.device, entry: str) -> Group:
     with open(spec, "wb") as f:
         pickle.dump({"cfg": raw_cfg, "world": world, "port": port, "device": str(device)}, f)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_package_root(), os.environ.get("PYTHONPATH")]))}
-    helpers = [subprocess.Popen([sys.executable, "-m", entry, str(spec), str(rank)], env=env)
-               for rank in range(1, world)]
+    helpers = [
+        subprocess.Popen([sys.executable, "-m", entry, str(spec), str(rank)], env=env) for rank in range(1, world)
+    ]
     group = Group(0, world, device, helpers, spec)
     try:
         _init(group, port)
@@ -157,8 +158,9 @@ def _init(group: Group, port: int) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // group.world))
     # Joining waits JOIN_TIMEOUT at most: a helper that died while starting must not hold rank 0 for an hour.
     store = dist.TCPStore("127.0.0.1", port, group.world, is_master=group.main, timeout=JOIN_TIMEOUT)
-    dist.init_process_group(backend_for(group.device), store=store, rank=group.rank, world_size=group.world,
-                            timeout=TIMEOUT)
+    dist.init_process_group(
+        backend_for(group.device), store=store, rank=group.rank, world_size=group.world, timeout=TIMEOUT
+    )
 
 
 def stop(group: Optional[Group], wait_s: float = 60.0, finished: bool = True) -> dict[int, int]:

@@ -47,8 +47,13 @@ class EarlyStopping:
         result.final_eval, result.best_step = self.best_eval, self.best_step
 
     def state_dict(self) -> dict:
-        return {"best": self.best, "best_step": self.best_step, "bad": self.bad, "best_eval": self.best_eval,
-                "best_weights": self.best_weights}
+        return {
+            "best": self.best,
+            "best_step": self.best_step,
+            "bad": self.bad,
+            "best_eval": self.best_eval,
+            "best_weights": self.best_weights,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.best, self.best_step, self.bad = state["best"], state["best_step"], state["bad"]

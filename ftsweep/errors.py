@@ -76,9 +76,11 @@ def describe_config_error(exc: BaseException) -> str:
     if message.startswith("hydra.mode changed"):  # Hydra 1.4: an overlay's `hydra.mode: MULTIRUN` needs -m
         message += " (a search preset with hydra.mode: MULTIRUN runs as a sweep: add -m)"
     if message.startswith("Could not override 'hydra.sweeper.sampler."):  # hydra-optuna-sweeper's node shape
-        return (f"{message}: ftsweep's sweeper names its sampler, e.g. hydra.sweeper.sampler=tpe "
-                f"hydra.sweeper.seed=123 (hydra-optuna-sweeper's node works in YAML, or as "
-                f"+hydra.sweeper.sampler._target_=optuna.samplers.TPESampler)")
+        return (
+            f"{message}: ftsweep's sweeper names its sampler, e.g. hydra.sweeper.sampler=tpe "
+            f"hydra.sweeper.seed=123 (hydra-optuna-sweeper's node works in YAML, or as "
+            f"+hydra.sweeper.sampler._target_=optuna.samplers.TPESampler)"
+        )
     cause = exc.__cause__
     if cause is not None and first_line(cause) not in message:
         message += f": {first_line(cause)}"

@@ -30,8 +30,9 @@ def autocast(device: torch.device, precision: Precision):
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, num_labels: int,
-             precision: Precision = Precision.auto) -> dict:
+def evaluate(
+    model: nn.Module, loader: DataLoader, device: torch.device, num_labels: int, precision: Precision = Precision.auto
+) -> dict:
     """Accuracy, macro F1 and mean loss over the whole loader, plus the confusion matrix."""
     was_training = model.training
     model.eval()
@@ -48,5 +49,9 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, num_lab
     model.train(was_training)
     cm = confusion_matrix(torch.cat(labels).numpy(), torch.cat(preds).numpy(), num_labels)
     scores = classification_scores(cm)
-    return {"accuracy": scores["accuracy"], "f1_macro": scores["f1_macro"],
-            "loss": float(loss_sum.item() / max(n, 1)), "confusion_matrix": cm}
+    return {
+        "accuracy": scores["accuracy"],
+        "f1_macro": scores["f1_macro"],
+        "loss": float(loss_sum.item() / max(n, 1)),
+        "confusion_matrix": cm,
+    }

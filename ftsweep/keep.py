@@ -127,31 +127,44 @@ def load_folder(folder: str | Path):
     return model.eval(), AutoTokenizer.from_pretrained(folder)
 
 
-def log_model(tracking_uri: str, run_id: str, model, tokenizer, examples: list[str], label_names: list[str],
-              cut: Optional[dict]) -> str:
+def log_model(
+    tracking_uri: str, run_id: str, model, tokenizer, examples: list[str], label_names: list[str], cut: Optional[dict]
+) -> str:
     """Log to an existing (possibly finished) run as an MLflow transformers model; returns its models:/ URI."""
     client = MlflowClient(tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)
     # The logged model belongs to the run's experiment (without this MLflow files it under experiment 0).
     mlflow.set_experiment(experiment_id=client.get_run(run_id).info.experiment_id)
     # Explicit requirements: MLflow's inferred default imports torchvision, which ftsweep does not need.
-    requirements = [f"mlflow=={mlflow.__version__}", f"transformers=={transformers.__version__}",
-                    f"torch=={torch.__version__.split('+')[0]}", f"ftsweep=={ftsweep.__version__}"]
+    requirements = [
+        f"mlflow=={mlflow.__version__}",
+        f"transformers=={transformers.__version__}",
+        f"torch=={torch.__version__.split('+')[0]}",
+        f"ftsweep=={ftsweep.__version__}",
+    ]
     extra: dict[str, Any] = {}
     if is_peft(model):
         requirements.append(f"peft=={peft.__version__}")
         extra["base_model_path"] = base_folder(model)
     # MLflow logs its own failed cleanup (a store too full to mark the model FAILED) as an ERROR with a
     # traceback; ftsweep reports the failure itself, in one line.
-    with warnings.catch_warnings(), quiet_logs("mlflow.transformers", "mlflow.models"), \
-            quiet_logs("mlflow.store.db.utils", level=logging.CRITICAL):
+    with (
+        warnings.catch_warnings(),
+        quiet_logs("mlflow.transformers", "mlflow.models"),
+        quiet_logs("mlflow.store.db.utils", level=logging.CRITICAL),
+    ):
         warnings.simplefilter("ignore", FutureWarning)
         info = mlflow.transformers.log_model(
-            transformers_model={"model": model, "tokenizer": tokenizer}, name=MODEL_NAME, task="text-classification",
-            input_example=list(examples[:2]) or None, run_id=run_id, pip_requirements=requirements,
+            transformers_model={"model": model, "tokenizer": tokenizer},
+            name=MODEL_NAME,
+            task="text-classification",
+            input_example=list(examples[:2]) or None,
+            run_id=run_id,
+            pip_requirements=requirements,
             metadata={"label_map": dict(enumerate(label_names)), "cut": cut},
             model_config={"truncation": True},  # served texts are cut to the trained length, like predict's
-            **extra)
+            **extra,
+        )
     return info.model_uri
 
 

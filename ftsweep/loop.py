@@ -74,12 +74,14 @@ class FitResult:
         if self.compiled and self.step_times_s:
             # The first step pays for tracing and code generation; the median does not.
             out["perf/compile_time_s"] = max(self.step_times_s[0] - out["perf/step_time_ms"] / 1000, 0.0)
-        out.update({
-            "perf/train_time_s": self.train_time_s,
-            "perf/eval_time_s": self.eval_time_s,
-            "perf/samples_per_s": self.samples / self.train_time_s if self.train_time_s else 0.0,
-            "perf/tokens_per_s": self.tokens / self.train_time_s if self.train_time_s else 0.0,
-        })
+        out.update(
+            {
+                "perf/train_time_s": self.train_time_s,
+                "perf/eval_time_s": self.eval_time_s,
+                "perf/samples_per_s": self.samples / self.train_time_s if self.train_time_s else 0.0,
+                "perf/tokens_per_s": self.tokens / self.train_time_s if self.train_time_s else 0.0,
+            }
+        )
         return out
 
 
@@ -102,10 +104,20 @@ class Loop:
     `group` (ftsweep/distributed.py): this process is one rank of a distributed run, its train loader giving
     its shares of the global batches; only rank 0 evaluates."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, s: LoopSettings,
-                 device: torch.device, *, hooks: Optional[Hooks] = None, log: Optional[LogFn] = None,
-                 step_hook: Optional[Callable[[int], None]] = None,
-                 checkpoint: Optional[Callable[[dict], None]] = None, group=None):
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler,
+        s: LoopSettings,
+        device: torch.device,
+        *,
+        hooks: Optional[Hooks] = None,
+        log: Optional[LogFn] = None,
+        step_hook: Optional[Callable[[int], None]] = None,
+        checkpoint: Optional[Callable[[dict], None]] = None,
+        group=None,
+    ):
         self.model, self.optimizer, self.scheduler, self.s, self.device = model, optimizer, scheduler, s, device
         self.hooks, self.log = hooks or Hooks(), log or (lambda metrics, step: None)
         self.step_hook, self.checkpoint, self.group = step_hook, checkpoint, group
@@ -127,10 +139,15 @@ class Loop:
     # ---- the loop's whole state, for checkpoints
     def state(self) -> dict:
         pos, scaler = self.pos, self.scaler
-        return {"position": Position(pos.epoch, pos.batches, pos.loader), "result": self.result,
-                "early_stopping": self.early.state_dict(), "loss_sum": float(self.loss_sum.item()),
-                "loss_count": self.loss_count, "scaler": scaler.state_dict() if scaler is not None else None,
-                "rng": rng_states()}
+        return {
+            "position": Position(pos.epoch, pos.batches, pos.loader),
+            "result": self.result,
+            "early_stopping": self.early.state_dict(),
+            "loss_sum": float(self.loss_sum.item()),
+            "loss_count": self.loss_count,
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "rng": rng_states(),
+        }
 
     def _load(self, state: dict) -> None:
         self.pos, self.result = state["position"], state["result"]
@@ -140,14 +157,17 @@ class Loop:
             self.scaler.load_state_dict(state["scaler"])
 
     # ---- the loop
-    def run(self, train_loader: DataLoader, eval_loader: Optional[DataLoader], resume: Optional[dict] = None) -> FitResult:
+    def run(
+        self, train_loader: DataLoader, eval_loader: Optional[DataLoader], resume: Optional[dict] = None
+    ) -> FitResult:
         """Train for s.total_steps optimizer steps (or until a stop); the final evaluation is in the result."""
         if resume is not None:
             self._load(resume)
         result, s = self.result, self.s
         self.model.train()
-        bar = tqdm(total=s.total_steps, initial=result.steps, desc="training", unit="step", disable=not s.progress,
-                   leave=False)
+        bar = tqdm(
+            total=s.total_steps, initial=result.steps, desc="training", unit="step", disable=not s.progress, leave=False
+        )
         try:
             for epoch in range(self.pos.epoch, s.epochs):
                 if resume is not None and epoch == self.pos.epoch:
@@ -206,8 +226,12 @@ class Loop:
                 self._log_loss(step, bar)
             if s.eval_every_steps and step % s.eval_every_steps == 0:
                 self._evaluate(eval_loader, step)
-            if self.checkpoint is not None and s.checkpoint_every_steps and step % s.checkpoint_every_steps == 0 \
-                    and step < s.total_steps:
+            if (
+                self.checkpoint is not None
+                and s.checkpoint_every_steps
+                and step % s.checkpoint_every_steps == 0
+                and step < s.total_steps
+            ):
                 self.checkpoint(self.state())
 
     def _optimizer_step(self, micro: list[dict]) -> torch.Tensor:
@@ -256,8 +280,10 @@ class Loop:
         total = self.group.sum([self.loss_sum.item()])[0] if self.group is not None else self.loss_sum.item()
         mean_loss = total / (self.loss_count * self.world)
         if not math.isfinite(mean_loss):
-            raise TrainingError(f"training diverged: loss became {mean_loss} by step {step}; "
-                                f"lower lr or keep optimizer.max_grad_norm set")
+            raise TrainingError(
+                f"training diverged: loss became {mean_loss} by step {step}; "
+                f"lower lr or keep optimizer.max_grad_norm set"
+            )
         self.log({"train/loss": mean_loss, "train/lr": self.scheduler.get_last_lr()[0]}, step)
         bar.set_postfix(loss=f"{mean_loss:.4f}", samples_s=f"{self.result.samples / self.result.train_time_s:.1f}")
         self.loss_sum.zero_()
@@ -293,9 +319,17 @@ class Loop:
         return result
 
 
-def fit(model: nn.Module, train_loader: DataLoader, eval_loader: Optional[DataLoader],
-        optimizer: torch.optim.Optimizer, scheduler, s: LoopSettings, device: torch.device,
-        resume: Optional[dict] = None, **wiring: Any) -> FitResult:
+def fit(
+    model: nn.Module,
+    train_loader: DataLoader,
+    eval_loader: Optional[DataLoader],
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    s: LoopSettings,
+    device: torch.device,
+    resume: Optional[dict] = None,
+    **wiring: Any,
+) -> FitResult:
     """`Loop(...).run(...)` in one call; `wiring` is Loop's keyword arguments (hooks, log, step_hook,
     checkpoint, group)."""
     return Loop(model, optimizer, scheduler, s, device, **wiring).run(train_loader, eval_loader, resume)

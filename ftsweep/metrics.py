@@ -228,8 +228,14 @@ class SavedForBackward:
         self._hooks.__exit__(*exc)
 
 
-def memory_breakdown(peak: dict[str, float], model, grads_mb: float, optimizer, memory: PeakMemory,
-                     activations_saved_mb: float | None = None) -> dict[str, float]:
+def memory_breakdown(
+    peak: dict[str, float],
+    model,
+    grads_mb: float,
+    optimizer,
+    memory: PeakMemory,
+    activations_saved_mb: float | None = None,
+) -> dict[str, float]:
     """Split the measured peak: params + grads + optimizer state (exact, from the tensors) + baseline + the rest.
 
     The rest is mostly activations (and allocator slack), hence `activations_est`. It uses the CUDA

@@ -13,8 +13,13 @@ from typing import Callable
 
 import torch
 from torch import nn
-from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, BertConfig,
-                          BertForSequenceClassification)
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BertConfig,
+    BertForSequenceClassification,
+)
 from transformers.utils import logging as hf_logging
 
 from ftsweep import assets, methods
@@ -29,17 +34,21 @@ def resolve_path(cfg: ModelConfig) -> str:
         # A hub id is `org/name`; anything that starts like a path, or exists, is a folder on this machine.
         if cfg.name_or_path.startswith(("/", ".", "~")) or local.exists():
             if not local.is_dir():
-                raise ModelError(f"model.name_or_path={cfg.name_or_path}: "
-                                 f"{'not a folder' if local.exists() else 'no such folder'}")
+                raise ModelError(
+                    f"model.name_or_path={cfg.name_or_path}: {'not a folder' if local.exists() else 'no such folder'}"
+                )
             if not (local / "config.json").is_file():
-                raise ModelError(f"model.name_or_path={cfg.name_or_path} is not a Hugging Face model folder "
-                                 f"(no config.json); save one with model.save_pretrained(folder)")
+                raise ModelError(
+                    f"model.name_or_path={cfg.name_or_path} is not a Hugging Face model folder "
+                    f"(no config.json); save one with model.save_pretrained(folder)"
+                )
             return str(local)
         return cfg.name_or_path
     if cfg.asset:
         if cfg.asset not in assets.MODEL_ASSETS:
-            raise ModelError(f"model.asset={cfg.asset} is not a model ftsweep ships; known: "
-                             f"{', '.join(assets.MODEL_ASSETS)}")
+            raise ModelError(
+                f"model.asset={cfg.asset} is not a model ftsweep ships; known: {', '.join(assets.MODEL_ASSETS)}"
+            )
         return str(assets.fetch_model(assets.MODEL_ASSETS[cfg.asset]))
     try:
         module = importlib.import_module(cfg.package)
@@ -67,8 +76,11 @@ def _sha256(path: str, stamp: tuple) -> str:
 @functools.lru_cache(maxsize=8)
 def _from_folder(kind: str, path: str, stamp: tuple):
     with quiet_logs("huggingface_hub", warnings_too=True):  # no screenful of retries; one line
-        return AutoTokenizer.from_pretrained(path, use_fast=True) if kind == "tokenizer" \
+        return (
+            AutoTokenizer.from_pretrained(path, use_fast=True)
+            if kind == "tokenizer"
             else AutoConfig.from_pretrained(path)
+        )
 
 
 def _load_from_folder(kind: str, cfg: ModelConfig):
@@ -105,28 +117,39 @@ def check_fits(method_cfg: MethodConfig, cfg: ModelConfig) -> None:
     hidden = cfg.hidden_size if isinstance(cfg, TinyModelConfig) else getattr(_hf_config(cfg), "hidden_size", None)
     for key, r in ranks.items():
         if hidden is not None and r > hidden:
-            raise ModelError(f"{key}={r} is above model '{cfg.name}' hidden size {hidden}: the adapted layers "
-                             f"have rank at most {hidden}, so a larger LoRA only costs more; use {key} <= {hidden}")
+            raise ModelError(
+                f"{key}={r} is above model '{cfg.name}' hidden size {hidden}: the adapted layers "
+                f"have rank at most {hidden}, so a larger LoRA only costs more; use {key} <= {hidden}"
+            )
 
 
 def _not_found(cfg: ModelConfig, path: str, exc: Exception) -> str:
     first = first_line(exc).rstrip(".")
     what = f"model.name_or_path={cfg.name_or_path}" if cfg.name_or_path else f"model '{cfg.name}' from {path}"
-    hint = ("; offline, point model.name_or_path at a local Hugging Face folder" if not Path(path).exists() else "")
+    hint = "; offline, point model.name_or_path at a local Hugging Face folder" if not Path(path).exists() else ""
     return f"could not load {what}: {first}{hint}"
 
 
-def load_model(cfg: ModelConfig, label_names: list[str], tokenizer, method_cfg: MethodConfig | None = None) -> nn.Module:
+def load_model(
+    cfg: ModelConfig, label_names: list[str], tokenizer, method_cfg: MethodConfig | None = None
+) -> nn.Module:
     """The encoder with a freshly initialised classifier head for len(label_names) classes."""
     id2label = dict(enumerate(label_names))
     label2id = {name: i for i, name in id2label.items()}
     if isinstance(cfg, TinyModelConfig):
         config = BertConfig(
-            vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_hidden_layers,
-            num_attention_heads=cfg.num_attention_heads, intermediate_size=cfg.intermediate_size,
-            max_position_embeddings=cfg.max_position_embeddings, pad_token_id=tokenizer.pad_token_id,
-            hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout,
-            num_labels=len(label_names), id2label=id2label, label2id=label2id,
+            vocab_size=len(tokenizer),
+            hidden_size=cfg.hidden_size,
+            num_hidden_layers=cfg.num_hidden_layers,
+            num_attention_heads=cfg.num_attention_heads,
+            intermediate_size=cfg.intermediate_size,
+            max_position_embeddings=cfg.max_position_embeddings,
+            pad_token_id=tokenizer.pad_token_id,
+            hidden_dropout_prob=cfg.dropout,
+            attention_probs_dropout_prob=cfg.dropout,
+            num_labels=len(label_names),
+            id2label=id2label,
+            label2id=label2id,
         )
         return BertForSequenceClassification(config)
     path = resolve_path(cfg)
@@ -134,10 +157,14 @@ def load_model(cfg: ModelConfig, label_names: list[str], tokenizer, method_cfg: 
     hf_logging.set_verbosity_error()  # the "newly initialized: classifier" notice is expected here
     try:
         return AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=len(label_names), id2label=id2label, label2id=label2id,
+            path,
+            num_labels=len(label_names),
+            id2label=id2label,
+            label2id=label2id,
             ignore_mismatched_sizes=True,  # a folder fine-tuned for other labels gets a new head
             dtype=torch.float32,  # fp32 master weights whatever the checkpoint's dtype; `precision` sets compute
-            **(methods.spec(method_cfg).load_kwargs(method_cfg) if method_cfg is not None else {}))
+            **(methods.spec(method_cfg).load_kwargs(method_cfg) if method_cfg is not None else {}),
+        )
     except (OSError, ValueError) as exc:
         raise ModelError(_not_found(cfg, path, exc)) from exc
     finally:

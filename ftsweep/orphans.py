@@ -38,8 +38,11 @@ def end_orphans(client) -> list[str]:
     host = socket.gethostname()
     try:
         experiments = [e.experiment_id for e in client.search_experiments()]
-        runs = client.search_runs(experiments, f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'") \
-            if experiments else []
+        runs = (
+            client.search_runs(experiments, f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'")
+            if experiments
+            else []
+        )
     except Exception:  # noqa: BLE001 - a store that cannot answer this fails the run's own calls next, clearly
         return []
     ended = []

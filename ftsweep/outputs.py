@@ -41,8 +41,9 @@ def final_metrics(tc: TrainConfig, result: FitResult, train_samples: int, total_
     return metrics
 
 
-def record(tracker: Tracker, result: FitResult, metrics: dict[str, float], label_names: list[str],
-           out_dir: Path) -> None:
+def record(
+    tracker: Tracker, result: FitResult, metrics: dict[str, float], label_names: list[str], out_dir: Path
+) -> None:
     """Metrics on disk before anything else can fail, then MLflow; then the classification report and the
     confusion matrix."""
     if result.stop_reason:
@@ -56,12 +57,15 @@ def record(tracker: Tracker, result: FitResult, metrics: dict[str, float], label
         artifacts.confusion_matrix_png(cm, label_names, png)
         tracker.log_artifact(png)
     except (OSError, DiskFullError) as exc:  # disk full, read-only artifact store: the metrics are already safe
-        raise FtsweepError(f"could not write the run's artifacts ({write_failure(exc, out_dir)}); its metrics are "
-                           f"logged and saved in {out_dir / 'metrics.json'}") from exc
+        raise FtsweepError(
+            f"could not write the run's artifacts ({write_failure(exc, out_dir)}); its metrics are "
+            f"logged and saved in {out_dir / 'metrics.json'}"
+        ) from exc
 
 
-def keep_model(tc: TrainConfig, tracker: Tracker, model, tokenizer, splits: TextSplits, out_dir: Path,
-               in_folder: bool) -> None:
+def keep_model(
+    tc: TrainConfig, tracker: Tracker, model, tokenizer, splits: TextSplits, out_dir: Path, in_folder: bool
+) -> None:
     """save_model: a run keeps its model (best or all), logged to MLflow. `in_folder` (a sweep's trial with
     save_model=best) only writes it into the run's folder, for the sweeper to log and register if it wins."""
     if tc.save_model == SaveModel.none:
@@ -75,8 +79,9 @@ def keep_model(tc: TrainConfig, tracker: Tracker, model, tokenizer, splits: Text
         if in_folder:
             keep.save_folder(model, tokenizer, out_dir / keep.MODEL_NAME, splits.eval_texts, cut)
             return
-        uri = keep.log_model(tracker.tracking_uri, tracker.run_id, model, tokenizer, splits.eval_texts,
-                             splits.label_names, cut)
+        uri = keep.log_model(
+            tracker.tracking_uri, tracker.run_id, model, tokenizer, splits.eval_texts, splits.label_names, cut
+        )
         tracker.set_tags({"ftsweep.model_uri": uri})
         log.info("model kept: %s (also runs:/%s/%s)", uri, tracker.run_id, keep.MODEL_NAME)
     except Exception as exc:  # disk full, read-only artifact store: the metrics are already safe
@@ -85,8 +90,9 @@ def keep_model(tc: TrainConfig, tracker: Tracker, model, tokenizer, splits: Text
         store = file_of(tracker.tracking_uri) or tracker.tracking_uri  # where log_model writes
         where = out_dir / keep.MODEL_NAME if in_folder else store
         reason = write_failure(exc, where, keep.saved_bytes(model))
-        raise FtsweepError(f"could not keep the model ({reason}); its metrics are logged and saved in "
-                           f"{out_dir / 'metrics.json'}") from exc
+        raise FtsweepError(
+            f"could not keep the model ({reason}); its metrics are logged and saved in {out_dir / 'metrics.json'}"
+        ) from exc
 
 
 def write_failure(exc: BaseException, path: Path, need_bytes: Optional[int] = None) -> str:

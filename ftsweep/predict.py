@@ -35,8 +35,10 @@ def parse(argv: list[str]) -> dict[str, str]:
         args[key] = value
     missing = [k for k, v in args.items() if v is None]
     if missing:
-        raise FtsweepError(f"missing {', '.join(f'{k}=...' for k in missing)} (python -m ftsweep.predict "
-                           f"model=runs:/RUN_ID/model input=texts.csv output=preds.csv)")
+        raise FtsweepError(
+            f"missing {', '.join(f'{k}=...' for k in missing)} (python -m ftsweep.predict "
+            f"model=runs:/RUN_ID/model input=texts.csv output=preds.csv)"
+        )
     if not args["batch_size"].isdigit() or int(args["batch_size"]) < 1:
         raise FtsweepError(f"batch_size must be a whole number >= 1, got {args['batch_size']}")
     return args
@@ -94,8 +96,9 @@ def _check_classifier_folder(folder: Path, ref: str) -> None:
         raise FtsweepError(f"model={ref} is not a text classifier ({kind})")
 
 
-def probabilities(model, tokenizer, texts: list[str], batch_size: int, cut: Optional[dict] = None,
-                  progress: bool = True):
+def probabilities(
+    model, tokenizer, texts: list[str], batch_size: int, cut: Optional[dict] = None, progress: bool = True
+):
     """Class probabilities, one row per text, in the texts' order. Texts are cut as training cut them (`cut`,
     kept with the model; else to the tokenizer's length, keeping the head). Batches go by length."""
     # Not at the top: see load().
@@ -113,22 +116,30 @@ def probabilities(model, tokenizer, texts: list[str], batch_size: int, cut: Opti
     out = np.zeros((len(texts), model.config.num_labels), dtype=np.float64)
     with torch.inference_mode():
         for start in tqdm(range(0, len(order), batch_size), desc="predicting", unit="batch", disable=not progress):
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             batch = pad([(ids[i], 0) for i in idx])
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             out[idx] = torch.softmax(logits.float(), dim=-1).numpy()
     return out
 
 
-def predict(model_ref: str, input_path: str, output_path: str, text_column: str = "text",
-            batch_size: int = 64, progress: bool = True):
+def predict(
+    model_ref: str,
+    input_path: str,
+    output_path: str,
+    text_column: str = "text",
+    batch_size: int = 64,
+    progress: bool = True,
+):
     """Classify the texts of `input_path` into `output_path` (written whole); returns the output table."""
     from ftsweep.data import read_table  # not at the top: see load()
 
     table = read_table(input_path)
     if text_column not in table.columns:
-        raise FtsweepError(f"{input_path}: no text column '{text_column}' (columns: "
-                           f"{', '.join(map(str, table.columns))}); set text_column=...")
+        raise FtsweepError(
+            f"{input_path}: no text column '{text_column}' (columns: "
+            f"{', '.join(map(str, table.columns))}); set text_column=..."
+        )
     texts = table[text_column]
     bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
     if bad:

@@ -38,8 +38,10 @@ def _pinned_device(device_id: str) -> torch.device:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     ids = [v.strip() for v in visible.split(",")] if visible else [str(i) for i in range(torch.cuda.device_count())]
     if device_id not in ids:
-        raise ConfigError(f"hydra.sweeper.devices names device {device_id}, which this process cannot see "
-                          f"(visible: {','.join(ids) or 'none'})")
+        raise ConfigError(
+            f"hydra.sweeper.devices names device {device_id}, which this process cannot see "
+            f"(visible: {','.join(ids) or 'none'})"
+        )
     device = torch.device("cuda", ids.index(device_id))
     torch.cuda.set_device(device)  # CUDA's context and default allocations go there too, not to device 0
     return device
@@ -54,29 +56,40 @@ def check_settings(cfg: TrainConfig, device: torch.device, pinned: Optional[str]
     if cfg.distributed.nproc > 1:
         check_distributed(cfg, device, pinned)
     if cfg.precision == Precision.fp16 and device.type != "cuda":
-        raise ConfigError(f"precision=fp16 needs CUDA (its GradScaler and kernels); this run's device is "
-                          f"{device.type}. Use precision=bf16 or fp32")
+        raise ConfigError(
+            f"precision=fp16 needs CUDA (its GradScaler and kernels); this run's device is "
+            f"{device.type}. Use precision=bf16 or fp32"
+        )
     extra = methods.spec(cfg.method).extra_positions(cfg.method)
     limit = model_mod.max_positions(cfg.model) - extra
     if cfg.data.max_length > limit:
-        raise ConfigError(f"data.max_length={cfg.data.max_length} is above model '{cfg.model.name}' limit of {limit} "
-                          f"tokens" + (" with this method's virtual tokens" if extra else ""))
+        raise ConfigError(
+            f"data.max_length={cfg.data.max_length} is above model '{cfg.model.name}' limit of {limit} "
+            f"tokens" + (" with this method's virtual tokens" if extra else "")
+        )
 
 
 def check_distributed(cfg: TrainConfig, device: torch.device, pinned: Optional[str] = None) -> None:
     n = cfg.distributed.nproc
     if cfg.checkpoint_every_steps or cfg.resume:
-        raise ConfigError(f"distributed.nproc={n} does not write or resume checkpoints yet; leave "
-                          "checkpoint_every_steps and resume unset, or train on one process")
+        raise ConfigError(
+            f"distributed.nproc={n} does not write or resume checkpoints yet; leave "
+            "checkpoint_every_steps and resume unset, or train on one process"
+        )
     if pinned is not None:
-        raise ConfigError(f"hydra.sweeper.devices gives each trial one device; distributed.nproc={n} needs {n}. "
-                          "Leave hydra.sweeper.devices unset (each trial then takes the devices after its own)")
+        raise ConfigError(
+            f"hydra.sweeper.devices gives each trial one device; distributed.nproc={n} needs {n}. "
+            "Leave hydra.sweeper.devices unset (each trial then takes the devices after its own)"
+        )
     if cfg.batch_size < n:
-        raise ConfigError(f"batch_size={cfg.batch_size} is the global batch, split across distributed.nproc={n} "
-                          f"processes: it must be at least {n}")
+        raise ConfigError(
+            f"batch_size={cfg.batch_size} is the global batch, split across distributed.nproc={n} "
+            f"processes: it must be at least {n}"
+        )
     if device.type == "cuda" and (device.index or 0) + n > torch.cuda.device_count():
-        raise ConfigError(f"distributed.nproc={n} needs {n} CUDA devices from {device}; this machine has "
-                          f"{torch.cuda.device_count()}")
+        raise ConfigError(
+            f"distributed.nproc={n} needs {n} CUDA devices from {device}; this machine has {torch.cuda.device_count()}"
+        )
 
 
 def load_inputs(cfg: TrainConfig) -> tuple[data_mod.TextSplits, Any]:

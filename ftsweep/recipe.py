@@ -34,12 +34,12 @@ from ftsweep import batches, checkpoint, distributed, interrupt, keep, methods, 
 from ftsweep import data as data_mod
 from ftsweep import model as model_mod
 from ftsweep.config import SaveModel, TinyModelConfig, TrainConfig, validate
-from ftsweep.hooks import Hooks
 from ftsweep.evaluation import resolve_precision
+from ftsweep.hooks import Hooks
 from ftsweep.loop import FitResult, LogFn, LoopSettings, fit
+from ftsweep.metrics import PeakMemory, memory_breakdown
 from ftsweep.optim import build_optimizer, build_scheduler, total_optimizer_steps
 from ftsweep.rng import seed_everything
-from ftsweep.metrics import PeakMemory, memory_breakdown
 from ftsweep.tracking import Tracker, flatten
 
 log = logging.getLogger("ftsweep")
@@ -54,9 +54,15 @@ class Loaders:
 
 
 class FineTuneRecipe:
-    def __init__(self, cfg: DictConfig | TrainConfig, output_dir: str | Path | None = None,
-                 overrides: Optional[list[str]] = None, tracker: Optional[Tracker] = None,
-                 hooks: Optional[Hooks] = None, group: Optional[distributed.Group] = None):
+    def __init__(
+        self,
+        cfg: DictConfig | TrainConfig,
+        output_dir: str | Path | None = None,
+        overrides: Optional[list[str]] = None,
+        tracker: Optional[Tracker] = None,
+        hooks: Optional[Hooks] = None,
+        group: Optional[distributed.Group] = None,
+    ):
         self.raw = cfg if isinstance(cfg, DictConfig) else OmegaConf.structured(cfg)
         self.cfg = validate(cfg)
         self.resolved = OmegaConf.to_container(self.raw, resolve=True, enum_to_str=True)
@@ -97,14 +103,25 @@ class FineTuneRecipe:
         tc, ck = self.cfg, self.ck
         self.resumed = ck is not None and self.tracker.resume(ck["run_id"])
         if not self.resumed:
-            tags = {"method": tc.method.name, "model": tc.model.name, "dataset": tc.data.name,
-                    "device": self.device.type, "precision": resolve_precision(tc.precision, self.device).value,
-                    **({"ftsweep.device_id": self.hooks.device_id} if self.hooks.device_id is not None else {}),
-                    "git_commit": _git_commit(), "ftsweep_version": ftsweep.__version__, **self.hooks.tags}
+            tags = {
+                "method": tc.method.name,
+                "model": tc.model.name,
+                "dataset": tc.data.name,
+                "device": self.device.type,
+                "precision": resolve_precision(tc.precision, self.device).value,
+                **({"ftsweep.device_id": self.hooks.device_id} if self.hooks.device_id is not None else {}),
+                "git_commit": _git_commit(),
+                "ftsweep_version": ftsweep.__version__,
+                **self.hooks.tags,
+            }
             if ck is not None:
                 tags["ftsweep.resumed_from"] = ck["run_id"]
-            self.tracker.start(experiment=tc.experiment_name or tc.data.name, run_name=run_name(tc), tags=tags,
-                               parent_run_id=self.hooks.parent_run_id)
+            self.tracker.start(
+                experiment=tc.experiment_name or tc.data.name,
+                run_name=run_name(tc),
+                tags=tags,
+                parent_run_id=self.hooks.parent_run_id,
+            )
         # From here a store that stops answering delays the run's writes (kept on disk) instead of ending it.
         self.tracker.keep_writes(self.out_dir / spool.FOLDER, tc.tracking.retry_window_s)
 
@@ -123,12 +140,20 @@ class FineTuneRecipe:
         label_map = dict(enumerate(splits.label_names))
         tracker.log_json(label_map, "label_map.json")
         train_source, eval_source = data_mod.sources(tc.data)
-        for context, texts, labels, source in (("train", splits.train_texts, splits.train_labels, train_source),
-                                               ("eval", splits.eval_texts, splits.eval_labels, eval_source)):
+        for context, texts, labels, source in (
+            ("train", splits.train_texts, splits.train_labels, train_source),
+            ("eval", splits.eval_texts, splits.eval_labels, eval_source),
+        ):
             frame = pd.DataFrame({"text": texts, "label": [splits.label_names[i] for i in labels]})
             tracker.log_dataset(frame, f"{tc.data.name}-{context}", source, context)
-        tracker.log_params({"label_map": json.dumps(label_map), "num_labels": splits.num_labels,
-                            "train_samples": len(splits.train_texts), "eval_samples": len(splits.eval_texts)})
+        tracker.log_params(
+            {
+                "label_map": json.dumps(label_map),
+                "num_labels": splits.num_labels,
+                "train_samples": len(splits.train_texts),
+                "eval_samples": len(splits.eval_texts),
+            }
+        )
 
     # ---- setup: each part returns one thing
     def setup(self) -> None:
@@ -146,17 +171,34 @@ class FineTuneRecipe:
     def _setup_data(self) -> Loaders:
         tc, splits, tokenizer = self.cfg, self.splits, self.tokenizer
         if tc.batch_size > len(splits.train_texts):
-            log.warning("batch_size=%d is above the %d training examples: each epoch is one batch of %d",
-                        tc.batch_size, len(splits.train_texts), len(splits.train_texts))
+            log.warning(
+                "batch_size=%d is above the %d training examples: each epoch is one batch of %d",
+                tc.batch_size,
+                len(splits.train_texts),
+                len(splits.train_texts),
+            )
         train_ids = batches.tokenize(splits.train_texts, tokenizer, tc.data.max_length, tc.data.truncation)
         eval_ids = batches.tokenize(splits.eval_texts, tokenizer, tc.data.max_length, tc.data.truncation)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        train = batches.make_loader(train_ids, splits.train_labels, tc.batch_size, pad_id, shuffle=True,
-                                     seed=tc.seed, group_by_length=tc.data.group_by_length)
+        train = batches.make_loader(
+            train_ids,
+            splits.train_labels,
+            tc.batch_size,
+            pad_id,
+            shuffle=True,
+            seed=tc.seed,
+            group_by_length=tc.data.group_by_length,
+        )
         # 2 x batch_size by default, on CUDA too: a larger eval batch fills a card (docs/benchmarks.md) but
         # would often set the run's CUDA peak, which is the memory axis of a sweep's trade-offs.
-        evaluation = batches.make_loader(eval_ids, splits.eval_labels, tc.data.eval_batch_size or 2 * tc.batch_size,
-                                          pad_id, shuffle=False, seed=tc.seed)
+        evaluation = batches.make_loader(
+            eval_ids,
+            splits.eval_labels,
+            tc.data.eval_batch_size or 2 * tc.batch_size,
+            pad_id,
+            shuffle=False,
+            seed=tc.seed,
+        )
         steps = total_optimizer_steps(len(train), tc.grad_accum_steps, tc.epochs, tc.max_steps)
         return Loaders(train, evaluation, steps)
 
@@ -185,21 +227,50 @@ class FineTuneRecipe:
     def train(self) -> FitResult:
         tc, group = self.cfg, self.group
         settings = LoopSettings(
-            total_steps=self.loaders.total_steps, epochs=tc.epochs, num_labels=self.splits.num_labels,
-            grad_accum_steps=tc.grad_accum_steps, max_grad_norm=tc.optimizer.max_grad_norm,
-            eval_every_steps=tc.eval_every_steps, log_every_steps=tc.log_every_steps, precision=tc.precision,
-            compile=tc.compile, progress=tc.progress_bar and self.main, early_stopping=tc.early_stopping.patience,
-            early_stopping_metric=tc.early_stopping.metric, early_stopping_min_delta=tc.early_stopping.min_delta,
-            checkpoint_every_steps=tc.checkpoint_every_steps)
+            total_steps=self.loaders.total_steps,
+            epochs=tc.epochs,
+            num_labels=self.splits.num_labels,
+            grad_accum_steps=tc.grad_accum_steps,
+            max_grad_norm=tc.optimizer.max_grad_norm,
+            eval_every_steps=tc.eval_every_steps,
+            log_every_steps=tc.log_every_steps,
+            precision=tc.precision,
+            compile=tc.compile,
+            progress=tc.progress_bar and self.main,
+            early_stopping=tc.early_stopping.patience,
+            early_stopping_metric=tc.early_stopping.metric,
+            early_stopping_min_delta=tc.early_stopping.min_delta,
+            checkpoint_every_steps=tc.checkpoint_every_steps,
+        )
         train_loader = group.sharded(self.loaders.train) if group else self.loaders.train
         step_hook = model_mod.step_hook(self.model)
         if not self.main:  # rank 0 evaluates, decides and logs for all
-            return fit(self.model, train_loader, None, self.optimizer, self.scheduler, settings, self.device,
-                       step_hook=step_hook, group=group)
-        return fit(self.model, train_loader, self.loaders.eval, self.optimizer, self.scheduler, settings, self.device,
-                   resume=self.ck["loop"] if self.ck else None, hooks=self.hooks, log=self._log_fn(),
-                   step_hook=step_hook, checkpoint=self._save_checkpoint if tc.checkpoint_every_steps else None,
-                   group=group)
+            return fit(
+                self.model,
+                train_loader,
+                None,
+                self.optimizer,
+                self.scheduler,
+                settings,
+                self.device,
+                step_hook=step_hook,
+                group=group,
+            )
+        return fit(
+            self.model,
+            train_loader,
+            self.loaders.eval,
+            self.optimizer,
+            self.scheduler,
+            settings,
+            self.device,
+            resume=self.ck["loop"] if self.ck else None,
+            hooks=self.hooks,
+            log=self._log_fn(),
+            step_hook=step_hook,
+            checkpoint=self._save_checkpoint if tc.checkpoint_every_steps else None,
+            group=group,
+        )
 
     def _log_fn(self) -> LogFn:
         if not self.resumed:
@@ -210,6 +281,7 @@ class FineTuneRecipe:
         def log_new(metrics: dict[str, float], step: int) -> None:
             if step > logged:
                 self.tracker.log_metrics(metrics, step)
+
         return log_new
 
     @property
@@ -217,8 +289,16 @@ class FineTuneRecipe:
         return (self.out_dir / "checkpoint" / checkpoint.FILE).resolve()
 
     def _save_checkpoint(self, loop_state: dict) -> None:
-        checkpoint.save(self.checkpoint_path, self.model, self.optimizer, self.scheduler, loop_state,
-                        self.tracker.run_id, self.ck["overrides"] if self.ck else self.overrides or [], self.resolved)
+        checkpoint.save(
+            self.checkpoint_path,
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            loop_state,
+            self.tracker.run_id,
+            self.ck["overrides"] if self.ck else self.overrides or [],
+            self.resolved,
+        )
         if not self._ck_tagged:  # the run points at its checkpoint only once there is one
             self.tracker.set_tags({checkpoint.RUN_TAG: str(self.checkpoint_path)})
             self._ck_tagged = True
@@ -237,13 +317,22 @@ class FineTuneRecipe:
         tc, splits = self.cfg, self.splits
         metrics = outputs.final_metrics(tc, result, len(splits.train_texts), self.loaders.total_steps)
         metrics.update(self.params)
-        metrics.update(memory_breakdown(self.memory.stop(), self.model, result.grads_mb, self.optimizer, self.memory,
-                                        result.activations_saved_mb))
+        metrics.update(
+            memory_breakdown(
+                self.memory.stop(),
+                self.model,
+                result.grads_mb,
+                self.optimizer,
+                self.memory,
+                result.activations_saved_mb,
+            )
+        )
         metrics.update(ranks)
         outputs.record(self.tracker, result, metrics, splits.label_names, self.out_dir)
         if result.stop_reason != "pruned":  # a pruned trial is never a sweep's best
-            outputs.keep_model(tc, self.tracker, self.model, self.tokenizer, splits, self.out_dir,
-                               in_folder=self.hooks.keep_in_folder)
+            outputs.keep_model(
+                tc, self.tracker, self.model, self.tokenizer, splits, self.out_dir, in_folder=self.hooks.keep_in_folder
+            )
         self.tracker.end("FINISHED")
         checkpoint.remove(self.checkpoint_path, self.ck_at)  # finished: nothing to resume (nor the one resumed from)
         return metrics
@@ -255,8 +344,9 @@ class FineTuneRecipe:
         failed, self.group = distributed.stop(self.group), None
         if failed:
             self.tracker.set_tags({HELPER_EXIT_TAG: distributed.describe(failed)})
-            log.warning("distributed: %s after training had finished; the run keeps its results",
-                        distributed.describe(failed))
+            log.warning(
+                "distributed: %s after training had finished; the run keeps its results", distributed.describe(failed)
+            )
 
     def fail(self, exc: BaseException) -> None:
         with interrupt.deferred():  # a second Ctrl-C must not leave the run RUNNING
@@ -286,8 +376,9 @@ def run_name(cfg: TrainConfig) -> str:
 
 def _git_commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).resolve().parent
+        )
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"

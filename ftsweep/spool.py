@@ -26,17 +26,30 @@ OPS, DELIVERED, RUN = "ops.jsonl", "delivered", "run.json"
 FIRST_WAIT_S, MAX_WAIT_S = 1.0, 30.0  # backoff between tries while the store is away
 
 # What an unreachable store looks like through MLflow's REST client (requests/urllib3 underneath).
-_UNREACHABLE = ("Max retries exceeded", "Connection refused", "Connection reset", "Connection aborted",
-                "RemoteDisconnected", "Failed to establish a new connection", "Read timed out",
-                "TEMPORARILY_UNAVAILABLE", "503 Server Error", "502 Server Error", "504 Server Error",
-                "failed with exception HTTPConnectionPool", "failed with exception HTTPSConnectionPool")
+_UNREACHABLE = (
+    "Max retries exceeded",
+    "Connection refused",
+    "Connection reset",
+    "Connection aborted",
+    "RemoteDisconnected",
+    "Failed to establish a new connection",
+    "Read timed out",
+    "TEMPORARILY_UNAVAILABLE",
+    "503 Server Error",
+    "502 Server Error",
+    "504 Server Error",
+    "failed with exception HTTPConnectionPool",
+    "failed with exception HTTPSConnectionPool",
+)
 
 
 def unreachable(exc: BaseException) -> bool:
     """Whether a tracking call failed because the store could not be reached (worth waiting for), rather
     than because it refused the call (which retrying would not change)."""
-    return any(isinstance(error, (ConnectionError, TimeoutError)) or any(s in str(error) for s in _UNREACHABLE)
-               for error in causes(exc))
+    return any(
+        isinstance(error, (ConnectionError, TimeoutError)) or any(s in str(error) for s in _UNREACHABLE)
+        for error in causes(exc)
+    )
 
 
 class Spool:
@@ -58,8 +71,13 @@ class Spool:
         (`tracking.1`, ...), where `ftsweep.sync` still finds it."""
         folder = Path(folder)
         if (folder / OPS).is_file() and cls(folder).waiting():
-            folder.rename(next(folder.with_name(f"{folder.name}.{i}") for i in range(1, 10**6)
-                               if not folder.with_name(f"{folder.name}.{i}").exists()))
+            folder.rename(
+                next(
+                    folder.with_name(f"{folder.name}.{i}")
+                    for i in range(1, 10**6)
+                    if not folder.with_name(f"{folder.name}.{i}").exists()
+                )
+            )
         spool = cls(folder)
         write_json(spool.folder / RUN, run)
         write_text(spool.ops_file, "")

@@ -26,8 +26,10 @@ from ftsweep.tracking import Tracker, deliver
 
 def spools_under(folder: Path) -> list[spool_mod.Spool]:
     """Every spool in a run or sweep folder: the sweep's own (its parent run) first, then its trials'."""
-    found = sorted({p.parent for p in Path(folder).glob(f"**/{spool_mod.FOLDER}*/{spool_mod.OPS}")},
-                   key=lambda p: (len(p.relative_to(folder).parts), str(p)))
+    found = sorted(
+        {p.parent for p in Path(folder).glob(f"**/{spool_mod.FOLDER}*/{spool_mod.OPS}")},
+        key=lambda p: (len(p.relative_to(folder).parts), str(p)),
+    )
     return [spool_mod.Spool(p) for p in found]
 
 
@@ -44,8 +46,12 @@ def sync_one(spool: spool_mod.Spool, tracking_uri: str | None, renamed: dict[str
     except MlflowException:
         tags = {k: v for k, v in run.get("tags", {}).items() if not k.startswith("mlflow.")}
         parent = run.get("tags", {}).get("mlflow.parentRunId")
-        tracker.start(run["experiment"], run["run_name"], {**tags, "ftsweep.synced_from": run_id},
-                      parent_run_id=renamed.get(parent, parent) if parent else None)
+        tracker.start(
+            run["experiment"],
+            run["run_name"],
+            {**tags, "ftsweep.synced_from": run_id},
+            parent_run_id=renamed.get(parent, parent) if parent else None,
+        )
         renamed[run_id], run_id, start = tracker.run_id, tracker.run_id, 0
         write_json(spool.folder / spool_mod.RUN, {**run, "run_id": run_id, "synced_from": run["run_id"]})
         where = f"new run {run_id} (for {run['run_id']}, which {redact(tracker.tracking_uri)} does not have)"
@@ -63,8 +69,9 @@ def sync(folder: Path, tracking_uri: str | None = None) -> list[str]:
         raise FtsweepError(f"{folder} is not a folder; give a run's output folder or a sweep folder")
     spools = spools_under(folder)
     if not spools:
-        raise FtsweepError(f"{folder} holds no ftsweep tracking spool ({spool_mod.FOLDER}/{spool_mod.OPS}): "
-                           "nothing to upload")
+        raise FtsweepError(
+            f"{folder} holds no ftsweep tracking spool ({spool_mod.FOLDER}/{spool_mod.OPS}): nothing to upload"
+        )
     renamed: dict[str, str] = {}
     lines = []
     for spool in spools:
@@ -73,8 +80,10 @@ def sync(folder: Path, tracking_uri: str | None = None) -> list[str]:
         except FtsweepError:
             raise
         except Exception as exc:  # the store is still away, or refused a write: what was sent is marked
-            raise FtsweepError(f"{spool.folder}: {first_line(exc)} (sent so far: {spool.delivered} of "
-                               f"{len(spool.ops())} writes; run it again)") from exc
+            raise FtsweepError(
+                f"{spool.folder}: {first_line(exc)} (sent so far: {spool.delivered} of "
+                f"{len(spool.ops())} writes; run it again)"
+            ) from exc
     parent = spools[0].run
     if parent.get("tags", {}).get("ftsweep.role") == "sweep":  # a sweep's report needs its runs in the store
         lines.append(_report(folder, parent["run_id"], tracking_uri or parent["tracking_uri"]))
@@ -96,8 +105,9 @@ def _report(folder: Path, parent_run_id: str, tracking_uri: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m ftsweep.sync", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m ftsweep.sync", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("run_dir", type=Path, help="a run's output folder, or a sweep folder (multirun/<study>)")
     parser.add_argument("--tracking-uri", help="upload into this store instead of the one the run used")
     args = parser.parse_args(argv)

@@ -32,7 +32,8 @@ MAX_PARAM_LEN = 6000  # MLflow's limit on a param value (older servers: 500)
 
 
 def default_tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI when set, else a sqlite store in the current folder (the ./mlruns file store is deprecated)."""
+    """MLFLOW_TRACKING_URI when set, else a sqlite store in the current folder (the ./mlruns file store is
+    deprecated)."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
@@ -147,8 +148,9 @@ class Tracker:
     def keep_writes(self, folder: Path, retry_window_s: float) -> None:
         """From now on every write of this run is appended to `folder` before it is sent, and one the store
         cannot take for `retry_window_s` waits there for `python -m ftsweep.sync`."""
-        self.spool = spool_mod.Spool.create(folder, {"run_id": self.run_id, "tracking_uri": self.tracking_uri,
-                                                     **self._identity})
+        self.spool = spool_mod.Spool.create(
+            folder, {"run_id": self.run_id, "tracking_uri": self.tracking_uri, **self._identity}
+        )
         self.backoff = spool_mod.Backoff(retry_window_s)
 
     def _write(self, op: dict[str, Any]) -> None:
@@ -177,16 +179,22 @@ class Tracker:
                 if not spool_mod.unreachable(exc):
                     raise
                 if self.backoff.down_since is None:
-                    log.warning("MLflow tracking store %s cannot be reached (%s); training goes on and the run's "
-                                "writes wait in %s (retried for %.0f s)", redact(self.tracking_uri),
-                                first_line(exc)[:120], self.spool.folder, self.backoff.window_s)
+                    log.warning(
+                        "MLflow tracking store %s cannot be reached (%s); training goes on and the run's "
+                        "writes wait in %s (retried for %.0f s)",
+                        redact(self.tracking_uri),
+                        first_line(exc)[:120],
+                        self.spool.folder,
+                        self.backoff.window_s,
+                    )
                 self.backoff.failed()
                 if not wait:
                     return False
                 continue
             if self.backoff.down_since is not None:
-                log.info("MLflow tracking store %s answers again: every waiting write delivered",
-                         redact(self.tracking_uri))
+                log.info(
+                    "MLflow tracking store %s answers again: every waiting write delivered", redact(self.tracking_uri)
+                )
             self.backoff.succeeded()
             return True
         return not self.spool.waiting()
@@ -198,9 +206,13 @@ class Tracker:
                 return exp.experiment_id
             try:
                 # The kind tag makes MLflow's UI open on its model-training views (runs, charts), not GenAI traces.
-                return _retry(lambda: self.client.create_experiment(
-                    name, artifact_location=_artifact_root(self.tracking_uri),
-                    tags={"mlflow.experimentKind": "custom_model_development"}))
+                return _retry(
+                    lambda: self.client.create_experiment(
+                        name,
+                        artifact_location=_artifact_root(self.tracking_uri),
+                        tags={"mlflow.experimentKind": "custom_model_development"},
+                    )
+                )
             except MlflowException:  # another process created it first
                 exp = _retry(lambda: self.client.get_experiment_by_name(name))
                 if exp is None:
@@ -228,27 +240,38 @@ class Tracker:
             return False
         self.run_id = run_id
         _retry(lambda: self.client.update_run(run_id, status="RUNNING"))
-        self._identity = {"experiment": self.client.get_experiment(run.info.experiment_id).name,
-                          "run_name": run.info.run_name, "tags": dict(run.data.tags)}
+        self._identity = {
+            "experiment": self.client.get_experiment(run.info.experiment_id).name,
+            "run_name": run.info.run_name,
+            "tags": dict(run.data.tags),
+        }
         self.set_tags(orphans.owner_tags())  # this process owns it now
         return True
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         items = [[k, redact(str(v))[:MAX_PARAM_LEN]] for k, v in params.items()]
         for i in range(0, len(items), 100):  # log_batch takes at most 100 params
-            self._write({"kind": "params", "params": items[i:i + 100]})
+            self._write({"kind": "params", "params": items[i : i + 100]})
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        self._write({"kind": "metrics", "step": step, "ts": int(time.time() * 1000),
-                     "metrics": {k: float(v) for k, v in metrics.items()}})
+        self._write(
+            {
+                "kind": "metrics",
+                "step": step,
+                "ts": int(time.time() * 1000),
+                "metrics": {k: float(v) for k, v in metrics.items()},
+            }
+        )
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         self._write({"kind": "tags", "tags": {k: redact(str(v))[:5000] for k, v in tags.items()}})
 
     def last_step(self, *keys: str) -> int:
         """The highest step this run has logged for any of `keys` (-1 for none)."""
-        return max((m.step for key in keys for m in _retry(lambda k=key: self.client.get_metric_history(
-            self.run_id, k))), default=-1)
+        return max(
+            (m.step for key in keys for m in _retry(lambda k=key: self.client.get_metric_history(self.run_id, k))),
+            default=-1,
+        )
 
     def delete_tags(self, *keys: str) -> None:
         tags = _retry(lambda: self.client.get_run(self.run_id)).data.tags
@@ -293,9 +316,14 @@ class Tracker:
             spool_mod.unregister(run_id)
             return
         spool_mod.register_waiting(run_id, self.spool.folder)
-        log.warning("MLflow tracking store %s could not take run %s's last writes; they are kept in %s: "
-                    "python -m ftsweep.sync %s uploads them", redact(self.tracking_uri), run_id, self.spool.folder,
-                    self.spool.folder.parent)
+        log.warning(
+            "MLflow tracking store %s could not take run %s's last writes; they are kept in %s: "
+            "python -m ftsweep.sync %s uploads them",
+            redact(self.tracking_uri),
+            run_id,
+            self.spool.folder,
+            self.spool.folder.parent,
+        )
 
     def fail(self, exc: BaseException, status: str) -> None:
         """End the run with the error that stopped it. When the store cannot take even that (its disk is full,
@@ -316,5 +344,9 @@ class Tracker:
         self.run_id = None
         spool_mod.note_end(run_id, status, error)
         reason = DATABASE_FULL if DATABASE_FULL in str(store_error) else first_line(store_error)
-        log.warning("could not record the end of run %s in %s (%s); the next ftsweep start on this host ends it",
-                    run_id, redact(self.tracking_uri), reason)
+        log.warning(
+            "could not record the end of run %s in %s (%s); the next ftsweep start on this host ends it",
+            run_id,
+            redact(self.tracking_uri),
+            reason,
+        )

@@ -18,8 +18,13 @@ from ftsweep.recipe import FineTuneRecipe
 from ftsweep.tracking import Tracker
 
 
-def train(cfg: DictConfig | TrainConfig, output_dir: str | Path | None = None, overrides: Optional[list[str]] = None,
-          tracker: Optional[Tracker] = None, hooks: Optional[Hooks] = None) -> dict[str, float]:
+def train(
+    cfg: DictConfig | TrainConfig,
+    output_dir: str | Path | None = None,
+    overrides: Optional[list[str]] = None,
+    tracker: Optional[Tracker] = None,
+    hooks: Optional[Hooks] = None,
+) -> dict[str, float]:
     """Fine-tune as configured; return the final metrics (all logged to MLflow)."""
     recipe = FineTuneRecipe(cfg, output_dir, overrides, tracker, hooks)
     recipe.prepare()

@@ -39,20 +39,48 @@ class Chaos:
     log: list[str] = field(default_factory=list)
 
     def command(self) -> list[str]:
-        toy = write_csv(self.folder / "toy.csv", toy_rows(64)) if not (self.folder / "toy.csv").exists() \
+        toy = (
+            write_csv(self.folder / "toy.csv", toy_rows(64))
+            if not (self.folder / "toy.csv").exists()
             else self.folder / "toy.csv"
-        return [sys.executable, "-m", "ftsweep", "-m", "model=tiny", "data=local", f"data.train_file={toy}",
-                "progress_bar=false", f"max_steps={self.steps}", "epochs=1000", "log_every_steps=20", "save_model=none",
-                *GRID, "hydra/launcher=joblib", "hydra.sweeper.n_jobs=2", "hydra.launcher.n_jobs=2"]
+        )
+        return [
+            sys.executable,
+            "-m",
+            "ftsweep",
+            "-m",
+            "model=tiny",
+            "data=local",
+            f"data.train_file={toy}",
+            "progress_bar=false",
+            f"max_steps={self.steps}",
+            "epochs=1000",
+            "log_every_steps=20",
+            "save_model=none",
+            *GRID,
+            "hydra/launcher=joblib",
+            "hydra.sweeper.n_jobs=2",
+            "hydra.launcher.n_jobs=2",
+        ]
 
     def env(self) -> dict[str, str]:
-        return {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": f"sqlite:///{self.folder / 'mlflow.db'}",
-                "FTSWEEP_CACHE": os.environ.get("FTSWEEP_CACHE", str(self.folder / "cache"))}
+        return {
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "MLFLOW_TRACKING_URI": f"sqlite:///{self.folder / 'mlflow.db'}",
+            "FTSWEEP_CACHE": os.environ.get("FTSWEEP_CACHE", str(self.folder / "cache")),
+        }
 
     def start(self) -> subprocess.Popen:
         log = open(self.folder / "sweeps.log", "a")  # every start's output, for a failure to show why
-        return subprocess.Popen(self.command(), cwd=self.folder, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        return subprocess.Popen(
+            self.command(),
+            cwd=self.folder,
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def finish(self, attempts: int = 4) -> None:
         """Rerun the same command until it exits 0, as a user would after a crash."""
@@ -89,8 +117,12 @@ class Chaos:
 
     def running_runs_of(self, pids: set[str]) -> list[str]:
         client = MlflowClient(self.env()["MLFLOW_TRACKING_URI"])
-        return [r.info.run_id for e in client.search_experiments() for r in client.search_runs([e.experiment_id])
-                if r.info.status == "RUNNING" and r.data.tags.get("ftsweep.pid") in pids]
+        return [
+            r.info.run_id
+            for e in client.search_experiments()
+            for r in client.search_runs([e.experiment_id])
+            if r.info.status == "RUNNING" and r.data.tags.get("ftsweep.pid") in pids
+        ]
 
     def statuses(self) -> list[str]:
         client = MlflowClient(self.env()["MLFLOW_TRACKING_URI"])
@@ -192,9 +224,11 @@ def main() -> None:
         check(episodes, calm)
         for i, chaos in enumerate(episodes):
             print(f"episode {i}:", "; ".join(chaos.log))
-        print(f"chaos: {kills_done(episodes)} of {args.kills} kills landed (seed {args.seed}) over {len(episodes)} "
-              f"episode(s); each ended with the grid complete once, no RUNNING run and the calm run's metrics; "
-              f"{time.monotonic() - t0:.0f} s")
+        print(
+            f"chaos: {kills_done(episodes)} of {args.kills} kills landed (seed {args.seed}) over {len(episodes)} "
+            f"episode(s); each ended with the grid complete once, no RUNNING run and the calm run's metrics; "
+            f"{time.monotonic() - t0:.0f} s"
+        )
 
 
 if __name__ == "__main__":

@@ -74,10 +74,17 @@ class Cli:
     def command(self, *args: str, module: str = "ftsweep") -> list[str]:
         return [sys.executable, "-m", module, *args]
 
-    def run(self, *args: str, module: str = "ftsweep", timeout: int = 600, cwd: Path | None = None,
-            **env: str) -> subprocess.CompletedProcess:
-        return subprocess.run(self.command(*args, module=module), cwd=cwd or self.cwd, env=self.env(**env),
-                              capture_output=True, text=True, timeout=timeout)
+    def run(
+        self, *args: str, module: str = "ftsweep", timeout: int = 600, cwd: Path | None = None, **env: str
+    ) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            self.command(*args, module=module),
+            cwd=cwd or self.cwd,
+            env=self.env(**env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def sweep(self, *args: str, **kwargs) -> subprocess.CompletedProcess:
         return self.run("-m", *args, **kwargs)
@@ -100,7 +107,7 @@ def error_lines(stderr: str) -> list[str]:
 # --------------------------------------------------------------------------- reading a store while it is written
 def mlflow_db(tracking_uri: str | None = None) -> Path:
     """The sqlite file of an MLflow store (default: the test's own)."""
-    return Path((tracking_uri or os.environ["MLFLOW_TRACKING_URI"])[len("sqlite:///"):])
+    return Path((tracking_uri or os.environ["MLFLOW_TRACKING_URI"])[len("sqlite:///") :])
 
 
 def query(db: Path, sql: str) -> list[tuple]:
@@ -203,8 +210,10 @@ def toy_csv(tmp_path) -> Path:
 @pytest.fixture
 def tiny_cfg(toy_csv):
     """Tiny random BERT on the toy set: a whole train() in a couple of seconds."""
+
     def make(*overrides: str) -> DictConfig:
         return compose_cfg("model=tiny", "data=local", f"data.train_file={toy_csv}", "progress_bar=false", *overrides)
+
     return make
 
 
@@ -247,20 +256,40 @@ def postgres_server():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"],
+        check=True,
+        capture_output=True,
+    )
+
     def pg_ctl(*args: str) -> None:
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "-o",
-                        f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c max_connections=200", *args],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [
+                *as_user,
+                str(bindir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-l",
+                str(root / "log"),
+                "-w",
+                "-o",
+                f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c max_connections=200",
+                *args,
+            ],
+            check=True,
+            capture_output=True,
+        )
 
     pg_ctl("start")
     counter = iter(range(1000))
 
     def new_database() -> str:
         name = f"db{next(counter)}"
-        subprocess.run([str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", name],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", name],
+            check=True,
+            capture_output=True,
+        )
         return f"postgresql://postgres@127.0.0.1:{port}/{name}"
 
     def restart(down_s: float) -> None:
@@ -271,8 +300,7 @@ def postgres_server():
 
     new_database.restart = restart  # type: ignore[attr-defined]
     yield new_database
-    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
-                   capture_output=True)
+    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"], capture_output=True)
     shutil.rmtree(root, ignore_errors=True)
 
 
@@ -284,11 +312,14 @@ def small_tmpfs(tmp_path):
     def mount(mb: int) -> Path:
         folder = tmp_path / f"tmpfs{len(mounts)}"
         folder.mkdir()
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mb}m", "tmpfs", str(folder)],
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={mb}m", "tmpfs", str(folder)], capture_output=True, text=True
+        )
         if done.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode}); the fault-injected "
-                        "disk-full tests cover the same paths")
+            pytest.skip(
+                f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode}); the fault-injected "
+                "disk-full tests cover the same paths"
+            )
         mounts.append(folder)
         return folder
 
@@ -337,9 +368,25 @@ def chromium(tmp_path):
 
     def load(url: str, *flags: str) -> subprocess.CompletedProcess:
         profile = tmp_path / f"chromium-profile-{next(profiles)}"
-        return subprocess.run([browser, "--headless=new", "--no-sandbox", "--disable-gpu",
-                               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                               "--no-first-run", f"--user-data-dir={profile}", "--virtual-time-budget=20000",
-                               "--window-size=1400,1000", *flags, url], capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [
+                browser,
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                f"--user-data-dir={profile}",
+                "--virtual-time-budget=20000",
+                "--window-size=1400,1000",
+                *flags,
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     return load

@@ -39,7 +39,7 @@ def test_a_full_disk_is_found_under_a_librarys_own_cleanup_error():
         try:
             raise OSError(errno.ENOSPC, "No space left on device", "/tmp/src.bin", None, "/store/model.safetensors")
         except OSError:
-            raise RuntimeError("(sqlite3.OperationalError) database or disk is full")
+            raise RuntimeError("(sqlite3.OperationalError) database or disk is full")  # noqa: B904  (__context__ only, as a library's own cleanup leaves it)
     except RuntimeError as exc:
         found = artifacts.no_space(exc, "/elsewhere")
     assert found is not None and "writing /store/model.safetensors" in str(found)
@@ -50,6 +50,9 @@ def test_a_full_disk_is_found_under_a_librarys_own_cleanup_error():
 def test_tensor_bytes_counts_every_tensor_of_a_nested_state():
     import torch
 
-    state = {"model": {"w": torch.zeros(4, 4)}, "optimizer": {"state": [{"m": torch.zeros(8, dtype=torch.float16)}]},
-             "step": 3}
+    state = {
+        "model": {"w": torch.zeros(4, 4)},
+        "optimizer": {"state": [{"m": torch.zeros(8, dtype=torch.float16)}]},
+        "step": 3,
+    }
     assert artifacts.tensor_bytes(state) == 4 * 4 * 4 + 8 * 2

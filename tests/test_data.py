@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 import torch
 
-from ftsweep.config import LocalDataConfig, Truncation
 from ftsweep.batches import LengthGroupedBatchSampler, PadCollator, _truncate, make_loader, tokenize
+from ftsweep.config import LocalDataConfig, Truncation
 from ftsweep.data import load_splits, stratified_split
 from ftsweep.errors import DataError
 from tests.conftest import toy_rows, write_csv
@@ -20,9 +20,13 @@ def local(path, **kw) -> LocalDataConfig:
 def test_every_local_format_loads(tmp_path, ext):
     df = pd.DataFrame(toy_rows(40), columns=["text", "label"])
     path = tmp_path / f"d.{ext}"
-    {"csv": lambda: df.to_csv(path, index=False), "tsv": lambda: df.to_csv(path, sep="\t", index=False),
-     "json": lambda: df.to_json(path, orient="records"), "jsonl": lambda: df.to_json(path, orient="records", lines=True),
-     "parquet": lambda: df.to_parquet(path)}[ext]()
+    {
+        "csv": lambda: df.to_csv(path, index=False),
+        "tsv": lambda: df.to_csv(path, sep="\t", index=False),
+        "json": lambda: df.to_json(path, orient="records"),
+        "jsonl": lambda: df.to_json(path, orient="records", lines=True),
+        "parquet": lambda: df.to_parquet(path),
+    }[ext]()
     s = load_splits(local(path))
     assert s.label_names == ["neg", "pos"]
     assert len(s.train_texts) + len(s.eval_texts) == 40
@@ -38,7 +42,7 @@ def test_separate_eval_file_and_caps(tmp_path):
 
 
 def test_integer_labels_keep_numeric_order(tmp_path):
-    rows = [(t, {"pos": 10, "neg": 2}[l]) for t, l in toy_rows(20)]
+    rows = [(t, {"pos": 10, "neg": 2}[label]) for t, label in toy_rows(20)]
     s = load_splits(local(write_csv(tmp_path / "d.csv", rows)))
     assert s.label_names == ["2", "10"]
 
@@ -48,17 +52,20 @@ def put(path, data: bytes):
     return path
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda p: p / "nope.csv", "data file not found"),
-    (lambda p: write_csv(p / "d.csv", toy_rows(10), header=("sentence", "label")), "no text column 'text'"),
-    (lambda p: write_csv(p / "d.csv", toy_rows(10), header=("text", "y")), "no label column 'label'"),
-    (lambda p: write_csv(p / "d.csv", [(t, "pos") for t, _ in toy_rows(10)]), "only one class"),
-    (lambda p: put(p / "d.csv", b""), "is empty"),
-    (lambda p: put(p / "d.csv", b"text,label\n"), "no rows"),
-    (lambda p: put(p / "d.csv", "text,label\ncaf\xe9 ok,pos\nbad,neg\n".encode("latin-1")), "data.encoding"),
-    (lambda p: put(p / "d.json", json.dumps({"a": 1}).encode()), "could not be read as json"),
-    (lambda p: put(p / "d.xlsx", b"x"), "unsupported extension"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: p / "nope.csv", "data file not found"),
+        (lambda p: write_csv(p / "d.csv", toy_rows(10), header=("sentence", "label")), "no text column 'text'"),
+        (lambda p: write_csv(p / "d.csv", toy_rows(10), header=("text", "y")), "no label column 'label'"),
+        (lambda p: write_csv(p / "d.csv", [(t, "pos") for t, _ in toy_rows(10)]), "only one class"),
+        (lambda p: put(p / "d.csv", b""), "is empty"),
+        (lambda p: put(p / "d.csv", b"text,label\n"), "no rows"),
+        (lambda p: put(p / "d.csv", "text,label\ncaf\xe9 ok,pos\nbad,neg\n".encode("latin-1")), "data.encoding"),
+        (lambda p: put(p / "d.json", json.dumps({"a": 1}).encode()), "could not be read as json"),
+        (lambda p: put(p / "d.xlsx", b"x"), "unsupported extension"),
+    ],
+)
 def test_bad_data_gives_one_clear_line(tmp_path, make, message):
     with pytest.raises(DataError, match=message) as info:
         load_splits(local(make(tmp_path)))
@@ -136,7 +143,10 @@ def test_length_grouping_cuts_padding_and_covers_every_example():
 
 def test_loader_order_is_seeded():
     ids = [[1, i] for i in range(50)]
-    order = lambda seed: torch.cat([b["input_ids"][:, 1] for b in make_loader(ids, [0] * 50, 8, 0, True, seed)]).tolist()  # noqa: E731
+
+    def order(seed):
+        return torch.cat([b["input_ids"][:, 1] for b in make_loader(ids, [0] * 50, 8, 0, True, seed)]).tolist()
+
     assert order(1) == order(1) and order(1) != order(2)
 
 
@@ -192,8 +202,11 @@ def test_a_tab_or_semicolon_file_saved_as_csv_is_detected(tmp_path, sep):
 
 def test_a_data_set_too_small_to_split_says_so_and_what_to_do(tmp_path):
     path = write_csv(tmp_path / "d.csv", [("good", "pos"), ("bad", "neg"), ("meh", "neutral")])
-    with pytest.raises(DataError, match=r"too few rows to hold out an eval set \(neg 1, neutral 1, pos 1\).*"
-                                         r"data.eval_file"):
+    with pytest.raises(
+        DataError,
+        match=r"too few rows to hold out an eval set \(neg 1, neutral 1, pos 1\).*"
+        r"data.eval_file",
+    ):
         load_splits(local(path))
 
 

@@ -20,8 +20,11 @@ from tests.test_reliability import long_run, start
 
 
 def batch(n: int) -> dict[str, torch.Tensor]:
-    return {"input_ids": torch.arange(n * 3).view(n, 3), "attention_mask": torch.ones(n, 3, dtype=torch.long),
-            "labels": torch.arange(n)}
+    return {
+        "input_ids": torch.arange(n * 3).view(n, 3),
+        "attention_mask": torch.ones(n, 3, dtype=torch.long),
+        "labels": torch.arange(n),
+    }
 
 
 @pytest.mark.parametrize("n, world", [(8, 2), (7, 2), (5, 3), (2, 4)])
@@ -56,8 +59,14 @@ def history(run_id: str, key: str) -> list[float]:
 @pytest.mark.slow
 def test_two_gloo_processes_train_the_same_run_as_one_process_with_the_same_global_batch(tiny_cfg):
     """Dropout off, so that the only difference left is the order of float sums in the gradient all-reduce."""
-    common = ("model.dropout=0", "batch_size=8", "max_steps=8", "log_every_steps=1", "eval_every_steps=4",
-              "save_model=none")
+    common = (
+        "model.dropout=0",
+        "batch_size=8",
+        "max_steps=8",
+        "log_every_steps=1",
+        "eval_every_steps=4",
+        "save_model=none",
+    )
     single = train(tiny_cfg(*common, "run_name=one"))
     double = train(tiny_cfg(*common, "run_name=two", "distributed.nproc=2"))
     runs = {r.info.run_name: r for r in client().search_runs([client().get_experiment_by_name("local").experiment_id])}
@@ -77,8 +86,17 @@ def test_two_gloo_processes_train_the_same_run_as_one_process_with_the_same_glob
 def test_a_stop_decided_on_rank_0_reaches_every_rank(tiny_cfg):
     """Early stopping decides after rank 0's evaluation; a helper that missed it would wait for the next
     step's all-reduce until the timeout, and train() would report it as failed."""
-    metrics = train(tiny_cfg("batch_size=8", "max_steps=200", "eval_every_steps=1", "early_stopping.patience=1",
-                             "early_stopping.min_delta=1", "distributed.nproc=2", "save_model=none"))
+    metrics = train(
+        tiny_cfg(
+            "batch_size=8",
+            "max_steps=200",
+            "eval_every_steps=1",
+            "early_stopping.patience=1",
+            "early_stopping.min_delta=1",
+            "distributed.nproc=2",
+            "save_model=none",
+        )
+    )
     assert metrics["train/stopped_early"] == 1 and metrics["train/steps"] < 200
 
 
@@ -125,8 +143,11 @@ def test_a_helper_that_exits_non_zero_after_the_results_are_in_is_a_tag_not_a_fa
 def test_stop_reports_each_helper_exit_and_stops_one_that_hangs(tmp_path):
     from ftsweep import distributed
 
-    helpers = [subprocess.Popen(["sh", "-c", "exit 0"]), subprocess.Popen(["sh", "-c", "kill -ABRT $$"]),
-               subprocess.Popen(["sleep", "60"])]
+    helpers = [
+        subprocess.Popen(["sh", "-c", "exit 0"]),
+        subprocess.Popen(["sh", "-c", "kill -ABRT $$"]),
+        subprocess.Popen(["sleep", "60"]),
+    ]
     group = distributed.Group(0, 4, torch.device("cpu"), helpers)
     assert distributed.stop(group, wait_s=1) == {2: -6, 3: -15}  # the hanging one was terminated
 

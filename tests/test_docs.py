@@ -47,8 +47,11 @@ def page_name(page: Path) -> str:
 
 def code_blocks(text: str, shell_only: bool = False) -> list[tuple[int, str]]:
     """(line number of the block's first line, body) of every fenced block (```bash ones only: shell_only)."""
-    return [(text.count("\n", 0, m.start(2)) + 1, m.group(2)) for m in FENCE.finditer(text)
-            if not shell_only or m.group(1).strip() in SHELL]
+    return [
+        (text.count("\n", 0, m.start(2)) + 1, m.group(2))
+        for m in FENCE.finditer(text)
+        if not shell_only or m.group(1).strip() in SHELL
+    ]
 
 
 def prose(text: str) -> str:
@@ -78,7 +81,7 @@ def ftsweep_args(words: list[str]) -> list[str] | None:
     if words[:1] == ["ftsweep"]:  # the console script
         return words[1:]
     if words[:2] == ["make", "run"]:  # $(PY) -m ftsweep $(ARGS)
-        args = [w[len("ARGS="):] for w in words[2:] if w.startswith("ARGS=")]
+        args = [w[len("ARGS=") :] for w in words[2:] if w.startswith("ARGS=")]
         return shlex.split(args[0]) if args else []
     return None
 
@@ -135,15 +138,17 @@ def compose_as_the_entry_point(args: list[str]) -> None:
             check_job(compose("config", overrides=overrides, return_hydra_config=True))
             return
         hydra = GlobalHydra.instance()
-        master = hydra.hydra.compose_config("config", overrides, run_mode=RunMode.MULTIRUN,
-                                            with_log_configuration=False)
+        master = hydra.hydra.compose_config(
+            "config", overrides, run_mode=RunMode.MULTIRUN, with_log_configuration=False
+        )
         task = OmegaConf.to_container(master.hydra.overrides.task)  # what Hydra hands the sweeper
         loader = hydra.config_loader()
         if str(master.hydra.sweeper._target_) == FTSWEEP_SWEEPER:  # as FtsweepSweeper.sweep() starts
             settings = SweepSettings.from_config(master.hydra.sweeper)
             definition = SweepDefinition.build(settings, objectives_of(master), task)
-            jobs = [[f"{k}={v}" for k, v in {**definition.fixed, **point}.items()]
-                    for point in definition.probe_points()]
+            jobs = [
+                [f"{k}={v}" for k, v in {**definition.fixed, **point}.items()] for point in definition.probe_points()
+            ]
         else:
             jobs = [first_values(task)]
         for job in jobs:

@@ -31,8 +31,11 @@ EXAMPLES = int(os.environ.get("FTSWEEP_FUZZ_EXAMPLES", "25"))
 RANDOM = os.environ.get("FTSWEEP_FUZZ_RANDOM") == "1"
 
 # ------------------------------------------------------------------ command-line overrides
-NUMBERS = st.one_of(st.integers(-2**40, 2**40), st.floats(allow_nan=True, allow_infinity=True),
-                    st.sampled_from(["0", "-1", "1e-3", "1e400", "nan", "inf", "null", "''", "abc", "[1,2]", "{a: 1}"]))
+NUMBERS = st.one_of(
+    st.integers(-(2**40), 2**40),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from(["0", "-1", "1e-3", "1e400", "nan", "inf", "null", "''", "abc", "[1,2]", "{a: 1}"]),
+)
 SMALL_INTS = st.one_of(st.integers(-3, 4), st.sampled_from(["0", "-1", "null", "x", "2.5", "[]"]))
 WORDS = st.sampled_from(["text", "label", "body", "y", "''", "'a b'", "null", "ü", "[text]"])
 
@@ -85,16 +88,56 @@ def overrides(draw) -> list[tuple[str, str]]:
 
 # ------------------------------------------------------------------ data files
 CELLS = st.one_of(
-    st.sampled_from(["", "NA", "null", "None", "nan", "N/A", "#N/A", "-", " ", "0", "1", "1.0", "True", "pos", "neg",
-                     "a,b", 'say "hi"', "line\nbreak", "tab\there", "ünïcödé", "😀", "x" * 5000]),
+    st.sampled_from(
+        [
+            "",
+            "NA",
+            "null",
+            "None",
+            "nan",
+            "N/A",
+            "#N/A",
+            "-",
+            " ",
+            "0",
+            "1",
+            "1.0",
+            "True",
+            "pos",
+            "neg",
+            "a,b",
+            'say "hi"',
+            "line\nbreak",
+            "tab\there",
+            "ünïcödé",
+            "😀",
+            "x" * 5000,
+        ]
+    ),
     st.text(min_size=0, max_size=30),
 )
 
 
 @st.composite
 def data_file(draw, folder: Path) -> str:
-    kind = draw(st.sampled_from(["csv", "csv", "tsv", "tsv-as-csv", "semicolon-csv", "jsonl", "json", "parquet",
-                                 "missing", "folder", "empty", "binary"]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "csv",
+                "csv",
+                "tsv",
+                "tsv-as-csv",
+                "semicolon-csv",
+                "jsonl",
+                "json",
+                "parquet",
+                "missing",
+                "folder",
+                "empty",
+                "binary",
+            ]
+        )
+    )
     if kind == "missing":
         return str(folder / "missing.csv")
     if kind == "folder":
@@ -122,7 +165,7 @@ def data_file(draw, folder: Path) -> str:
     if kind in ("json", "jsonl"):
         path = folder / f"data.{kind}"
         records = df.to_dict("records")
-        text = ("\n".join(json.dumps(r) for r in records) if kind == "jsonl" else json.dumps(records))
+        text = "\n".join(json.dumps(r) for r in records) if kind == "jsonl" else json.dumps(records)
         path.write_bytes(text.encode(encoding, errors="replace"))
         return str(path)
     sep = {"csv": ",", "tsv": "\t", "tsv-as-csv": "\t", "semicolon-csv": ";"}[kind]
@@ -153,15 +196,23 @@ def run_entry_point(args: list[str]) -> tuple[int, str]:
 
 def half_written(folder: Path) -> list[str]:
     """Temporary files of an atomic write (`.<name>.<random>`) that were never renamed into place."""
-    return [str(p) for p in folder.rglob(".*") if p.is_file() and p.name.count(".") >= 2
-            and not p.name.startswith((".hydra", ".ftsweep"))]
+    return [
+        str(p)
+        for p in folder.rglob(".*")
+        if p.is_file() and p.name.count(".") >= 2 and not p.name.startswith((".hydra", ".ftsweep"))
+    ]
 
 
 @pytest.mark.slow  # about a minute: 25 whole runs of the entry point
 @pytest.mark.filterwarnings("ignore")
-@settings(max_examples=EXAMPLES, deadline=None, derandomize=not RANDOM, database=None, print_blob=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                 HealthCheck.data_too_large])
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=not RANDOM,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(data=st.data())
 def test_any_input_ends_cleanly(tmp_path, data):
     case = Path(tempfile.mkdtemp(dir=tmp_path))
@@ -169,8 +220,16 @@ def test_any_input_ends_cleanly(tmp_path, data):
     pairs = data.draw(overrides(), label="overrides")
     sweep = data.draw(st.sampled_from([False, False, False, True]), label="sweep")
     store = os.environ["MLFLOW_TRACKING_URI"]
-    args = ["model=tiny", "data=local", f"data.train_file='{train_file}'", "progress_bar=false", "max_steps=2",
-            "data.max_length=32", f"hydra.run.dir={case / 'run'}", f"hydra.sweep.dir={case / 'multirun'}"]
+    args = [
+        "model=tiny",
+        "data=local",
+        f"data.train_file='{train_file}'",
+        "progress_bar=false",
+        "max_steps=2",
+        "data.max_length=32",
+        f"hydra.run.dir={case / 'run'}",
+        f"hydra.sweep.dir={case / 'multirun'}",
+    ]
     env = {}
     for key, value in pairs:
         if key == "tracking":

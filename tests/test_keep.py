@@ -33,21 +33,23 @@ def eval_texts(toy_csv):
     return splits.eval_texts, [splits.label_names[i] for i in splits.eval_labels]
 
 
-@pytest.mark.parametrize("method, lr, truncation", [("full", "5e-3", "head"), ("lora", "5e-2", "head"),
-                                                    ("full", "5e-3", "head_tail")])
+@pytest.mark.parametrize(
+    "method, lr, truncation", [("full", "5e-3", "head"), ("lora", "5e-2", "head"), ("full", "5e-3", "head_tail")]
+)
 def test_a_run_keeps_a_model_mlflow_loads_in_one_call_and_predict_agrees_with_the_final_eval(
-        tiny_cfg, toy_csv, tmp_path, method, lr, truncation):
+    tiny_cfg, toy_csv, tmp_path, method, lr, truncation
+):
     # 8 tokens cut every toy text, so the way it is cut matters.
-    metrics, run, client = kept(tiny_cfg, tmp_path, f"method={method}", f"lr={lr}", "data.max_length=8",
-                                f"data.truncation={truncation}")
+    metrics, run, client = kept(
+        tiny_cfg, tmp_path, f"method={method}", f"lr={lr}", "data.max_length=8", f"data.truncation={truncation}"
+    )
     uri = run.data.tags["ftsweep.model_uri"]
     assert [o.model_id for o in run.outputs.model_outputs] == [uri.split("/")[-1]]  # the run page's Logged models
     texts, truth = eval_texts(toy_csv)
 
     served = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model").predict(texts)  # what `serve` answers
     pd.DataFrame({"review": texts, "label": truth}).to_csv(tmp_path / "texts.csv", index=False)
-    out = predict(uri, str(tmp_path / "texts.csv"), str(tmp_path / "preds.csv"), text_column="review",
-                  progress=False)
+    out = predict(uri, str(tmp_path / "texts.csv"), str(tmp_path / "preds.csv"), text_column="review", progress=False)
     if truncation != "head_tail":  # MLflow's pipeline can only keep the head (or the tail) of a long text
         assert list(out["predicted_label"]) == list(served["label"])
     accuracy = sum(p == t for p, t in zip(out["predicted_label"], truth)) / len(truth)
@@ -71,8 +73,9 @@ def test_a_lora_model_is_kept_as_its_adapter_on_the_base_folder(tiny_cfg, tmp_pa
 
 def test_datasets_are_logged_as_inputs_with_their_context(tiny_cfg, toy_csv, tmp_path):
     _, run, _ = kept(tiny_cfg, tmp_path, "save_model=none")
-    inputs = {next(t.value for t in d.tags if t.key == "mlflow.data.context"): d.dataset
-              for d in run.inputs.dataset_inputs}
+    inputs = {
+        next(t.value for t in d.tags if t.key == "mlflow.data.context"): d.dataset for d in run.inputs.dataset_inputs
+    }
     assert set(inputs) == {"train", "eval"}
     assert inputs["train"].name == "local-train" and str(toy_csv) in inputs["train"].source
     assert inputs["train"].digest != inputs["eval"].digest
@@ -95,8 +98,9 @@ def test_predict_bad_input_is_one_line(tmp_path):
     from transformers import BertConfig, BertModel
 
     encoder = tmp_path / "encoder"
-    BertModel(BertConfig(vocab_size=100, hidden_size=8, num_hidden_layers=1, num_attention_heads=1,
-                         intermediate_size=8)).save_pretrained(encoder)
+    BertModel(
+        BertConfig(vocab_size=100, hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8)
+    ).save_pretrained(encoder)
     good = write_csv(tmp_path / "good.csv", toy_rows(4))
     with pytest.raises(FtsweepError, match="is not a text classifier \\(BertModel\\)"):
         predict(str(encoder), str(good), str(tmp_path / "p.csv"))
@@ -114,13 +118,15 @@ def test_a_sweeps_best_model_is_registered_served_and_predicted_from_the_command
     from tests.conftest import free_port, wait_http
 
     toy = write_csv(tmp_path / "toy.csv", toy_rows(160))
-    proc = cli.sweep("model=tiny", "data=local", f"data.train_file={toy}", "progress_bar=false", "epochs=2",
-                     "method=full,lora")
+    proc = cli.sweep(
+        "model=tiny", "data=local", f"data.train_file={toy}", "progress_bar=false", "epochs=2", "method=full,lora"
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     version = client.get_model_version_by_alias("ftsweep-local", "best")
-    [parent] = client.search_runs([client.get_experiment_by_name("local").experiment_id],
-                                  "tags.`ftsweep.role` = 'sweep'")
+    [parent] = client.search_runs(
+        [client.get_experiment_by_name("local").experiment_id], "tags.`ftsweep.role` = 'sweep'"
+    )
     assert version.run_id == parent.data.tags["ftsweep.best_run_id"]
     assert parent.data.tags["ftsweep.best_model"] == "models:/ftsweep-local@best"
     kept_folders = list((tmp_path / "multirun").glob("*/trial_*/model"))
@@ -128,21 +134,47 @@ def test_a_sweeps_best_model_is_registered_served_and_predicted_from_the_command
 
     texts = ["good great excellent film", "bad awful boring plot", "the movie was superb and lovely"]
     pd.DataFrame({"text": texts}).to_csv(tmp_path / "new.csv", index=False)
-    predicted = cli.run("model=models:/ftsweep-local@best", f"input={tmp_path / 'new.csv'}",
-                        f"output={tmp_path / 'preds.csv'}", module="ftsweep.predict")
+    predicted = cli.run(
+        "model=models:/ftsweep-local@best",
+        f"input={tmp_path / 'new.csv'}",
+        f"output={tmp_path / 'preds.csv'}",
+        module="ftsweep.predict",
+    )
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     labels = list(pd.read_csv(tmp_path / "preds.csv")["predicted_label"])
 
     port = free_port()
     env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/ftsweep-local@best",
-                               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)], cwd=tmp_path, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "models",
+            "serve",
+            "-m",
+            "models:/ftsweep-local@best",
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         wait_http(f"http://127.0.0.1:{port}/ping", timeout_s=120)
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", method="POST",
-                                         data=json.dumps({"inputs": texts}).encode(),
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            method="POST",
+            data=json.dumps({"inputs": texts}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         answer = json.loads(urllib.request.urlopen(request, timeout=60).read())["predictions"]
     finally:
         os.killpg(server.pid, signal.SIGTERM)

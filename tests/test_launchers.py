@@ -31,9 +31,16 @@ def test_free_slots_start_the_next_trial_at_once_and_each_slot_keeps_its_device(
     """Six trials of unequal length on two joblib workers. Hydra's launchers wait for a whole batch; here a
     slot whose trial ended claims the next one at once, so no slot waits for the other's long trial. Each slot
     pins its trials to its own device id (hydra.sweeper.devices; fake ids on this CPU machine)."""
-    proc = cli.sweep(*base(tmp_path, rows=96), "max_steps=2,1000", "epochs=1000", "seed=1,2,3",
-                     "hydra/launcher=joblib",
-                     "hydra.sweeper.n_jobs=2", "hydra.launcher.n_jobs=2", "hydra.sweeper.devices=[7,9]")
+    proc = cli.sweep(
+        *base(tmp_path, rows=96),
+        "max_steps=2,1000",
+        "epochs=1000",
+        "seed=1,2,3",
+        "hydra/launcher=joblib",
+        "hydra.sweeper.n_jobs=2",
+        "hydra.launcher.n_jobs=2",
+        "hydra.sweeper.devices=[7,9]",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     [study] = studies(cli.cwd)
     trials = study.get_trials()
@@ -55,10 +62,16 @@ def test_free_slots_start_the_next_trial_at_once_and_each_slot_keeps_its_device(
                     assert span[b.number][0] < span[c.number][1], (a.number, b.number, c.number, span)
                     checked += 1
     assert checked >= 1, span  # the grid (longest first) always puts short trials beside a long one
-    overlapping = [(a, b) for a in trials for b in trials if a.number < b.number
-                   and span[a.number][0] < span[b.number][1] and span[b.number][0] < span[a.number][1]]
-    assert overlapping and all(runs[a.number].data.tags["ftsweep.device_id"] !=
-                               runs[b.number].data.tags["ftsweep.device_id"] for a, b in overlapping)
+    overlapping = [
+        (a, b)
+        for a in trials
+        for b in trials
+        if a.number < b.number and span[a.number][0] < span[b.number][1] and span[b.number][0] < span[a.number][1]
+    ]
+    assert overlapping and all(
+        runs[a.number].data.tags["ftsweep.device_id"] != runs[b.number].data.tags["ftsweep.device_id"]
+        for a, b in overlapping
+    )
     [parent], _ = mlflow_runs()
     assert 0 < parent.data.metrics["sweep/worker_utilisation"] <= 1
 
@@ -67,9 +80,17 @@ def test_ray_cluster_runs_the_grid_places_trials_by_their_resources_and_a_rerun_
     """A local Ray cluster (ray.init on loopback) runs each trial as a task asking for its resources: one
     `trial_slot` each, of which the cluster has one, so three slots still run one trial at a time. On a
     GPU cluster the same request is `hydra.launcher.ray.remote.num_gpus=1` (asked for here with 0)."""
-    args = [*base(tmp_path), "max_steps=3", "batch_size=8,16,32", "hydra/launcher=ray", "hydra.sweeper.n_jobs=3",
-            "hydra.launcher.ray.init.num_cpus=2", "hydra.launcher.ray.init.resources={trial_slot:1}",
-            "hydra.launcher.ray.remote.resources={trial_slot:1}", "hydra.launcher.ray.remote.num_gpus=0"]
+    args = [
+        *base(tmp_path),
+        "max_steps=3",
+        "batch_size=8,16,32",
+        "hydra/launcher=ray",
+        "hydra.sweeper.n_jobs=3",
+        "hydra.launcher.ray.init.num_cpus=2",
+        "hydra.launcher.ray.init.resources={trial_slot:1}",
+        "hydra.launcher.ray.remote.resources={trial_slot:1}",
+        "hydra.launcher.ray.remote.num_gpus=0",
+    ]
     proc = cli.sweep(*args, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr and "register_new_resolver" not in proc.stderr
@@ -92,11 +113,22 @@ def test_submitit_runs_the_grid_and_a_preempted_job_reruns_its_trial_from_its_ch
     """hydra/launcher=submitit_local: each trial is a submitit job, a process of its own, as on SLURM. One job
     gets SIGTERM mid-training, as a preempted SLURM job does: its run writes a checkpoint and ends KILLED,
     the sweep runs that trial again from the checkpoint, in the same MLflow run, and finishes the grid."""
-    proc = start(cli, "-m", *base(tmp_path, rows=64), "max_steps=3,150", "epochs=1000", "log_every_steps=5",
-                 "checkpoint_every_steps=10", "hydra/launcher=submitit_local", "hydra.sweeper.n_jobs=2")
+    proc = start(
+        cli,
+        "-m",
+        *base(tmp_path, rows=64),
+        "max_steps=3,150",
+        "epochs=1000",
+        "log_every_steps=5",
+        "checkpoint_every_steps=10",
+        "hydra/launcher=submitit_local",
+        "hydra.sweeper.n_jobs=2",
+    )
     db = mlflow_db()
-    wait_for(lambda: count(db, "select max(step) from metrics where key='train/loss'") >= 40,
-             "the long trial to pass two checkpoints")
+    wait_for(
+        lambda: count(db, "select max(step) from metrics where key='train/loss'") >= 40,
+        "the long trial to pass two checkpoints",
+    )
     [study] = studies(cli.cwd)
     [long_trial] = [t for t in study.get_trials() if t.params.get("max_steps") == 150]
     long_run = long_trial.user_attrs["mlflow_run_id"]
@@ -118,11 +150,23 @@ def test_submitit_runs_the_grid_and_a_preempted_job_reruns_its_trial_from_its_ch
 def test_a_killed_worker_loses_its_job_and_the_trial_runs_again(cli, tmp_path):
     """SIGKILL leaves a job no chance to report: joblib's executor reports the worker lost, and the sweep
     runs the trial again (without a checkpoint, from step 0), ending the dead job's RUNNING run KILLED."""
-    proc = start(cli, "-m", *base(tmp_path, rows=64), "max_steps=300", "epochs=1000", "log_every_steps=5",
-                 "seed=1,2", "hydra/launcher=joblib", "hydra.sweeper.n_jobs=2", "hydra.launcher.n_jobs=2")
+    proc = start(
+        cli,
+        "-m",
+        *base(tmp_path, rows=64),
+        "max_steps=300",
+        "epochs=1000",
+        "log_every_steps=5",
+        "seed=1,2",
+        "hydra/launcher=joblib",
+        "hydra.sweeper.n_jobs=2",
+        "hydra.launcher.n_jobs=2",
+    )
     db = mlflow_db()
-    wait_for(lambda: len(query(db, "select distinct run_uuid from metrics where key='train/loss'")) >= 2,
-             "both trials to train")
+    wait_for(
+        lambda: len(query(db, "select distinct run_uuid from metrics where key='train/loss'")) >= 2,
+        "both trials to train",
+    )
     [study] = studies(cli.cwd)
     victim = next(t for t in study.get_trials() if t.state.name == "RUNNING" and "job_pid" in t.user_attrs)
     os.kill(victim.user_attrs["job_pid"], signal.SIGKILL)
@@ -139,11 +183,23 @@ def test_a_killed_worker_loses_its_job_and_the_trial_runs_again(cli, tmp_path):
 def test_sigterm_to_a_sweep_stops_the_jobs_in_its_worker_processes_too(cli, tmp_path):
     """Without it the sweep would exit only after its joblib workers trained to the end, for nothing, and
     their runs would end FINISHED while their trials had been marked FAIL for a rerun."""
-    proc = start(cli, "-m", *base(tmp_path, rows=64), "max_steps=3000", "epochs=1000", "log_every_steps=5",
-                 "seed=1,2", "hydra/launcher=joblib", "hydra.sweeper.n_jobs=2", "hydra.launcher.n_jobs=2")
+    proc = start(
+        cli,
+        "-m",
+        *base(tmp_path, rows=64),
+        "max_steps=3000",
+        "epochs=1000",
+        "log_every_steps=5",
+        "seed=1,2",
+        "hydra/launcher=joblib",
+        "hydra.sweeper.n_jobs=2",
+        "hydra.launcher.n_jobs=2",
+    )
     db = mlflow_db()
-    wait_for(lambda: len(query(db, "select distinct run_uuid from metrics where key='train/loss'")) >= 2,
-             "both trials to train")
+    wait_for(
+        lambda: len(query(db, "select distinct run_uuid from metrics where key='train/loss'")) >= 2,
+        "both trials to train",
+    )
     t0 = time.time()
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)

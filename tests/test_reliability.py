@@ -13,8 +13,20 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.conftest import (count, free_port, logged_losses, mlflow_db, pause_when, query, resume, run_statuses,
-                            toy_rows, wait_for, wait_http, write_csv)
+from tests.conftest import (
+    count,
+    free_port,
+    logged_losses,
+    mlflow_db,
+    pause_when,
+    query,
+    resume,
+    run_statuses,
+    toy_rows,
+    wait_for,
+    wait_http,
+    write_csv,
+)
 
 
 def start(cli, *args: str) -> subprocess.Popen:
@@ -23,8 +35,14 @@ def start(cli, *args: str) -> subprocess.Popen:
 
 def long_run(tmp_path: Path) -> list[str]:
     toy = write_csv(tmp_path / "toy.csv", toy_rows(64))
-    return ["model=tiny", "data=local", f"data.train_file={toy}", "progress_bar=false", "epochs=100000",
-            "log_every_steps=5"]
+    return [
+        "model=tiny",
+        "data=local",
+        f"data.train_file={toy}",
+        "progress_bar=false",
+        "epochs=100000",
+        "log_every_steps=5",
+    ]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -48,8 +66,17 @@ def test_signal_during_a_single_run_ends_it_killed_and_keeps_its_metrics(cli, tm
 
 def test_sigterm_during_a_sweep_fails_the_trial_and_the_same_command_resumes(cli, tmp_path):
     toy = write_csv(tmp_path / "toy.csv", toy_rows(64))
-    args = ["-m", "model=tiny", "data=local", f"data.train_file={toy}", "progress_bar=false", "max_steps=300", "epochs=1000",
-            "log_every_steps=5", "batch_size=8,16"]
+    args = [
+        "-m",
+        "model=tiny",
+        "data=local",
+        f"data.train_file={toy}",
+        "progress_bar=false",
+        "max_steps=300",
+        "epochs=1000",
+        "log_every_steps=5",
+        "batch_size=8,16",
+    ]
     proc = start(cli, *args)
     db = mlflow_db()
     pause_when(proc, lambda: logged_losses(db) >= 1, "the first trial to log")
@@ -83,7 +110,7 @@ def test_unreachable_tracking_server_is_one_clear_line_before_training(cli, tmp_
     proc = start(cli, "model=tiny", "data=local", f"data.train_file={toy}")
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2
-    lines = [l for l in err.splitlines() if l.startswith("ftsweep: error:")]
+    lines = [ln for ln in err.splitlines() if ln.startswith("ftsweep: error:")]
     assert len(lines) == 1 and f"http://127.0.0.1:{port} is not usable" in lines[0]
     assert "training" not in err and time.time() - t0 < 60
 
@@ -98,10 +125,17 @@ def test_mlflow_sqlite_locked_longer_than_its_busy_timeout_is_retried_and_nothin
 
     Tracker().experiment_id("local")  # the store exists before it is locked
     locker = subprocess.Popen(
-        [sys.executable, "-c", "import sqlite3, sys, time\n"
-         "con = sqlite3.connect(sys.argv[1], timeout=60, isolation_level=None)\n"
-         "con.execute('BEGIN EXCLUSIVE'); print('locked', flush=True); time.sleep(25); con.execute('COMMIT')",
-         str(mlflow_db())], stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import sqlite3, sys, time\n"
+            "con = sqlite3.connect(sys.argv[1], timeout=60, isolation_level=None)\n"
+            "con.execute('BEGIN EXCLUSIVE'); print('locked', flush=True); time.sleep(25); con.execute('COMMIT')",
+            str(mlflow_db()),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert locker.stdout.readline().strip() == "locked"
     t0 = time.time()
     metrics = train(tiny_cfg("epochs=5", "log_every_steps=2"))  # 40 steps; every tracking call waits out the lock
@@ -148,7 +182,8 @@ def enospc(*_a, **_k):
 
 
 def test_a_checkpoint_that_finds_the_disk_full_leaves_the_previous_one_and_says_where_and_how_much(
-        tiny_cfg, tmp_path, monkeypatch):
+    tiny_cfg, tmp_path, monkeypatch
+):
     import torch
 
     from ftsweep.checkpoint import load
@@ -173,23 +208,26 @@ def test_a_checkpoint_that_finds_the_disk_full_leaves_the_previous_one_and_says_
     assert message.startswith(f"No space left on device writing {ckpt} (needs about ") and " MB free there)" in message
     assert load(ckpt)["loop"]["result"].steps == 10  # the first checkpoint, whole
     assert [p.name for p in ckpt.parent.iterdir() if p.name.startswith(".")] == []  # no half-written file
-    [(status, error)] = query(mlflow_db(), "select status, (select value from tags t where t.run_uuid = r.run_uuid "
-                                           "and key='error') from runs r")
+    [(status, error)] = query(
+        mlflow_db(),
+        "select status, (select value from tags t where t.run_uuid = r.run_uuid and key='error') from runs r",
+    )
     assert status == "FAILED" and "No space left" in error
     assert logged_losses() >= 2  # the metrics already logged are kept
 
 
 def test_a_kept_model_that_finds_the_disk_full_leaves_the_previous_folder_intact(tiny_cfg, tmp_path, monkeypatch):
     from ftsweep import keep
+    from ftsweep.config import validate
     from ftsweep.errors import DiskFullError
     from ftsweep.model import load_model, load_tokenizer
-    from ftsweep.config import validate
 
     tc = validate(tiny_cfg())
     tokenizer = load_tokenizer(tc.model)
     model = load_model(tc.model, ["neg", "pos"], tokenizer, tc.method)
     folder = keep.save_folder(model, tokenizer, tmp_path / "model", ["a text"], {"max_length": 16})
     before = sorted((p.name, p.stat().st_size) for p in folder.iterdir())
+
     def half_then_full(self, where, **_kwargs):
         (Path(where) / "model.safetensors").write_bytes(b"half a model")
         enospc()
@@ -227,7 +265,8 @@ def test_a_store_that_cannot_record_a_runs_end_has_it_ended_by_the_next_start_on
 
 
 def test_a_store_on_a_full_tmpfs_fails_the_kept_model_in_one_line_and_the_next_start_ends_its_run(
-        cli, tmp_path, monkeypatch, small_tmpfs):
+    cli, tmp_path, monkeypatch, small_tmpfs
+):
     """The MLflow store (sqlite file and artifacts) on a real 2 MB tmpfs: the tiny model's kept copy (4 MB) does
     not fit, and then neither does the run's end. One line naming the path and the space; the metrics stay in
     metrics.json; the next start, with space again, ends the run FAILED with that line as its reason."""
@@ -236,7 +275,7 @@ def test_a_store_on_a_full_tmpfs_fails_the_kept_model_in_one_line_and_the_next_s
     args = [*long_run(tmp_path)[:4], "max_steps=3"]
     full = cli.run(*args, "hydra.run.dir=out")
     assert full.returncode == 2 and "Traceback" not in full.stderr, full.stderr[-3000:]
-    [line] = [l for l in full.stderr.splitlines() if l.startswith("ftsweep: error:")]
+    [line] = [ln for ln in full.stderr.splitlines() if ln.startswith("ftsweep: error:")]
     assert f"No space left on device writing {store}" in line and "needs about" in line and "MB free there" in line
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["eval/accuracy"] >= 0 and run_statuses() == ["RUNNING"]  # the store could not take the end
@@ -253,10 +292,26 @@ def test_a_store_on_a_full_tmpfs_fails_the_kept_model_in_one_line_and_the_next_s
 def mlflow_server(folder: Path, port: int) -> subprocess.Popen:
     """A real `mlflow server` on loopback (sqlite backend, artifacts served from `folder`), answering."""
     folder.mkdir(exist_ok=True)
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-                               f"sqlite:///{folder / 'server.db'}", "--host", "127.0.0.1", "--port", str(port),
-                               "--workers", "1"], cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{folder / 'server.db'}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        cwd=folder,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     wait_http(f"http://127.0.0.1:{port}/health", timeout_s=120)
     return server
 
@@ -266,15 +321,23 @@ def stop_server(server: subprocess.Popen) -> None:
     server.wait(timeout=60)
 
 
-def test_a_tracking_server_restarted_mid_run_loses_nothing_and_the_run_ends_in_its_true_state(cli, tmp_path,
-                                                                                              monkeypatch):
+def test_a_tracking_server_restarted_mid_run_loses_nothing_and_the_run_ends_in_its_true_state(
+    cli, tmp_path, monkeypatch
+):
     """The issue's case: the server goes away during training and comes back later. Before: the run died
     after urllib3's retries with a traceback, and stayed RUNNING. Now every write waits on disk and lands."""
     port, folder = free_port(), tmp_path / "server"
     server = mlflow_server(folder, port)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
-    proc = start(cli, *long_run(tmp_path)[:4], "max_steps=300", "epochs=1000", "log_every_steps=5",
-                 "save_model=none", "hydra.run.dir=out")
+    proc = start(
+        cli,
+        *long_run(tmp_path)[:4],
+        "max_steps=300",
+        "epochs=1000",
+        "log_every_steps=5",
+        "save_model=none",
+        "hydra.run.dir=out",
+    )
     db = folder / "server.db"
     try:
         wait_for(lambda: logged_losses(db) >= 3, "the run to log through the server")
@@ -303,8 +366,11 @@ class Watched:
         self.reader.start()
 
     def wait_for(self, marker: str, count: int = 1, timeout: float = 240) -> None:
-        wait_for(lambda: sum(marker in line for line in self.lines) >= count or self.proc.poll() is not None,
-                 f"'{marker}' in the output", timeout)
+        wait_for(
+            lambda: sum(marker in line for line in self.lines) >= count or self.proc.poll() is not None,
+            f"'{marker}' in the output",
+            timeout,
+        )
 
     def finish(self, timeout: float = 600) -> tuple[int, str]:
         self.proc.wait(timeout=timeout)
@@ -332,8 +398,15 @@ def test_processes_started_together_on_a_new_store_all_succeed(cli, tmp_path):
 
 def sweep_args(tmp_path: Path) -> list[str]:
     toy = write_csv(tmp_path / "toy.csv", toy_rows(48))
-    return ["-m", "model=tiny", "data=local", f"data.train_file={toy}", "progress_bar=false", "max_steps=3",
-            "batch_size=4,8"]
+    return [
+        "-m",
+        "model=tiny",
+        "data=local",
+        f"data.train_file={toy}",
+        "progress_bar=false",
+        "max_steps=3",
+        "batch_size=4,8",
+    ]
 
 
 def completed_trials(tmp_path: Path) -> list[int]:
@@ -343,13 +416,16 @@ def completed_trials(tmp_path: Path) -> list[int]:
     return sorted(t.params["batch_size"] for t in trials if t.state.name == "COMPLETE")
 
 
-@pytest.mark.parametrize("phase, marker, count", [
-    ("start-up (imports, composing the config)", None, 0),
-    ("creating the study and its parent run", "A new study created", 1),
-    ("a trial loading its data and model", "Launching 1 jobs", 1),
-    ("a trial's artifacts and its tell", "perf/step_time_ms", 1),
-    ("writing the results and the report", "perf/step_time_ms", 2),  # the last trial has just ended
-])
+@pytest.mark.parametrize(
+    "phase, marker, count",
+    [
+        ("start-up (imports, composing the config)", None, 0),
+        ("creating the study and its parent run", "A new study created", 1),
+        ("a trial loading its data and model", "Launching 1 jobs", 1),
+        ("a trial's artifacts and its tell", "perf/step_time_ms", 1),
+        ("writing the results and the report", "perf/step_time_ms", 2),  # the last trial has just ended
+    ],
+)
 def test_ctrl_c_at_any_phase_of_a_sweep_ends_cleanly_and_the_command_resumes(cli, tmp_path, phase, marker, count):
     args = sweep_args(tmp_path)
     watched = Watched(cli, *args)
@@ -378,8 +454,13 @@ def test_a_second_ctrl_c_while_the_sweep_finishes_still_writes_its_results(cli, 
 
 
 def test_a_sweep_on_a_tracking_server_that_is_not_mlflow_stops_before_any_study(cli, tmp_path, monkeypatch):
-    server = subprocess.Popen([sys.executable, "-m", "http.server", "0", "--bind", "127.0.0.1"], cwd=tmp_path,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "http.server", "0", "--bind", "127.0.0.1"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         line = server.stdout.readline()  # "Serving HTTP on 127.0.0.1 port N ..."
         port = int(line.split(" port ")[1].split()[0])
@@ -388,15 +469,24 @@ def test_a_sweep_on_a_tracking_server_that_is_not_mlflow_stops_before_any_study(
     finally:
         server.terminate()
     assert code == 2 and "Traceback" not in output
-    [line] = [l for l in output.splitlines() if l.startswith("ftsweep: error:")]
+    [line] = [ln for ln in output.splitlines() if ln.startswith("ftsweep: error:")]
     assert f"MLflow tracking store http://127.0.0.1:{port} is not usable" in line and "<" not in line
     assert not (tmp_path / "multirun" / "optuna.db").exists()
 
 
 def test_sigterm_writes_a_checkpoint_and_resume_with_the_run_id_alone_finishes_that_run(cli, tmp_path):
     toy = write_csv(tmp_path / "toy.csv", toy_rows(64))
-    proc = start(cli, "model=tiny", "data=local", f"data.train_file={toy}", "progress_bar=false", "epochs=1000",
-                 "max_steps=200", "log_every_steps=5", "checkpoint_every_steps=20")
+    proc = start(
+        cli,
+        "model=tiny",
+        "data=local",
+        f"data.train_file={toy}",
+        "progress_bar=false",
+        "epochs=1000",
+        "max_steps=200",
+        "log_every_steps=5",
+        "checkpoint_every_steps=20",
+    )
     db = mlflow_db()
     pause_when(proc, lambda: logged_losses(db) >= 6, "a checkpoint's worth of steps")
     resume(proc, signal.SIGTERM)
@@ -436,11 +526,23 @@ def test_an_interrupted_trial_resumes_from_its_checkpoint_when_the_sweep_runs_ag
 
 def test_a_killed_run_resumes_from_its_last_checkpoint_without_logging_a_step_twice(cli, tmp_path):
     toy = write_csv(tmp_path / "toy.csv", toy_rows(64))
-    proc = start(cli, "model=tiny", "data=local", f"data.train_file={toy}", "progress_bar=false", "epochs=1000",
-                 "max_steps=120", "log_every_steps=5", "checkpoint_every_steps=20")
+    proc = start(
+        cli,
+        "model=tiny",
+        "data=local",
+        f"data.train_file={toy}",
+        "progress_bar=false",
+        "epochs=1000",
+        "max_steps=120",
+        "log_every_steps=5",
+        "checkpoint_every_steps=20",
+    )
     db = mlflow_db()
-    pause_when(proc, lambda: count(db, "select count(*) from tags where key='ftsweep.checkpoint'") > 0
-               and logged_losses(db) >= 7, "steps logged after the first checkpoint")
+    pause_when(
+        proc,
+        lambda: count(db, "select count(*) from tags where key='ftsweep.checkpoint'") > 0 and logged_losses(db) >= 7,
+        "steps logged after the first checkpoint",
+    )
     proc.kill()  # SIGKILL: no chance to write a last checkpoint or end the run
     proc.communicate(timeout=60)
     [(run_id, status)] = query(db, "select run_uuid, status from runs")

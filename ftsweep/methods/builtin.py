@@ -51,8 +51,9 @@ class BitFitMethodConfig(MethodConfig):
     lr_range: List[float] = field(default_factory=lambda: [1e-4, 1e-2])
 
 
-register_method("bitfit", BitFitMethodConfig,
-                lambda model, cfg, total_steps: train_only(model, lambda name: name.endswith(".bias")))
+register_method(
+    "bitfit", BitFitMethodConfig, lambda model, cfg, total_steps: train_only(model, lambda name: name.endswith(".bias"))
+)
 
 
 # --------------------------------------------------------------------------- freeze

@@ -36,8 +36,10 @@ class MethodConfig:
     lr_range: List[float] = field(default_factory=lambda: [1e-5, 1e-3])  # log-uniform bounds for lr searches
 
     def __post_init__(self) -> None:
-        check_config(len(self.lr_range) == 2 and 0 < self.lr_range[0] < self.lr_range[1],
-                     f"method.lr_range must be [low, high] with 0 < low < high, got {self.lr_range}")
+        check_config(
+            len(self.lr_range) == 2 and 0 < self.lr_range[0] < self.lr_range[1],
+            f"method.lr_range must be [low, high] with 0 < low < high, got {self.lr_range}",
+        )
 
 
 ApplyFn = Callable[["nn.Module", Any, int], "nn.Module"]  # (model, method config, total optimizer steps)
@@ -81,8 +83,9 @@ class MethodSpec:
 SPECS: Dict[str, MethodSpec] = {}  # name -> spec, in registration order (the order error messages list them)
 
 
-def register_method(name: str, config_cls: type, apply: ApplyFn, *, replace: bool = False,
-                    **settings: Any) -> MethodSpec:
+def register_method(
+    name: str, config_cls: type, apply: ApplyFn, *, replace: bool = False, **settings: Any
+) -> MethodSpec:
     """Make `method=<name>` a method: its spec here, and its schema in Hydra's ConfigStore as method/<name>
     (composable as it is) and method/base_<name> (for YAML files that extend it). `settings`: MethodSpec's
     fields. A conf/method/<name>.yaml, where there is one, comes first on the search path. A name already
@@ -115,8 +118,9 @@ def check(cfg: Any, device_type: str) -> None:
     s = spec(cfg)
     instead = f" Use method={s.instead} here" if s.instead else ""
     if s.cuda_only and device_type != "cuda":
-        raise ModelError(f"method={s.name} needs a CUDA GPU ({s.cuda_only}); this run's device is {device_type}."
-                         f"{instead}")
+        raise ModelError(
+            f"method={s.name} needs a CUDA GPU ({s.cuda_only}); this run's device is {device_type}.{instead}"
+        )
     for module, install in s.requires.items():
         try:
             importlib.import_module(module)

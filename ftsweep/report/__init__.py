@@ -21,8 +21,13 @@ from ftsweep.report.rows import collect, find_sweep, load_study, study_importanc
 from ftsweep.tracking import Tracker
 
 
-def make_report(parent_run_id: Optional[str] = None, experiment: Optional[str] = None, out: Optional[Path] = None,
-                html_too: bool = True, storage: Optional[str] = None) -> Path:
+def make_report(
+    parent_run_id: Optional[str] = None,
+    experiment: Optional[str] = None,
+    out: Optional[Path] = None,
+    html_too: bool = True,
+    storage: Optional[str] = None,
+) -> Path:
     """Write the report of a sweep (default: the latest) into `out` (default: the sweep's own folder) and log
     it as artifacts of the sweep's parent run; returns the path of report.md."""
     client = Tracker().client

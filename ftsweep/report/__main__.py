@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Optional
 
 from ftsweep.errors import FtsweepError
-from ftsweep.report import __doc__ as DOC, make_report
+from ftsweep.report import __doc__ as DOC
+from ftsweep.report import make_report
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -7,8 +7,17 @@ from typing import Any, Optional, Sequence
 
 from ftsweep.report.rows import Row, fmt
 
-HYPER = ("lr", "batch_size", "method.r", "optimizer.name", "precision", "gradient_checkpointing",
-         "data.max_length", "grad_accum_steps", "model")
+HYPER = (
+    "lr",
+    "batch_size",
+    "method.r",
+    "optimizer.name",
+    "precision",
+    "gradient_checkpointing",
+    "data.max_length",
+    "grad_accum_steps",
+    "model",
+)
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -42,24 +51,40 @@ def method_summary(rows: list[Row]) -> list[dict[str, Any]]:
     out = []
     for g in groups:
         mine = [r for r in ok if (r.group or r.method) == g]
-        out.append({
-            "method": g, "base": mine[0].method, "model": mine[0].model, "trials": len(mine),
-            "best_accuracy": max(r.accuracy for r in mine),
-            "median_step_ms": _median([r.get("perf/step_time_ms") for r in mine]),
-            "median_memory_mb": _median([r.memory_mb for r in mine]),
-            "trainable_pct": _median([r.get("params/trainable_pct") for r in mine]),
-            **{k.split("/")[1]: _median([r.get(k) for r in mine]) for k in
-               ("mem/params_mb", "mem/grads_mb", "mem/optimizer_state_mb")},
-            # counted exactly where the run did (mem/activations_saved_mb), else the peak's unexplained rest
-            "activations_mb": _median([r.get("mem/activations_saved_mb") if r.get("mem/activations_saved_mb")
-                                       is not None else r.get("mem/activations_est_mb") for r in mine]),
-        })
+        out.append(
+            {
+                "method": g,
+                "base": mine[0].method,
+                "model": mine[0].model,
+                "trials": len(mine),
+                "best_accuracy": max(r.accuracy for r in mine),
+                "median_step_ms": _median([r.get("perf/step_time_ms") for r in mine]),
+                "median_memory_mb": _median([r.memory_mb for r in mine]),
+                "trainable_pct": _median([r.get("params/trainable_pct") for r in mine]),
+                **{
+                    k.split("/")[1]: _median([r.get(k) for r in mine])
+                    for k in ("mem/params_mb", "mem/grads_mb", "mem/optimizer_state_mb")
+                },
+                # counted exactly where the run did (mem/activations_saved_mb), else the peak's unexplained rest
+                "activations_mb": _median(
+                    [
+                        r.get("mem/activations_saved_mb")
+                        if r.get("mem/activations_saved_mb") is not None
+                        else r.get("mem/activations_est_mb")
+                        for r in mine
+                    ]
+                ),
+            }
+        )
     for s in out:
         full = next((f for f in out if f["base"] == "full" and f["model"] == s["model"]), None)
         if full is None or s is full:
             continue
         s["accuracy_lost_vs_full"] = full["best_accuracy"] - s["best_accuracy"]
-        for key, name in (("median_memory_mb", "memory_saved_vs_full_pct"), ("median_step_ms", "time_saved_vs_full_pct")):
+        for key, name in (
+            ("median_memory_mb", "memory_saved_vs_full_pct"),
+            ("median_step_ms", "time_saved_vs_full_pct"),
+        ):
             if s[key] is not None and full[key]:
                 s[name] = 100.0 * (1 - s[key] / full[key])
     return out
@@ -80,16 +105,22 @@ def answer(rows: list[Row]) -> list[str]:
     ok = [r for r in rows if r.ok and r.feasible]
     if not ok:
         if any(r.ok for r in rows):
-            return ["No finished trial is within the sweep's budget (hydra.sweeper.constraints): see the ✗ rows "
-                    "below; raise a bound or search cheaper settings."]
+            return [
+                "No finished trial is within the sweep's budget (hydra.sweeper.constraints): see the ✗ rows "
+                "below; raise a bound or search cheaper settings."
+            ]
         failed = [r for r in rows if not r.ok]
-        return [f"No trial finished: all {len(failed)} failed. The errors are listed below; fix the first and rerun "
-                "the same command (finished trials are kept)."]
+        return [
+            f"No trial finished: all {len(failed)} failed. The errors are listed below; fix the first and rerun "
+            "the same command (finished trials are kept)."
+        ]
     keys = varying(rows)
     best = max(ok, key=lambda r: r.accuracy)
-    lines = [f"**Best overall:** {describe(best, keys)}: accuracy {best.accuracy:.4f}, memory "
-             f"{best.memory_mb:.0f} MB, step time {best.get('perf/step_time_ms') or float('nan'):.1f} ms "
-             f"(run `{best.run_id}`)."]
+    lines = [
+        f"**Best overall:** {describe(best, keys)}: accuracy {best.accuracy:.4f}, memory "
+        f"{best.memory_mb:.0f} MB, step time {best.get('perf/step_time_ms') or float('nan'):.1f} ms "
+        f"(run `{best.run_id}`)."
+    ]
     budget = _median([r.memory_mb for r in ok])
     within = [r for r in ok if r.memory_mb is not None and r.memory_mb <= budget]
     if within:
@@ -100,5 +131,6 @@ def answer(rows: list[Row]) -> list[str]:
             lines.append(
                 f"**Best under the median memory ({budget:.0f} MB):** {describe(cheap, keys)}: accuracy "
                 f"{cheap.accuracy:.4f} ({100 * (cheap.accuracy - best.accuracy):+.1f} points) at "
-                f"{cheap.memory_mb:.0f} MB ({100 * (cheap.memory_mb / best.memory_mb - 1):+.0f} % memory).")
+                f"{cheap.memory_mb:.0f} MB ({100 * (cheap.memory_mb / best.memory_mb - 1):+.0f} % memory)."
+            )
     return lines

@@ -5,13 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, never a window: before pyplot is imported
-import matplotlib.pyplot as plt  # noqa: E402
-
-from ftsweep.artifacts import save_png  # noqa: E402
-from ftsweep.report.rows import Row, to_float  # noqa: E402
+from ftsweep.artifacts import save_png
+from ftsweep.report.rows import Row, to_float
 
 
 def memory_label(rows: list[Row]) -> str:
@@ -27,6 +22,13 @@ METHOD_MARKERS = "osD^vP*Xh"
 
 
 def make_plots(rows: list[Row], importances: dict[str, float], out: Path, title: str) -> list[Path]:
+    # Here, not at the top: the Agg backend (files only, never a window) is chosen only when a report is drawn,
+    # so that importing ftsweep.report in a notebook leaves its plotting backend alone.
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     ok = [r for r in rows if r.ok]
     if not ok:
         return []
@@ -42,8 +44,16 @@ def make_plots(rows: list[Row], importances: dict[str, float], out: Path, title:
         for m in methods:
             pts = [(x_of(r), r.accuracy) for r in usable if (r.group or r.method) == m]
             if pts:
-                ax.scatter(*zip(*pts), label=m, color=colors[m], marker=markers[m], s=55, alpha=0.85,
-                           edgecolors="black", linewidths=0.5)
+                ax.scatter(
+                    *zip(*pts),
+                    label=m,
+                    color=colors[m],
+                    marker=markers[m],
+                    s=55,
+                    alpha=0.85,
+                    edgecolors="black",
+                    linewidths=0.5,
+                )
         if front:
             fr = sorted((x_of(r), r.accuracy) for r in usable if front in r.pareto)
             if len(fr) >= 1:
@@ -63,7 +73,9 @@ def make_plots(rows: list[Row], importances: dict[str, float], out: Path, title:
     scatter("accuracy_vs_memory", lambda r: r.memory_mb, f"memory, MB ({device})", front="memory")
     scatter("accuracy_vs_step_time", lambda r: r.get("perf/step_time_ms"), "median step time (ms)", front="time")
     scatter("accuracy_vs_lr", lambda r: to_float(r.params.get("lr")), "learning rate (log scale)", logx=True)
-    scatter("accuracy_vs_batch_size", lambda r: to_float(r.params.get("batch_size")), "batch size (examples)", logx=True)
+    scatter(
+        "accuracy_vs_batch_size", lambda r: to_float(r.params.get("batch_size")), "batch size (examples)", logx=True
+    )
     if importances:
         fig, ax = plt.subplots(figsize=(7, 0.5 * len(importances) + 1.5))
         names = list(importances)[::-1]

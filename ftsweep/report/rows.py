@@ -66,10 +66,12 @@ def find_sweep(client, run_id: Optional[str], experiment: Optional[str]) -> Any:
     try:
         run = client.get_run(run_id)
     except MlflowException:
-        raise FtsweepError(f"no run '{run_id}' in the tracking store {client.tracking_uri}")
+        raise FtsweepError(f"no run '{run_id}' in the tracking store {client.tracking_uri}") from None
     if run.data.tags.get("ftsweep.role") != "sweep":
-        raise FtsweepError(f"run '{run_id}' is not a sweep's parent run (it has no "
-                         "ftsweep.role=sweep tag); pass the id of a `sweep-ftsweep-...` run")
+        raise FtsweepError(
+            f"run '{run_id}' is not a sweep's parent run (it has no "
+            "ftsweep.role=sweep tag); pass the id of a `sweep-ftsweep-...` run"
+        )
     return run
 
 
@@ -81,28 +83,37 @@ def latest_sweep(client, experiment: Optional[str]) -> Any:
         experiments = [exp.experiment_id]
     else:
         experiments = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(experiments, "tags.`ftsweep.role` = 'sweep'", order_by=["attributes.start_time DESC"],
-                              max_results=1)
+    runs = client.search_runs(
+        experiments, "tags.`ftsweep.role` = 'sweep'", order_by=["attributes.start_time DESC"], max_results=1
+    )
     if not runs:
-        raise FtsweepError("no sweep found in the tracking store; run `python -m ftsweep -m ...` "
-                         "first, or pass --sweep PARENT_RUN_ID")
+        raise FtsweepError(
+            "no sweep found in the tracking store; run `python -m ftsweep -m ...` first, or pass --sweep PARENT_RUN_ID"
+        )
     return runs[0]
 
 
 def collect(client, parent, study=None) -> list[Row]:
-    children = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
-                                  max_results=10000)
+    children = client.search_runs(
+        [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'", max_results=10000
+    )
     rows = []
     seen = set()
     for run in children:
         tags = run.data.tags
         number = tags.get("optuna.trial_number")
-        rows.append(Row(trial=int(number) if number is not None else None,
-                        method=run.data.params.get("method.name", tags.get("method", "?")),
-                        model=run.data.params.get("model.name", tags.get("model", "")),
-                        params=dict(run.data.params), metrics=dict(run.data.metrics),
-                        state="PRUNED" if tags.get("pruned") == "true" else run.info.status,
-                        run_id=run.info.run_id, error=tags.get("error", "")))
+        rows.append(
+            Row(
+                trial=int(number) if number is not None else None,
+                method=run.data.params.get("method.name", tags.get("method", "?")),
+                model=run.data.params.get("model.name", tags.get("model", "")),
+                params=dict(run.data.params),
+                metrics=dict(run.data.metrics),
+                state="PRUNED" if tags.get("pruned") == "true" else run.info.status,
+                run_id=run.info.run_id,
+                error=tags.get("error", ""),
+            )
+        )
         seen.add(run.info.run_id)
     rows.extend(optuna_only_failures(study, seen))
     mark_budget(rows, constraints_of(parent))
@@ -154,9 +165,17 @@ def optuna_only_failures(study, seen: set[str]) -> list[Row]:
         if t.state.name != "FAIL" or t.user_attrs.get("mlflow_run_id") in seen:
             continue
         params = {**t.user_attrs.get("fixed", {}), **{k: str(v) for k, v in t.params.items()}}
-        rows.append(Row(trial=t.number, method=str(params.get("method", "?")), model=str(params.get("model", "")),
-                        params=params, metrics={},
-                        state="FAILED", error=t.user_attrs.get("error", "")))
+        rows.append(
+            Row(
+                trial=t.number,
+                method=str(params.get("method", "?")),
+                model=str(params.get("model", "")),
+                params=params,
+                metrics={},
+                state="FAILED",
+                error=t.user_attrs.get("error", ""),
+            )
+        )
     return rows
 
 

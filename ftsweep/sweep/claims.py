@@ -39,11 +39,18 @@ def key(params: dict[str, Any]) -> str:
 
 
 class Claims:
-    def __init__(self, definition: SweepDefinition, settings: SweepSettings, url: str,
-                 storage: optuna.storages.BaseStorage, config: Optional[DictConfig] = None):
+    def __init__(
+        self,
+        definition: SweepDefinition,
+        settings: SweepSettings,
+        url: str,
+        storage: optuna.storages.BaseStorage,
+        config: Optional[DictConfig] = None,
+    ):
         self.d, self.settings, self.url, self.storage, self.config = definition, settings, url, storage, config
-        self.custom: Optional[Callable] = get_method(definition.custom_search_space) \
-            if definition.custom_search_space else None
+        self.custom: Optional[Callable] = (
+            get_method(definition.custom_search_space) if definition.custom_search_space else None
+        )
 
     def claim(self, study: optuna.Study) -> Optional[Trial]:
         """The next trial to run, or None when the study has no room left (or, for a grid, no free point).
@@ -59,8 +66,9 @@ class Claims:
             # sweep nor a second worker proposes the same start-up points again.
             study.sampler = self.d.make_sampler(trials_so_far=len(trials))
             if self.d.grid is not None:
-                taken = ran | {key(t.system_attrs.get("fixed_params", {})) for t in trials
-                               if t.state == TrialState.WAITING}
+                taken = ran | {
+                    key(t.system_attrs.get("fixed_params", {})) for t in trials if t.state == TrialState.WAITING
+                }
                 free = [p for p in self.d.grid if key(p) not in taken]
                 if not free:
                     return None
@@ -71,8 +79,11 @@ class Claims:
             if self.custom is not None:
                 self.custom(self.config, trial)
             if self.d.sampler == "bruteforce" and key(trial.params) in ran:  # it offers a repeat only when done
-                trial.set_user_attr("error", "not run: every combination of the search space has run "
-                                             "(hydra.sweeper.n_trials is above their number)")
+                trial.set_user_attr(
+                    "error",
+                    "not run: every combination of the search space has run "
+                    "(hydra.sweeper.n_trials is above their number)",
+                )
                 study.tell(trial, state=TrialState.FAIL)
                 log.warning("every combination of the search space has run; the sweep stops here")
                 return None
@@ -89,8 +100,11 @@ class Claims:
     def losses(self, study: optuna.Study, trial: Trial) -> int:
         """How often these parameters' jobs were lost already: a job that dies each time is a failure."""
         point = key(trial.params)
-        return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-                   if key(t.params) == point and "job lost" in t.user_attrs.get("error", ""))
+        return sum(
+            1
+            for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+            if key(t.params) == point and "job lost" in t.user_attrs.get("error", "")
+        )
 
     def fail_for_rerun(self, study: optuna.Study, trial: FrozenTrial, error: str) -> None:
         """FAIL a trial that did not get to finish, so that it does not count and its parameters run again
@@ -109,8 +123,11 @@ class Claims:
         now = time.time()
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if is_stale(t, self.settings.stale_after_s, now):
-                log.warning("trial %d was left RUNNING by %s, which is gone: marking it FAIL and running its "
-                            "parameters again", t.number, t.user_attrs.get("worker", "an unknown worker"))
+                log.warning(
+                    "trial %d was left RUNNING by %s, which is gone: marking it FAIL and running its parameters again",
+                    t.number,
+                    t.user_attrs.get("worker", "an unknown worker"),
+                )
                 self.fail_for_rerun(study, t, "worker died (stale RUNNING trial)")
 
     def _fail_half_claimed(self, study: optuna.Study) -> None:
@@ -119,16 +136,20 @@ class Claims:
         is nobody's: FAIL it so that its parameters run again, rather than never."""
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if "worker" not in t.user_attrs:
-                log.warning("trial %d was cut off while being claimed: marking it FAIL and running its parameters "
-                            "again", t.number)
+                log.warning(
+                    "trial %d was cut off while being claimed: marking it FAIL and running its parameters again",
+                    t.number,
+                )
                 self.fail_for_rerun(study, t, "cut off while being claimed")
 
 
 def _resumable(trials: list[FrozenTrial], ran: set[str]) -> dict[str, str]:
     """Checkpoints of interrupted trials whose parameters have not run again yet: the rerun starts there."""
-    return {key(t.params): t.system_attrs[RESUME_ATTR] for t in trials
-            if t.system_attrs.get(RESUME_ATTR) and key(t.params) not in ran
-            and Path(t.system_attrs[RESUME_ATTR]).is_file()}
+    return {
+        key(t.params): t.system_attrs[RESUME_ATTR]
+        for t in trials
+        if t.system_attrs.get(RESUME_ATTR) and key(t.params) not in ran and Path(t.system_attrs[RESUME_ATTR]).is_file()
+    }
 
 
 def _checkpoint_of(run_id: Optional[str]) -> Optional[str]:

@@ -70,13 +70,22 @@ class SweepSettings:
         need(self.n_jobs >= 1, f"n_jobs must be >= 1, got {self.n_jobs}")
         need(self.devices is None or len(self.devices) > 0, "devices must list at least one device id, or be null")
         need(0.0 <= self.max_failure_rate <= 1.0, f"max_failure_rate must be in [0, 1], got {self.max_failure_rate}")
-        need(self.min_trials_before_abort >= 1, f"min_trials_before_abort must be >= 1, got {self.min_trials_before_abort}")
-        need(self.stale_after_s is None or self.stale_after_s > 0, f"stale_after_s must be > 0, got {self.stale_after_s}")
-        need(self.pruner_startup_trials >= 0 and self.pruner_warmup_steps >= 0,
-             "pruner_startup_trials and pruner_warmup_steps must be >= 0")
+        need(
+            self.min_trials_before_abort >= 1,
+            f"min_trials_before_abort must be >= 1, got {self.min_trials_before_abort}",
+        )
+        need(
+            self.stale_after_s is None or self.stale_after_s > 0, f"stale_after_s must be > 0, got {self.stale_after_s}"
+        )
+        need(
+            self.pruner_startup_trials >= 0 and self.pruner_warmup_steps >= 0,
+            "pruner_startup_trials and pruner_warmup_steps must be >= 0",
+        )
         for name, bound in (self.constraints or {}).items():
-            need(isinstance(bound, (int, float)) and math.isfinite(bound),
-                 f"constraints.{name} must be a number (an upper bound), got {bound!r}")
+            need(
+                isinstance(bound, (int, float)) and math.isfinite(bound),
+                f"constraints.{name} must be a number (an upper bound), got {bound!r}",
+            )
         check_metric_names(self.constraints or {}, "hydra.sweeper.constraints")
         if self.storage is not None:
             check_url(self.storage)
@@ -94,8 +103,11 @@ class SweepSettings:
 
 # hydra-optuna-sweeper's sampler nodes (its config.py) and the ftsweep sampler each one means.
 SAMPLER_TARGETS = {
-    "optuna.samplers.TPESampler": "tpe", "optuna.samplers.GPSampler": "gp", "optuna.samplers.RandomSampler": "random",
-    "optuna.samplers.GridSampler": "grid", "optuna.samplers.NSGAIISampler": "nsga2",
+    "optuna.samplers.TPESampler": "tpe",
+    "optuna.samplers.GPSampler": "gp",
+    "optuna.samplers.RandomSampler": "random",
+    "optuna.samplers.GridSampler": "grid",
+    "optuna.samplers.NSGAIISampler": "nsga2",
     "hydra_plugins.hydra_optuna_sweeper._impl.create_nsgaii_sampler": "nsga2",
     "optuna.samplers.BruteForceSampler": "bruteforce",
 }
@@ -107,13 +119,17 @@ def _sampler_from_node(node: dict) -> tuple[str, Optional[int]]:
     target = node.get("_target_")
     choices = "hydra.sweeper.sampler=" + "|".join(s for s in SAMPLERS if s != "motpe")
     if target not in SAMPLER_TARGETS:
-        raise ConfigError(f"hydra.sweeper.sampler._target_={target} has no equivalent in ftsweep's sweeper; use "
-                          f"{choices}, or hydra/sweeper=optuna for hydra-optuna-sweeper's own")
+        raise ConfigError(
+            f"hydra.sweeper.sampler._target_={target} has no equivalent in ftsweep's sweeper; use "
+            f"{choices}, or hydra/sweeper=optuna for hydra-optuna-sweeper's own"
+        )
     extra = sorted(k for k, v in node.items() if k not in _NODE_KEYS and v is not None)
     if extra:
-        raise ConfigError(f"hydra.sweeper.sampler.{extra[0]}: ftsweep's sweeper sets its sampler's settings itself "
-                          f"(sampler={SAMPLER_TARGETS[target]}, seed); drop {', '.join(extra)}, or use "
-                          f"hydra/sweeper=optuna for hydra-optuna-sweeper's own")
+        raise ConfigError(
+            f"hydra.sweeper.sampler.{extra[0]}: ftsweep's sweeper sets its sampler's settings itself "
+            f"(sampler={SAMPLER_TARGETS[target]}, seed); drop {', '.join(extra)}, or use "
+            f"hydra/sweeper=optuna for hydra-optuna-sweeper's own"
+        )
     seed = node.get("seed")
     return SAMPLER_TARGETS[target], None if seed is None else int(seed)
 
@@ -181,8 +197,10 @@ class SweepDefinition:
         if settings.sampler == "grid" and grid is None:
             raise ConfigError("hydra.sweeper.sampler=grid needs every swept key to be a choice list")
         if not space and not settings.custom_search_space:
-            raise ConfigError("a sweep (-m) needs at least one swept key, e.g. batch_size=8,16 or "
-                              "'lr=tag(log, interval(1e-5, 1e-3))'; to run once, drop -m")
+            raise ConfigError(
+                "a sweep (-m) needs at least one swept key, e.g. batch_size=8,16 or "
+                "'lr=tag(log, interval(1e-5, 1e-3))'; to run once, drop -m"
+            )
         objectives = list(objectives)
         check_metric_names(objectives, "objectives")
         if settings.direction is None:
@@ -190,31 +208,45 @@ class SweepDefinition:
         else:
             directions = [settings.direction] if isinstance(settings.direction, str) else list(settings.direction)
         if len(directions) != len(objectives) or any(d not in DIRECTIONS for d in directions):
-            raise ConfigError(f"hydra.sweeper.direction must be maximize/minimize, one per objective "
-                              f"{objectives}; got {directions}")
+            raise ConfigError(
+                f"hydra.sweeper.direction must be maximize/minimize, one per objective {objectives}; got {directions}"
+            )
         sampler = "grid" if grid is not None else settings.sampler
         if sampler in ("auto", "motpe"):
             sampler = "tpe"  # TPE handles several objectives itself since optuna 4 (MOTPESampler is gone)
         if settings.pruner != "none":
             if len(objectives) > 1:
-                raise ConfigError("Optuna cannot prune a multi-objective study: set hydra.sweeper.pruner=none "
-                                  f"(objectives: {objectives})")
+                raise ConfigError(
+                    "Optuna cannot prune a multi-objective study: set hydra.sweeper.pruner=none "
+                    f"(objectives: {objectives})"
+                )
             if not objectives[0].startswith("eval/"):
                 raise ConfigError(f"pruning needs an eval/ objective reported during training, not {objectives[0]}")
-        return cls(space=space, fixed={k: str(v) for k, v in fixed.items()}, objectives=tuple(objectives),
-                   directions=tuple(directions), sampler=sampler, requested_sampler=settings.sampler,
-                   n_trials=len(grid) if grid is not None else settings.n_trials, seed=settings.seed,
-                   grid=tuple(grid) if grid is not None else None, custom_search_space=settings.custom_search_space,
-                   pruner=settings.pruner, pruner_startup_trials=settings.pruner_startup_trials,
-                   pruner_warmup_steps=settings.pruner_warmup_steps,
-                   constraints={k: float(v) for k, v in (settings.constraints or {}).items()},
-                   study_name_override=settings.study_name)
+        return cls(
+            space=space,
+            fixed={k: str(v) for k, v in fixed.items()},
+            objectives=tuple(objectives),
+            directions=tuple(directions),
+            sampler=sampler,
+            requested_sampler=settings.sampler,
+            n_trials=len(grid) if grid is not None else settings.n_trials,
+            seed=settings.seed,
+            grid=tuple(grid) if grid is not None else None,
+            custom_search_space=settings.custom_search_space,
+            pruner=settings.pruner,
+            pruner_startup_trials=settings.pruner_startup_trials,
+            pruner_warmup_steps=settings.pruner_warmup_steps,
+            constraints={k: float(v) for k, v in (settings.constraints or {}).items()},
+            study_name_override=settings.study_name,
+        )
 
     def probe_points(self) -> list[dict[str, Any]]:
         """Parameter sets that together try every choice and both ends of every range once: enough to find
         an unknown key or a bad value in any trial before the sweep starts (not the whole grid)."""
-        ends = {k: list(d.choices) if isinstance(d, CategoricalDistribution) else [d.low, d.high]
-                for k, d in self.space.items()}
+        ends = {
+            k: list(d.choices) if isinstance(d, CategoricalDistribution) else [d.low, d.high]
+            for k, d in self.space.items()
+        }
         base = {k: values[0] for k, values in ends.items()}
         points, seen = [base], {json.dumps(base, sort_keys=True, default=str)}
         for key, values in ends.items():
@@ -230,8 +262,11 @@ class SweepDefinition:
         """The definition as plain data: what the study name hashes and what the parent run records."""
         out: dict[str, Any] = {
             "space": {k: canonical(v) for k, v in sorted(self.space.items())},
-            "fixed": dict(sorted(self.fixed.items())), "objectives": list(self.objectives),
-            "directions": list(self.directions), "sampler": self.sampler, "custom": self.custom_search_space,
+            "fixed": dict(sorted(self.fixed.items())),
+            "objectives": list(self.objectives),
+            "directions": list(self.directions),
+            "sampler": self.sampler,
+            "custom": self.custom_search_space,
         }
         if self.pruner != "none":
             out["pruner"] = self.pruner
@@ -249,8 +284,11 @@ class SweepDefinition:
         sampler = "grid" if self.grid is not None else self.requested_sampler
         old: dict[str, Any] = {
             "space": {k: _legacy_repr(v) for k, v in sorted(self.space.items())},
-            "fixed": dict(sorted(self.fixed.items())), "directions": list(self.directions),
-            "objectives": list(self.objectives), "sampler": sampler, "custom": self.custom_search_space,
+            "fixed": dict(sorted(self.fixed.items())),
+            "directions": list(self.directions),
+            "objectives": list(self.objectives),
+            "sampler": sampler,
+            "custom": self.custom_search_space,
         }
         if self.pruner != "none":
             old["pruner"] = self.pruner
@@ -274,8 +312,11 @@ class SweepDefinition:
         return samplers[self.sampler]()
 
     def pruner_spec(self) -> dict[str, Any]:
-        return {"name": self.pruner, "startup_trials": self.pruner_startup_trials,
-                "warmup_steps": self.pruner_warmup_steps}
+        return {
+            "name": self.pruner,
+            "startup_trials": self.pruner_startup_trials,
+            "warmup_steps": self.pruner_warmup_steps,
+        }
 
     def feasibility(self, metrics: dict[str, float]) -> list[float]:
         """Optuna's convention: one value per constraint, <= 0 when the budget is met."""

@@ -39,13 +39,20 @@ def job_outcome(ret: JobReturn) -> tuple[Optional[Any], Optional[BaseException]]
 
 
 class Outcomes:
-    def __init__(self, definition: SweepDefinition, settings: SweepSettings, url: str,
-                 claims: Optional[Claims] = None, retry_window_s: float = 600.0):
+    def __init__(
+        self,
+        definition: SweepDefinition,
+        settings: SweepSettings,
+        url: str,
+        claims: Optional[Claims] = None,
+        retry_window_s: float = 600.0,
+    ):
         self.d, self.settings, self.url, self.claims = definition, settings, url, claims
         self.retry_window_s = retry_window_s
 
-    def tell_retrying(self, study: optuna.Study, trial: Trial, metrics: Optional[dict],
-                      exc: Optional[BaseException]) -> None:
+    def tell_retrying(
+        self, study: optuna.Study, trial: Trial, metrics: Optional[dict], exc: Optional[BaseException]
+    ) -> None:
         """`tell`, waiting out a storage server's restart. A try cut off after its tell landed is not told twice."""
         tries = []
 
@@ -63,8 +70,9 @@ class Outcomes:
             self._rerun(study, trial, f"interrupted in its worker: {exc}")
             return
         if exc is not None and storage_unreachable(exc):  # not the parameters' fault: they run again
-            log.warning("trial %d lost its storage (%s): running its parameters again", trial.number,
-                        first_line(exc)[:120])
+            log.warning(
+                "trial %d lost its storage (%s): running its parameters again", trial.number, first_line(exc)[:120]
+            )
             self._rerun(study, trial, f"storage lost: {first_line(exc)}")
             return
         if isinstance(exc, optuna.TrialPruned):
@@ -105,15 +113,19 @@ class Outcomes:
     def too_many_failures(self, study: optuna.Study) -> bool:
         finished = [t for t in study.get_trials(deepcopy=False) if results.counts(t)]
         failed = sum(t.state == TrialState.FAIL for t in finished)
-        return (len(finished) >= self.settings.min_trials_before_abort
-                and failed > self.settings.max_failure_rate * len(finished))
+        return len(finished) >= self.settings.min_trials_before_abort and failed > self.settings.max_failure_rate * len(
+            finished
+        )
 
     def interrupt(self, study: optuna.Study, trial: Trial, exc: BaseException) -> None:
         """The sweep was interrupted while this trial ran: FAIL it for a rerun, and stop its job."""
         frozen = self.claims.storage.get_trial(trial_id(trial))
         if frozen.state == TrialState.RUNNING:
-            log.warning("trial %d interrupted (%s): marked FAIL; the same command runs it again",
-                        trial.number, type(exc).__name__)
+            log.warning(
+                "trial %d interrupted (%s): marked FAIL; the same command runs it again",
+                trial.number,
+                type(exc).__name__,
+            )
             self.claims.fail_for_rerun(study, frozen, f"interrupted: {first_line(exc, with_type=True)}")
             _stop_job(frozen)
 

@@ -36,8 +36,11 @@ def summary(study: optuna.Study, definition: SweepDefinition) -> dict[str, Any]:
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     out: dict[str, Any] = {
-        "name": "optuna", "study_name": study.study_name, "objectives": list(definition.objectives),
-        "directions": list(definition.directions), "n_complete": len(complete),
+        "name": "optuna",
+        "study_name": study.study_name,
+        "objectives": list(definition.objectives),
+        "directions": list(definition.directions),
+        "n_complete": len(complete),
         "n_failed": sum(t.state == TrialState.FAIL for t in trials),
         "n_pruned": sum(t.state == TrialState.PRUNED for t in trials),
         "fixed": dict(definition.fixed),
@@ -51,13 +54,22 @@ def summary(study: optuna.Study, definition: SweepDefinition) -> dict[str, Any]:
     if len(definition.objectives) == 1:
         sign = 1 if definition.directions[0] == "maximize" else -1
         best = max(candidates, key=lambda t: (sign * t.values[0], -t.number))
-        out.update(best_params=dict(best.params), best_value=best.values[0], best_trial=best.number,
-                   best_mlflow_run_id=best.user_attrs.get("mlflow_run_id"))
+        out.update(
+            best_params=dict(best.params),
+            best_value=best.values[0],
+            best_trial=best.number,
+            best_mlflow_run_id=best.user_attrs.get("mlflow_run_id"),
+        )
     else:
-        out["solutions"] = [{"trial": t.number, "params": dict(t.params),
-                             "values": dict(zip(definition.objectives, t.values)),
-                             "mlflow_run_id": t.user_attrs.get("mlflow_run_id")}
-                            for t in _pareto(candidates, definition.directions)]
+        out["solutions"] = [
+            {
+                "trial": t.number,
+                "params": dict(t.params),
+                "values": dict(zip(definition.objectives, t.values)),
+                "mlflow_run_id": t.user_attrs.get("mlflow_run_id"),
+            }
+            for t in _pareto(candidates, definition.directions)
+        ]
     return out
 
 
@@ -75,8 +87,15 @@ def _pareto(trials: list[FrozenTrial], directions: Sequence[str]) -> list[Frozen
 def write_trials_csv(trials: Sequence[FrozenTrial], definition: SweepDefinition, path: Path) -> None:
     params = sorted({k for t in trials for k in t.params} | set(definition.fixed))
     constrained = bool(definition.constraints)
-    header = ["number", "state", *definition.objectives, *params, *(["feasible"] if constrained else []),
-              "mlflow_run_id", "error"]
+    header = [
+        "number",
+        "state",
+        *definition.objectives,
+        *params,
+        *(["feasible"] if constrained else []),
+        "mlflow_run_id",
+        "error",
+    ]
 
     def write(f) -> None:
         w = csv.writer(f)
@@ -84,9 +103,17 @@ def write_trials_csv(trials: Sequence[FrozenTrial], definition: SweepDefinition,
         for t in trials:
             values = t.values or [None] * len(definition.objectives)
             all_params = {**t.user_attrs.get("fixed", definition.fixed), **t.params}
-            w.writerow([t.number, t.state.name, *values, *(all_params.get(p) for p in params),
-                        *([feasible(t)] if constrained else []), t.user_attrs.get("mlflow_run_id"),
-                        t.user_attrs.get("error")])
+            w.writerow(
+                [
+                    t.number,
+                    t.state.name,
+                    *values,
+                    *(all_params.get(p) for p in params),
+                    *([feasible(t)] if constrained else []),
+                    t.user_attrs.get("mlflow_run_id"),
+                    t.user_attrs.get("error"),
+                ]
+            )
 
     atomic_write(path, write)
 
@@ -119,20 +146,30 @@ def pruning_savings(children: list[dict[str, float]]) -> dict[str, float]:
     if not done:
         return {}
     spent = sum(m["perf/train_time_s"] for m in done)
-    per_step = sorted(m["perf/train_time_s"] / m["train/steps"] for m in done
-                      if m["train/steps"] >= m.get("train/total_steps", 0))
+    per_step = sorted(
+        m["perf/train_time_s"] / m["train/steps"] for m in done if m["train/steps"] >= m.get("train/total_steps", 0)
+    )
     if not per_step:
         return {"sweep/train_time_s": spent}
     rate = per_step[len(per_step) // 2]
-    unpruned = sum(m["perf/train_time_s"] + max(m.get("train/total_steps", 0) - m["train/steps"], 0) * rate
-                   for m in done)
-    return {"sweep/train_time_s": spent, "sweep/train_time_unpruned_est_s": unpruned,
-            "sweep/time_saved_pct": 100.0 * (1 - spent / unpruned) if unpruned else 0.0}
+    unpruned = sum(
+        m["perf/train_time_s"] + max(m.get("train/total_steps", 0) - m["train/steps"], 0) * rate for m in done
+    )
+    return {
+        "sweep/train_time_s": spent,
+        "sweep/train_time_unpruned_est_s": unpruned,
+        "sweep/time_saved_pct": 100.0 * (1 - spent / unpruned) if unpruned else 0.0,
+    }
 
 
 def log_summary(result: dict[str, Any], sweep_dir: Path) -> None:
-    log.info("%d complete, %d failed, %d pruned; results in %s", result["n_complete"], result["n_failed"],
-             result["n_pruned"], sweep_dir)
+    log.info(
+        "%d complete, %d failed, %d pruned; results in %s",
+        result["n_complete"],
+        result["n_failed"],
+        result["n_pruned"],
+        sweep_dir,
+    )
     if "n_infeasible" in result:
         log.info("%d trials over the budget %s", result["n_infeasible"], result["constraints"])
     if "best_value" in result:

@@ -38,9 +38,22 @@ MAX_LOSSES = 2  # a trial whose job the engine lost (killed, preempted) runs aga
 
 
 class SweepRunner:
-    def __init__(self, settings: SweepSettings, definition: SweepDefinition, config: DictConfig, launcher,
-                 storage_url: str, sweep_dir: Path):
-        self.settings, self.d, self.config, self.launcher, self.url = settings, definition, config, launcher, storage_url
+    def __init__(
+        self,
+        settings: SweepSettings,
+        definition: SweepDefinition,
+        config: DictConfig,
+        launcher,
+        storage_url: str,
+        sweep_dir: Path,
+    ):
+        self.settings, self.d, self.config, self.launcher, self.url = (
+            settings,
+            definition,
+            config,
+            launcher,
+            storage_url,
+        )
         self.base_dir = sweep_dir
         # How long claims and tells wait for a storage server that restarts (the tracking store's window too).
         tracking = config.get("tracking") if config is not None else None
@@ -62,9 +75,16 @@ class SweepRunner:
         outcomes = Outcomes(self.d, self.settings, self.url, claims, self.retry_window_s)
         os.environ[STORAGE_ENV] = self.url
         os.environ[interrupt.SWEEPER_PID_ENV] = str(os.getpid())  # jobs in other processes are workers
-        log.info("study %s (%s, %d trials in all, %s) on %s; MLflow parent run %s; %d slot(s)", study.study_name,
-                 self.d.sampler, self.d.n_trials, "/".join(self.d.directions), redact(self.url), parent.run_id,
-                 self.settings.n_jobs)
+        log.info(
+            "study %s (%s, %d trials in all, %s) on %s; MLflow parent run %s; %d slot(s)",
+            study.study_name,
+            self.d.sampler,
+            self.d.n_trials,
+            "/".join(self.d.directions),
+            redact(self.url),
+            parent.run_id,
+            self.settings.n_jobs,
+        )
         started = time.perf_counter()
         try:
             self._run_slots(study, claims, outcomes)
@@ -75,8 +95,12 @@ class SweepRunner:
             with interrupt.deferred():  # results and the parent run's end are written whatever comes
                 result = self._close(study, parent, sweep_dir, time.perf_counter() - started)
         if self.launched == 0:
-            log.info("study %s is already complete (%d of %d trials finished): nothing to run", study.study_name,
-                     result["n_complete"] + result["n_failed"] + result["n_pruned"], self.d.n_trials)
+            log.info(
+                "study %s is already complete (%d of %d trials finished): nothing to run",
+                study.study_name,
+                result["n_complete"] + result["n_failed"] + result["n_pruned"],
+                self.d.n_trials,
+            )
         return result
 
     # ---- the slots
@@ -86,9 +110,12 @@ class SweepRunner:
         can = capabilities(self.launcher)
         if can.in_process:
             if self.settings.n_jobs > 1:
-                log.warning("hydra.sweeper.n_jobs=%d runs trials at once only with a launcher that has worker "
-                            "processes (hydra/launcher=joblib, ray, submitit_local, submitit_slurm); the basic "
-                            "launcher runs them one at a time", self.settings.n_jobs)
+                log.warning(
+                    "hydra.sweeper.n_jobs=%d runs trials at once only with a launcher that has worker "
+                    "processes (hydra/launcher=joblib, ray, submitit_local, submitit_slurm); the basic "
+                    "launcher runs them one at a time",
+                    self.settings.n_jobs,
+                )
             self._slot(study, claims, outcomes, 0)
             return
         if can.start_engine is not None and claims.room(study.get_trials(deepcopy=False)) > 0:
@@ -102,8 +129,10 @@ class SweepRunner:
                 errors.append(exc)
                 self.stop.set()
 
-        threads = [threading.Thread(target=guarded, args=(i,), name=f"ftsweep-slot-{i}", daemon=True)
-                   for i in range(self.settings.n_jobs)]
+        threads = [
+            threading.Thread(target=guarded, args=(i,), name=f"ftsweep-slot-{i}", daemon=True)
+            for i in range(self.settings.n_jobs)
+        ]
         for thread in threads:
             thread.start()
         while any(t.is_alive() for t in threads):
@@ -142,8 +171,10 @@ class SweepRunner:
             if outcomes.too_many_failures(study):
                 self.aborted = True
                 self.stop.set()
-                log.error("stopping: more than %.0f%% of finished trials failed (hydra.sweeper.max_failure_rate)",
-                          100 * self.settings.max_failure_rate)
+                log.error(
+                    "stopping: more than %.0f%% of finished trials failed (hydra.sweeper.max_failure_rate)",
+                    100 * self.settings.max_failure_rate,
+                )
 
     def _overrides(self, study: optuna.Study, trial: Trial, slot: int) -> tuple[str, ...]:
         """The job's command line. Hydra prints and saves it, so the storage URL goes without its password;
@@ -151,11 +182,15 @@ class SweepRunner:
         params = {**self.d.fixed, **trial.params}
         resume = trial.user_attrs.get("resume_from")
         devices = self.settings.devices
-        return (*(f"{k}={v}" for k, v in params.items()), *([f"resume='{resume}'"] if resume else []),
-                *([f"sweep.device={devices[slot % len(devices)]}"] if devices else []),
-                f"sweep.study={study.study_name}", f"sweep.trial_id={trial_id(trial)}",
-                f"sweep.storage='{redact(self.url)}'",
-                f"hydra.sweep.subdir={study.study_name}/trial_{trial.number}")
+        return (
+            *(f"{k}={v}" for k, v in params.items()),
+            *([f"resume='{resume}'"] if resume else []),
+            *([f"sweep.device={devices[slot % len(devices)]}"] if devices else []),
+            f"sweep.study={study.study_name}",
+            f"sweep.trial_id={trial_id(trial)}",
+            f"sweep.storage='{redact(self.url)}'",
+            f"hydra.sweep.subdir={study.study_name}/trial_{trial.number}",
+        )
 
     # ---- the end
     def _interrupt(self, study: optuna.Study, outcomes: Outcomes, exc: BaseException) -> None:
@@ -180,12 +215,15 @@ class SweepRunner:
             if not storage_unreachable(exc):
                 raise
             parent.end("FAILED")  # every finished trial is in the storage; the same command resumes
-            raise StorageGone(f"Optuna storage {redact(self.url)} cannot be reached, so this sweep's "
-                              f"results are not written; rerun the same command when it is back") from exc
+            raise StorageGone(
+                f"Optuna storage {redact(self.url)} cannot be reached, so this sweep's "
+                f"results are not written; rerun the same command when it is back"
+            ) from exc
         all_failed = result["n_complete"] == 0 and result["n_failed"] > 0
         save_model = getattr(self.config.get("save_model"), "value", "none")  # the SaveModel enum's name
-        self.done = study_mod.SweepDone(study, self.d, sweep_dir, parent.run_id, parent.tracking_uri, children,
-                                        save_model, self.aborted)
+        self.done = study_mod.SweepDone(
+            study, self.d, sweep_dir, parent.run_id, parent.tracking_uri, children, save_model, self.aborted
+        )
         if self.aborted or all_failed:
             parent.end("FAILED")
         elif not others_running:
@@ -197,8 +235,15 @@ class SweepRunner:
         """Busy time over wall time x slots, from the first claim to the last outcome (this process's slots)."""
         if not self.launched or wall_s <= 0:
             return {}
-        utilisation = {"sweep/wall_time_s": wall_s, "sweep/busy_time_s": self.busy_s,
-                       "sweep/worker_utilisation": self.busy_s / (wall_s * self.settings.n_jobs)}
-        log.info("%d slot(s) busy %.0f%% of %.0f s", self.settings.n_jobs,
-                 100 * utilisation["sweep/worker_utilisation"], wall_s)
+        utilisation = {
+            "sweep/wall_time_s": wall_s,
+            "sweep/busy_time_s": self.busy_s,
+            "sweep/worker_utilisation": self.busy_s / (wall_s * self.settings.n_jobs),
+        }
+        log.info(
+            "%d slot(s) busy %.0f%% of %.0f s",
+            self.settings.n_jobs,
+            100 * utilisation["sweep/worker_utilisation"],
+            wall_s,
+        )
         return utilisation

@@ -36,11 +36,12 @@ class StorageGone(FtsweepError):
 log = logging.getLogger("ftsweep.sweep")
 
 
-
 def check_url(url: str) -> None:
     if "://" not in url:
-        raise ConfigError(f"hydra.sweeper.storage must be a URL: sqlite:///{url}, journal://{url} or "
-                          f"postgresql://user@host/db; got '{url}'")
+        raise ConfigError(
+            f"hydra.sweeper.storage must be a URL: sqlite:///{url}, journal://{url} or "
+            f"postgresql://user@host/db; got '{url}'"
+        )
 
 
 def default_url(sweep_dir: Path) -> str:
@@ -58,35 +59,56 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
     # Workers share one sqlite file: wait for its lock rather than failing with "database is locked". A server
     # database's pooled connections are checked before use, so one restarted meanwhile is simply reconnected.
-    kwargs = {"engine_kwargs": {"connect_args": {"timeout": 120}} if url.startswith(SQLITE) else {"pool_pre_ping": True}}
-    if path is not None and url.startswith(SQLITE):  # a new file's tables are made whole or not at all (a kill mid-way left half)
+    kwargs = {
+        "engine_kwargs": {"connect_args": {"timeout": 120}} if url.startswith(SQLITE) else {"pool_pre_ping": True}
+    }
+    if path is not None and url.startswith(
+        SQLITE
+    ):  # a new file's tables are made whole or not at all (a kill mid-way left half)
         with url_lock(url, "optuna-init"):
             create_aside(path, lambda aside: optuna.storages.RDBStorage(aside, **kwargs).engine.dispose())
     storage = optuna.storages.RDBStorage(url, skip_compatibility_check=True, **kwargs)
     current, head = storage.get_current_version(), storage.get_head_version()
     if current != head:
         if path is None:
-            raise ConfigError(f"the Optuna storage {redact(url)} has schema {current}, older than this Optuna's "
-                              f"{head}; back it up, then run: optuna storage upgrade --storage '{redact(url)}'")
+            raise ConfigError(
+                f"the Optuna storage {redact(url)} has schema {current}, older than this Optuna's "
+                f"{head}; back it up, then run: optuna storage upgrade --storage '{redact(url)}'"
+            )
         backup = path.with_name(f"{path.name}.bak-{current}")
         if not backup.exists():
             shutil.copy2(path, backup)
         storage.upgrade()
-        log.warning("upgraded the Optuna storage %s from schema %s to %s; the old file is kept as %s",
-                    path, current, head, backup)
+        log.warning(
+            "upgraded the Optuna storage %s from schema %s to %s; the old file is kept as %s",
+            path,
+            current,
+            head,
+            backup,
+        )
     return storage
 
 
 # A database server that is restarting or gone, as SQLAlchemy and psycopg report it.
-_GONE = ("server closed the connection", "terminating connection", "Connection refused", "could not connect",
-         "connection is closed", "the database system is starting up", "the database system is shutting down",
-         "connection to server", "SSL SYSCALL error", "Connection reset")
+_GONE = (
+    "server closed the connection",
+    "terminating connection",
+    "Connection refused",
+    "could not connect",
+    "connection is closed",
+    "the database system is starting up",
+    "the database system is shutting down",
+    "connection to server",
+    "SSL SYSCALL error",
+    "Connection reset",
+)
 RETRY_WINDOW_S = 600.0  # how long a sweep waits for its storage to come back (tracking.retry_window_s as well)
 
 
 def storage_unreachable(exc: BaseException) -> bool:
-    return any(getattr(error, "connection_invalidated", False) or any(s in str(error) for s in _GONE)
-               for error in causes(exc))
+    return any(
+        getattr(error, "connection_invalidated", False) or any(s in str(error) for s in _GONE) for error in causes(exc)
+    )
 
 
 def retrying(url: str, call: Callable[[], T], what: str, window_s: float = RETRY_WINDOW_S) -> T:
@@ -100,12 +122,19 @@ def retrying(url: str, call: Callable[[], T], what: str, window_s: float = RETRY
             if not storage_unreachable(exc):
                 raise
             if backoff.down_since is None:
-                log.warning("Optuna storage %s cannot be reached while %s (%s); retrying for %.0f s", redact(url),
-                            what, str(exc).splitlines()[0][:120], window_s)
+                log.warning(
+                    "Optuna storage %s cannot be reached while %s (%s); retrying for %.0f s",
+                    redact(url),
+                    what,
+                    str(exc).splitlines()[0][:120],
+                    window_s,
+                )
             backoff.failed()
             if backoff.expired:
-                raise StorageGone(f"Optuna storage {redact(url)} could not be reached for {window_s:.0f} s while "
-                                  f"{what}; rerun the same command when it is back, to resume") from exc
+                raise StorageGone(
+                    f"Optuna storage {redact(url)} could not be reached for {window_s:.0f} s while "
+                    f"{what}; rerun the same command when it is back, to resume"
+                ) from exc
             backoff.sleep_until_due()
 
 
@@ -115,8 +144,9 @@ def claim_lock(url: str) -> Iterator[None]:
     # The same file and advisory-lock names as earlier versions: old and new workers exclude each other.
     with url_lock(url, "ftsweep", pg_name="ftsweep-claim") as locked:
         if not locked:
-            log.warning("no cross-process claim lock for %s: concurrent workers may duplicate a trial",
-                        url.split(":")[0])
+            log.warning(
+                "no cross-process claim lock for %s: concurrent workers may duplicate a trial", url.split(":")[0]
+            )
         yield
 
 

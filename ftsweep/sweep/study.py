@@ -37,8 +37,13 @@ def open_study(d: SweepDefinition, url: str) -> tuple[optuna.storages.BaseStorag
         if name not in names and not d.study_name_override and d.legacy_study_name in names:
             name = d.legacy_study_name
             log.info("resuming study %s, named by an earlier ftsweep", name)
-        study = optuna.create_study(study_name=name, storage=storage, pruner=make_pruner(d.pruner_spec()),
-                                    directions=list(d.directions), load_if_exists=True)
+        study = optuna.create_study(
+            study_name=name,
+            storage=storage,
+            pruner=make_pruner(d.pruner_spec()),
+            directions=list(d.directions),
+            load_if_exists=True,
+        )
         study.set_user_attr(PRUNER_ATTR, d.pruner_spec())
         study.set_user_attr(OBJECTIVES_ATTR, list(d.objectives))
         return storage, study
@@ -52,25 +57,41 @@ def open_parent_run(study: optuna.Study, d: SweepDefinition, url: str, config: D
     if run_id and tracker.resume(run_id):
         tracker.keep_writes(sweep_dir / spool.FOLDER, window)
         return tracker
-    tracker.start(config.experiment_name or config.data.name, run_name=f"sweep-{study.study_name}",
-                  tags={"ftsweep.role": "sweep", "optuna.study_name": study.study_name,
-                        "optuna.storage": redact(url), "ftsweep.sweep_dir": str(sweep_dir)})
+    tracker.start(
+        config.experiment_name or config.data.name,
+        run_name=f"sweep-{study.study_name}",
+        tags={
+            "ftsweep.role": "sweep",
+            "optuna.study_name": study.study_name,
+            "optuna.storage": redact(url),
+            "ftsweep.sweep_dir": str(sweep_dir),
+        },
+    )
     definition = d.canonical()
-    tracker.log_params({
-        "sweep.study_name": study.study_name, "sweep.storage": url, "sweep.sampler": d.sampler,
-        "sweep.n_trials": d.n_trials, "sweep.seed": d.seed,
-        "sweep.objectives": ",".join(d.objectives), "sweep.directions": ",".join(d.directions),
-        "sweep.search_space": json.dumps(definition["space"]), "sweep.fixed": json.dumps(definition["fixed"]),
-        "sweep.custom_search_space": d.custom_search_space or "",
-        "sweep.constraints": json.dumps(d.constraints), "sweep.pruner": d.pruner,
-    })
+    tracker.log_params(
+        {
+            "sweep.study_name": study.study_name,
+            "sweep.storage": url,
+            "sweep.sampler": d.sampler,
+            "sweep.n_trials": d.n_trials,
+            "sweep.seed": d.seed,
+            "sweep.objectives": ",".join(d.objectives),
+            "sweep.directions": ",".join(d.directions),
+            "sweep.search_space": json.dumps(definition["space"]),
+            "sweep.fixed": json.dumps(definition["fixed"]),
+            "sweep.custom_search_space": d.custom_search_space or "",
+            "sweep.constraints": json.dumps(d.constraints),
+            "sweep.pruner": d.pruner,
+        }
+    )
     study.set_user_attr(PARENT_RUN_ATTR, tracker.run_id)
     tracker.keep_writes(sweep_dir / spool.FOLDER, window)  # its results wait out a store's outage too
     return tracker
 
 
-def write_results(study: optuna.Study, d: SweepDefinition, parent: Tracker, sweep_dir: Path,
-                  utilisation: dict[str, float]) -> tuple[dict[str, Any], list]:
+def write_results(
+    study: optuna.Study, d: SweepDefinition, parent: Tracker, sweep_dir: Path, utilisation: dict[str, float]
+) -> tuple[dict[str, Any], list]:
     """trials.csv and optimization_results.yaml, logged to the parent run with the sweep's metrics; returns the
     summary and the trials' MLflow runs (none while MLflow cannot be reached)."""
     result = results.write_results(study, d, sweep_dir)
@@ -79,12 +100,18 @@ def write_results(study: optuna.Study, d: SweepDefinition, parent: Tracker, swee
     try:
         children = parent.client.search_runs(
             [parent.client.get_run(parent.run_id).info.experiment_id],
-            f"tags.`mlflow.parentRunId` = '{parent.run_id}'", max_results=10000)
+            f"tags.`mlflow.parentRunId` = '{parent.run_id}'",
+            max_results=10000,
+        )
     except Exception as exc:
         if not spool.unreachable(exc):
             raise
-        log.warning("MLflow cannot be reached to read the trials' runs: no best model or report now; after "
-                    "python -m ftsweep.sync %s, python -m ftsweep.report --sweep %s", sweep_dir, parent.run_id)
+        log.warning(
+            "MLflow cannot be reached to read the trials' runs: no best model or report now; after "
+            "python -m ftsweep.sync %s, python -m ftsweep.report --sweep %s",
+            sweep_dir,
+            parent.run_id,
+        )
         children = []
     parent.log_metrics({**results.sweep_metrics(result, [c.data.metrics for c in children]), **utilisation}, step=0)
     return result, children

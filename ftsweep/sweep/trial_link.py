@@ -32,8 +32,10 @@ def storage_url(from_command_line: str) -> str:
         return from_command_line
     real = os.environ.get(STORAGE_ENV, "")
     if redact(real) != from_command_line:
-        raise ConfigError(f"sweep.storage={from_command_line} hides a password and ${STORAGE_ENV} does not hold "
-                          "the matching URL; start trials through the sweeper (python -m ftsweep -m ...)")
+        raise ConfigError(
+            f"sweep.storage={from_command_line} hides a password and ${STORAGE_ENV} does not hold "
+            "the matching URL; start trials through the sweeper (python -m ftsweep -m ...)"
+        )
     return real
 
 
@@ -44,8 +46,11 @@ class TrialLink(Hooks):
         self.url = storage_url
         self.device_id = device_id  # this trial's launcher slot's device (hydra.sweeper.devices)
         self.storage = retrying(storage_url, lambda: open_storage(storage_url), "opening the study for a trial")
-        self.study = retrying(storage_url, lambda: optuna.load_study(study_name=study_name, storage=self.storage),
-                              "opening the study for a trial")
+        self.study = retrying(
+            storage_url,
+            lambda: optuna.load_study(study_name=study_name, storage=self.storage),
+            "opening the study for a trial",
+        )
         self.trial_id = int(trial_id)
         attrs = retrying(storage_url, lambda: self.study.user_attrs, "reading the study")
         self.number = retrying(storage_url, lambda: self.storage.get_trial(self.trial_id).number, "reading the trial")
@@ -78,10 +83,16 @@ class TrialLink(Hooks):
             return None
         key = self.objective.split("/", 1)[1]
         value = float(evaluation[key])
-        retrying(self.url, lambda: self.storage.set_trial_intermediate_value(self.trial_id, step, value),
-                 f"reporting trial {self.number}'s evaluation")
-        if retrying(self.url, lambda: self.pruner.prune(self.study, self.storage.get_trial(self.trial_id)),
-                    f"asking the pruner about trial {self.number}"):
+        retrying(
+            self.url,
+            lambda: self.storage.set_trial_intermediate_value(self.trial_id, step, value),
+            f"reporting trial {self.number}'s evaluation",
+        )
+        if retrying(
+            self.url,
+            lambda: self.pruner.prune(self.study, self.storage.get_trial(self.trial_id)),
+            f"asking the pruner about trial {self.number}",
+        ):
             self.pruned_at = step
             return "pruned"
         return None

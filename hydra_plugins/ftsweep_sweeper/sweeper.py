@@ -51,7 +51,8 @@ class FtsweepSweeper(Sweeper):
         self.config = config
         self.config_loader = hydra_context.config_loader
         self.launcher = Plugins.instance().instantiate_launcher(
-            config=config, hydra_context=hydra_context, task_function=task_function)
+            config=config, hydra_context=hydra_context, task_function=task_function
+        )
 
     def sweep(self, arguments: List[str]) -> None:
         # Here, not at the top: Hydra imports this plugin at every start-up, single runs included, and these
@@ -65,8 +66,9 @@ class FtsweepSweeper(Sweeper):
             self._check_jobs(definition)
             interrupt.check()  # a Ctrl-C during start-up stops here, before a study or run exists
             sweep_dir = Path(str(self.config.hydra.sweep.dir))
-            runner = SweepRunner(settings, definition, self.config, self.launcher,
-                                 settings.storage or default_url(sweep_dir), sweep_dir)
+            runner = SweepRunner(
+                settings, definition, self.config, self.launcher, settings.storage or default_url(sweep_dir), sweep_dir
+            )
             try:
                 summary = runner.run()
             finally:
@@ -82,7 +84,6 @@ class FtsweepSweeper(Sweeper):
             sys.exit(130)
         if not summary["ok"]:
             sys.exit(1)
-
 
     def _check_jobs(self, definition) -> None:
         """Compose the jobs this sweep will launch and check them as a single run checks itself, before any
