@@ -10,6 +10,16 @@ no_checkpoint=..., cuda_only=..., extra_positions=..., run_name_part=...). `meth
 and trains; a conf/method/name.yaml is optional (documentation, and `defaults: [base_name]`).
 """
 
+# isort: off
+# Registration order is the order `method=` choices and error messages list them: the model's own weights
+# first, then the adapters.
+from ftsweep.methods.builtin import (  # noqa: F401
+    BitFitMethodConfig,
+    FreezeMethodConfig,
+    FullMethodConfig,
+    HeadMethodConfig,
+    train_only,
+)
 from ftsweep.methods.adapters import (  # noqa: F401
     ATTENTION_QV,
     AdaLoraMethodConfig,
@@ -18,13 +28,8 @@ from ftsweep.methods.adapters import (  # noqa: F401
     PromptTuningMethodConfig,
     QLoraMethodConfig,
 )
-from ftsweep.methods.builtin import (  # noqa: F401
-    BitFitMethodConfig,
-    FreezeMethodConfig,
-    FullMethodConfig,
-    HeadMethodConfig,
-    train_only,
-)
+
+# isort: on
 from ftsweep.methods.registry import (  # noqa: F401
     HEAD_MODULES,
     SPECS,
