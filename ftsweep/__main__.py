@@ -88,8 +88,16 @@ def app(cfg: DictConfig) -> dict[str, float]:
         sys.exit(130)
     if link is not None:
         link.raise_if_pruned()
-    log.info("  ".join(f"{k}={metrics[k]:.4g}" for k in SUMMARY if k in metrics))
+    log.info(summary_line(metrics))
     return sweeper_return(metrics, objectives_of(cfg), str(hc.sweeper.get("_target_", "")) if sweep_job else "")
+
+
+def summary_line(metrics: dict[str, float]) -> str:
+    """The run's one line: `eval/accuracy=0.87 [0.85, 0.89]` (its 95 % interval), then speed and memory."""
+    parts = [f"{k}={metrics[k]:.4g}" for k in SUMMARY if k in metrics]
+    if "eval/accuracy_ci_low" in metrics and parts and parts[0].startswith("eval/accuracy="):
+        parts[0] += f" [{metrics['eval/accuracy_ci_low']:.4g}, {metrics['eval/accuracy_ci_high']:.4g}]"
+    return "  ".join(parts)
 
 
 FTSWEEP_SWEEPER = "hydra_plugins.ftsweep_sweeper.sweeper.FtsweepSweeper"

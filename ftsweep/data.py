@@ -7,6 +7,8 @@ here, before a model is loaded, and reported as one DataError line.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import re
 from dataclasses import dataclass
@@ -311,3 +313,12 @@ def _load_splits(cfg: DataConfig) -> TextSplits:
         eval_labels=[label_id[c] for c in eval_raw[:n_eval]],
         label_names=[str(c) for c in classes],
     )
+
+
+def eval_digest(splits: TextSplits) -> str:
+    """Names the eval split: its texts, their labels and the label names. Two runs with the same digest were
+    scored on the same examples in the same order of example ids, so they compare example by example."""
+    h = hashlib.sha256(json.dumps(splits.label_names).encode())
+    for text, label in zip(splits.eval_texts, splits.eval_labels):
+        h.update(f"{label}\0{text}\0".encode())
+    return h.hexdigest()[:16]

@@ -33,10 +33,12 @@ def autocast(device: torch.device, precision: Precision):
 def evaluate(
     model: nn.Module, loader: DataLoader, device: torch.device, num_labels: int, precision: Precision = Precision.auto
 ) -> dict:
-    """Accuracy, macro F1 and mean loss over the whole loader, plus the confusion matrix."""
+    """Accuracy, macro F1 and mean loss over the whole loader, the confusion matrix, and per example (in the
+    loader's order) the label and the class probabilities, with `order`: the examples' indices in the eval split
+    (None for a loader that does not say, e.g. a list of batches)."""
     was_training = model.training
     model.eval()
-    preds, labels, loss_sum, n = [], [], torch.zeros((), device=device), 0
+    preds, labels, probs, loss_sum, n = [], [], [], torch.zeros((), device=device), 0
     for batch in loader:
         interrupt.check()
         batch = to_device(batch, device)
@@ -44,6 +46,7 @@ def evaluate(
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         loss_sum += nn.functional.cross_entropy(logits.float(), batch["labels"], reduction="sum")
         preds.append(logits.argmax(-1).cpu())
+        probs.append(torch.softmax(logits.float(), dim=-1).cpu())
         labels.append(batch["labels"].cpu())
         n += batch["labels"].numel()
     model.train(was_training)
@@ -54,4 +57,13 @@ def evaluate(
         "f1_macro": scores["f1_macro"],
         "loss": float(loss_sum.item() / max(n, 1)),
         "confusion_matrix": cm,
+        "labels": torch.cat(labels).numpy(),
+        "probs": torch.cat(probs).numpy(),
+        "order": _order_of(loader),
     }
+
+
+def _order_of(loader) -> list[int] | None:
+    """The eval split's indices in the order the loader yields them (its sampler, when it is a plain list)."""
+    sampler = getattr(loader, "sampler", None)
+    return [int(i) for i in sampler] if isinstance(sampler, (list, tuple)) else None

@@ -8,9 +8,11 @@ import logging
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+import pandas as pd
 import torch
 
-from ftsweep import artifacts, keep
+from ftsweep import artifacts, keep, stats
 from ftsweep import model as model_mod
 from ftsweep.config import SaveModel, TrainConfig
 from ftsweep.data import TextSplits
@@ -21,6 +23,7 @@ from ftsweep.metrics import classification_report
 from ftsweep.tracking import Tracker
 
 log = logging.getLogger("ftsweep")
+PREDICTIONS = "predictions.parquet"  # the final eval's per-example predictions, an artifact of every run
 
 
 def param_counts(model) -> dict[str, float]:
@@ -32,6 +35,9 @@ def final_metrics(tc: TrainConfig, result: FitResult, train_samples: int, total_
     """The run's scores, speed and steps (memory and parameter counts are added by the recipe)."""
     ev = result.final_eval
     metrics = {f"eval/{k}": ev[k] for k in ("accuracy", "f1_macro", "loss")}
+    cm = ev["confusion_matrix"]
+    low, high = stats.accuracy_interval(int(np.trace(cm)), int(cm.sum()))
+    metrics["eval/accuracy_ci_low"], metrics["eval/accuracy_ci_high"] = low, high
     metrics.update(result.perf())
     # A batch_size above the data set's size is allowed (one batch per epoch); the batch that trains is smaller.
     metrics["perf/effective_batch_size"] = min(tc.batch_size, train_samples) * tc.grad_accum_steps
@@ -52,6 +58,9 @@ def record(
     tracker.log_metrics(metrics, step=result.steps)
     cm = result.final_eval["confusion_matrix"]
     try:
+        predictions = write_predictions(result.final_eval, label_names, out_dir / PREDICTIONS)
+        if predictions is not None:
+            tracker.log_artifact(predictions)
         tracker.log_json(classification_report(cm, label_names), "classification_report.json")
         png = out_dir / "confusion_matrix.png"
         artifacts.confusion_matrix_png(cm, label_names, png)
@@ -61,6 +70,23 @@ def record(
             f"could not write the run's artifacts ({write_failure(exc, out_dir)}); its metrics are "
             f"logged and saved in {out_dir / 'metrics.json'}"
         ) from exc
+
+
+def write_predictions(evaluation: dict, label_names: list[str], path: Path) -> Optional[Path]:
+    """One row per eval example: `example_id` (its index in the eval split), `label`, `predicted` and
+    `prob_<class>`, so that two runs on the same eval split (tag ftsweep.eval_digest) compare example by
+    example. None when the evaluation did not say which example is which."""
+    order, probs = evaluation.get("order"), evaluation.get("probs")
+    if order is None or probs is None:
+        return None
+    names = np.asarray(label_names, dtype=object)
+    frame = pd.DataFrame({"example_id": np.asarray(order, dtype=np.int64), "label": names[evaluation["labels"]],
+                          "predicted": names[probs.argmax(axis=1)]})
+    for k, name in enumerate(label_names):
+        frame[f"prob_{name}"] = probs[:, k]
+    data = frame.sort_values("example_id").to_parquet(index=False)
+    artifacts.atomic_write(path, lambda f: f.write(data), binary=True, need_bytes=len(data))
+    return path
 
 
 def keep_model(

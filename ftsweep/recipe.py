@@ -110,6 +110,7 @@ class FineTuneRecipe:
                 "device": self.device.type,
                 "precision": resolve_precision(tc.precision, self.device).value,
                 **({"ftsweep.device_id": self.hooks.device_id} if self.hooks.device_id is not None else {}),
+                "ftsweep.eval_digest": data_mod.eval_digest(self.splits),
                 "git_commit": _git_commit(),
                 "ftsweep_version": ftsweep.__version__,
                 **self.hooks.tags,

@@ -147,9 +147,27 @@ def test_report_cli_rebuilds_a_single_method_sweep_elsewhere(cli):
     assert rebuilt.returncode == 0, rebuilt.stderr[-2000:]
     text = (out / "report.md").read_text()
     per_method = text[text.index("## Per method") :].splitlines()
-    lora_row = next(line for line in per_method if line.startswith("| lora |"))
+    header = [c.strip() for c in next(line for line in per_method if line.startswith("| method |")).split("|")]
+    lora = [c.strip() for c in next(line for line in per_method if line.startswith("| lora |")).split("|")]
     assert text.count("| FINISHED |") == 2
-    assert lora_row.endswith("| – | – | – |")  # no full fine-tuning trial: nothing to compare "vs full" against
+    # no full fine-tuning trial: nothing to compare "vs full" against
+    for column in ("best vs full's best, points [95 % CI]", "memory saved vs full %", "time saved vs full %"):
+        assert lora[header.index(column)] == "–"
+
+
+def test_two_seeds_of_one_configuration_are_reported_tied_example_by_example(cli):
+    """The same configuration at seed=1,2: the report compares them over the shared eval examples (paired
+    bootstrap, McNemar) and cannot tell them apart, and says so."""
+    proc = sweep(cli, "seed=1,2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = (study_dir(cli.cwd) / "report.md").read_text()
+    assert "**Tied with the best:** 1 of the 1 other finished trial(s)" in text and "paired bootstrap" in text
+    trials = text[text.index("## All trials") : text.index("## Per method")].splitlines()
+    header = [c.strip() for c in next(line for line in trials if line.startswith("| trial |")).split("|")]
+    rows = [[c.strip() for c in line.split("|")] for line in trials if line.startswith("| ") and "FINISHED" in line]
+    vs_best = [r[header.index("vs best, points [95 % CI]")] for r in rows]
+    assert vs_best[0] == "= +0.0 points [+0.0, +0.0]" and vs_best[1].startswith("= ")  # the best, and a tie
+    assert 0 < float(rows[1][header.index("p")]) <= 1
 
 
 def test_report_default_folder_is_the_sweeps_own(cli):

@@ -63,7 +63,9 @@ def test_mlflow_receives_every_contracted_metric_param_tag_and_artifact(tiny_cfg
         "label_map.json",
         "classification_report.json",
         "confusion_matrix.png",
+        "predictions.parquet",
     } <= artifacts
+    assert len(t["ftsweep.eval_digest"]) == 16
     history = client.get_metric_history(run.info.run_id, "eval/accuracy")
     assert len(history) >= 2  # each epoch, then the final value
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["eval/accuracy"] == metrics["eval/accuracy"]
@@ -345,3 +347,34 @@ def test_resume_refuses_a_changed_config_and_a_run_without_a_checkpoint(tiny_cfg
     check_same_config(before, {"lr": 1e-3, "seed": 1, "resume": "x", "progress_bar": False}, cut)  # free keys
     with pytest.raises(ConfigError, match=r"lr differs from the interrupted run \(0.001, now 0.002\)"):
         check_same_config(before, {"lr": 2e-3, "seed": 1}, cut)
+
+
+def test_every_run_leaves_its_per_example_predictions_and_an_interval_on_its_accuracy(tiny_cfg, tmp_path):
+    """predictions.parquet: one row per eval example (example_id = its index in the eval split); two runs on the
+    same split share ftsweep.eval_digest and compare pair by pair; the accuracy carries Wilson's 95 % interval."""
+    import numpy as np
+    import pandas as pd
+
+    from ftsweep import stats
+
+    runs = []
+    for seed in (1, 2):
+        out = tmp_path / f"seed{seed}"
+        metrics = train(tiny_cfg(f"seed={seed}", "max_steps=6"), output_dir=out)
+        runs.append((metrics, pd.read_parquet(out / "predictions.parquet")))
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    [exp] = [e for e in client.search_experiments() if e.name == "local"]
+    digests = {r.data.tags["ftsweep.eval_digest"] for r in client.search_runs([exp.experiment_id])}
+    assert len(digests) == 1  # the same eval split
+    (m1, p1), (m2, p2) = runs
+    assert list(p1.columns) == ["example_id", "label", "predicted", "prob_neg", "prob_pos"]
+    assert p1["example_id"].tolist() == list(range(len(p1)))
+    assert np.allclose(p1[["prob_neg", "prob_pos"]].sum(axis=1), 1.0, atol=1e-5)
+    correct = [(p["label"] == p["predicted"]).to_numpy() for p in (p1, p2)]
+    assert correct[0].mean() == m1["eval/accuracy"] and correct[1].mean() == m2["eval/accuracy"]
+    assert m1["eval/accuracy_ci_low"] <= m1["eval/accuracy"] <= m1["eval/accuracy_ci_high"]
+    assert (m1["eval/accuracy_ci_low"], m1["eval/accuracy_ci_high"]) == stats.accuracy_interval(
+        int(correct[0].sum()), len(p1)
+    )
+    paired = stats.paired_difference(correct[0], correct[1])
+    assert abs(paired.diff - (m1["eval/accuracy"] - m2["eval/accuracy"])) < 1e-12

@@ -3,9 +3,10 @@
     python -m ftsweep.report [--sweep PARENT_RUN_ID] [--experiment NAME] [--out DIR] [--storage URL] [--no-html]
 
 rows.py reads the sweep's parent and child runs from MLflow (MLFLOW_TRACKING_URI), plus trials that
-failed before they had an MLflow run from the Optuna study; analysis.py finds the fronts and the
-answer; plots.py draws; render.py writes report.md and report.html. Every number in the text is
-taken from the table; nothing is typed in.
+failed before they had an MLflow run from the Optuna study; evidence.py compares every trial with the best,
+example by example, from the runs' predictions; analysis.py finds the fronts and the answer; plots.py draws;
+render.py writes report.md and report.html. Every number in the text is taken from the table; nothing is
+typed in.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from ftsweep.artifacts import write_text
+from ftsweep.report import evidence
 from ftsweep.report.analysis import mark_pareto, method_summary
 from ftsweep.report.plots import make_plots
 from ftsweep.report.render import render, to_html
@@ -38,9 +40,13 @@ def make_report(
     optuna_study = load_study(parent, storage)
     rows = collect(client, parent, optuna_study)
     mark_pareto(rows)
+    correct = evidence.outcomes(client, rows)
+    evidence.against_best(rows, correct)
+    summary = method_summary(rows)
+    evidence.against_full(summary, correct)
     importances = study_importances(optuna_study)
     plots = make_plots(rows, importances, out, study)
-    text = render(parent, rows, method_summary(rows), plots, importances)
+    text = render(parent, rows, summary, plots, importances)
     write_text(out / "report.md", text)
     files = [out / "report.md", *plots]
     if html_too:

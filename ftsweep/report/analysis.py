@@ -58,6 +58,7 @@ def method_summary(rows: list[Row]) -> list[dict[str, Any]]:
                 "model": mine[0].model,
                 "trials": len(mine),
                 "best_accuracy": max(r.accuracy for r in mine),
+                "best_row": max(mine, key=lambda r: r.accuracy),
                 "median_step_ms": _median([r.get("perf/step_time_ms") for r in mine]),
                 "median_memory_mb": _median([r.memory_mb for r in mine]),
                 "trainable_pct": _median([r.get("params/trainable_pct") for r in mine]),

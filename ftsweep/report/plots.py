@@ -19,6 +19,7 @@ def memory_label(rows: list[Row]) -> str:
 
 
 METHOD_MARKERS = "osD^vP*Xh"
+POINT = {"s": 55, "alpha": 0.85, "edgecolors": "black", "linewidths": 0.5}
 
 
 def make_plots(rows: list[Row], importances: dict[str, float], out: Path, title: str) -> list[Path]:
@@ -42,18 +43,14 @@ def make_plots(rows: list[Row], importances: dict[str, float], out: Path, title:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         usable = [r for r in ok if x_of(r) is not None]
         for m in methods:
-            pts = [(x_of(r), r.accuracy) for r in usable if (r.group or r.method) == m]
+            mine = [r for r in usable if (r.group or r.method) == m]
+            pts = [(x_of(r), r.accuracy) for r in mine]
+            bars = [(x_of(r), r.accuracy, _interval(r)) for r in mine if _interval(r) is not None]
+            if bars:  # each accuracy's 95 % interval
+                xs, ys, reach = zip(*bars)
+                ax.errorbar(xs, ys, yerr=list(zip(*reach)), fmt="none", ecolor=colors[m], alpha=0.5, capsize=2)
             if pts:
-                ax.scatter(
-                    *zip(*pts),
-                    label=m,
-                    color=colors[m],
-                    marker=markers[m],
-                    s=55,
-                    alpha=0.85,
-                    edgecolors="black",
-                    linewidths=0.5,
-                )
+                ax.scatter(*zip(*pts), label=m, color=colors[m], marker=markers[m], **POINT)
         if front:
             fr = sorted((x_of(r), r.accuracy) for r in usable if front in r.pareto)
             if len(fr) >= 1:
@@ -61,7 +58,7 @@ def make_plots(rows: list[Row], importances: dict[str, float], out: Path, title:
         if logx:
             ax.set_xscale("log")
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("eval accuracy")
+        ax.set_ylabel("eval accuracy (bars: 95 % interval)")
         ax.set_title(f"{title}: accuracy vs {xlabel.split(' (')[0]}")
         ax.grid(alpha=0.3)
         ax.legend(title="method", fontsize=8)
@@ -77,13 +74,22 @@ def make_plots(rows: list[Row], importances: dict[str, float], out: Path, title:
         "accuracy_vs_batch_size", lambda r: to_float(r.params.get("batch_size")), "batch size (examples)", logx=True
     )
     if importances:
-        fig, ax = plt.subplots(figsize=(7, 0.5 * len(importances) + 1.5))
-        names = list(importances)[::-1]
-        ax.barh(names, [importances[n] for n in names], color="tab:blue")
-        ax.set_xlabel("importance (Optuna PED-ANOVA, normalised)")
-        ax.set_title(f"{title}: parameter importances")
-        fig.tight_layout()
-        path = out / "param_importances.png"
-        save_png(fig, path)
-        files.append(path)
+        files.append(_importances(plt, importances, out / "param_importances.png", title))
     return files
+
+
+def _importances(plt, importances: dict[str, float], path: Path, title: str) -> Path:
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(importances) + 1.5))
+    names = list(importances)[::-1]
+    ax.barh(names, [importances[n] for n in names], color="tab:blue")
+    ax.set_xlabel("importance (Optuna PED-ANOVA, normalised)")
+    ax.set_title(f"{title}: parameter importances")
+    fig.tight_layout()
+    save_png(fig, path)
+    return path
+
+
+def _interval(row: Row) -> Optional[tuple[float, float]]:
+    """How far the run's 95 % accuracy interval reaches below and above its accuracy (runs that log one)."""
+    low, high, acc = row.get("eval/accuracy_ci_low"), row.get("eval/accuracy_ci_high"), row.accuracy
+    return None if low is None or high is None or acc is None else (acc - low, high - acc)

@@ -21,12 +21,9 @@ def table(header: list[str], rows: list[list[Any]]) -> list[str]:
 
 def render(parent, rows: list[Row], summary: list[dict], plots: list[Path], importances: dict[str, float]) -> str:
     study = parent.data.tags.get("optuna.study_name", parent.info.run_name)
-    ok = sorted([r for r in rows if r.ok], key=lambda r: -r.accuracy)
-    budget = constraints_of(parent)
+    ok = [r for r in rows if r.ok]
     pruned = [r for r in rows if r.state == "PRUNED"]
     failed = [r for r in rows if not r.ok and r.state != "PRUNED"]
-    peak_name = f"memory MB ({memory_label(ok)})"
-    hyper = varying(rows)
     md = [
         f"# Trade-off report: {study}",
         "",
@@ -36,8 +33,10 @@ def render(parent, rows: list[Row], summary: list[dict], plots: list[Path], impo
         "## Answer",
         "",
         *answer(rows),
+        *_ties(ok),
         "",
     ]
+    budget = constraints_of(parent)
     if budget:
         md += [
             "Budget (hydra.sweeper.constraints): "
@@ -45,109 +44,126 @@ def render(parent, rows: list[Row], summary: list[dict], plots: list[Path], impo
             + f". {sum(not r.feasible for r in rows)} trial(s) over it are marked ✗ and never chosen.",
             "",
         ]
-    md += ["## All trials (sorted by accuracy; ★ = on the Pareto front of accuracy vs memory / time)", ""]
-    md += table(
-        [
-            "trial",
-            "method",
-            *hyper,
-            "accuracy",
-            "f1_macro",
-            "step ms",
-            "train s",
-            peak_name,
-            "trainable",
-            "trainable %",
-            "Pareto",
-            *(["budget"] if budget else []),
-            "state",
-            "run id",
-        ],
-        [
-            [
-                r.trial,
-                r.group or r.method,
-                *(r.params.get(k) for k in hyper),
-                r.accuracy,
-                r.get("eval/f1_macro"),
-                r.get("perf/step_time_ms"),
-                r.get("perf/train_time_s"),
-                r.memory_mb,
-                int(r.get("params/trainable") or 0),
-                r.get("params/trainable_pct"),
-                ("★ " + "+".join(r.pareto)) if r.pareto else "",
-                *([("✗ " + ", ".join(r.over_budget)) if r.over_budget else "ok"] if budget else []),
-                r.state,
-                r.run_id,
-            ]
-            for r in ok
-        ],
-    )
-    if pruned:
-        pm = parent.data.metrics
-        md += ["", "### Pruned trials (stopped early by the pruner; not candidates for the answer)", ""]
-        md += [
-            f"- trial {r.trial} ({describe(r, hyper)}): stopped at step {int(r.get('train/steps') or 0)} of "
-            f"{int(r.get('train/total_steps') or 0)}, accuracy then {fmt(r.accuracy)}"
-            for r in pruned
-        ]
-        if "sweep/train_time_unpruned_est_s" in pm:
-            md += [
-                "",
-                f"Training time spent: {pm['sweep/train_time_s']:.1f} s, against an estimated "
-                f"{pm['sweep/train_time_unpruned_est_s']:.1f} s without pruning "
-                f"({pm['sweep/time_saved_pct']:.0f} % saved; pruned trials' remaining steps at the complete "
-                f"trials' median time per step).",
-            ]
-    if failed:
-        md += ["", "### Failed trials", ""]
-        md += [
-            f"- trial {r.trial} ({describe(r, hyper)}): {r.error.splitlines()[0] if r.error else r.state}"
-            for r in failed
-        ]
-    if summary:
-        md += ["", "## Per method", ""]
-        md += table(
-            [
-                "method",
-                "trials",
-                "best accuracy",
-                "median step ms",
-                "median memory MB",
-                "trainable %",
-                "params MB",
-                "grads MB",
-                "optimizer MB",
-                "activations MB",
-                "accuracy lost vs full",
-                "memory saved vs full %",
-                "time saved vs full %",
-            ],
-            [
-                [
-                    s["method"],
-                    s["trials"],
-                    s["best_accuracy"],
-                    s["median_step_ms"],
-                    s["median_memory_mb"],
-                    s["trainable_pct"],
-                    s["params_mb"],
-                    s["grads_mb"],
-                    s["optimizer_state_mb"],
-                    s["activations_mb"],
-                    s.get("accuracy_lost_vs_full"),
-                    s.get("memory_saved_vs_full_pct"),
-                    s.get("time_saved_vs_full_pct"),
-                ]
-                for s in summary
-            ],
-        )
+    md += _trials(rows, ok, budget)
+    md += _pruned(parent, rows, pruned) + _failed(rows, failed) + _per_method(summary)
     if importances:
         md += ["", "## Parameter importances (Optuna's PED-ANOVA)", ""]
         md += [f"- `{k}`: {v:.3f}" for k, v in importances.items()]
     if plots:
         md += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
     return "\n".join(md) + "\n"
+
+
+def _ties(ok: list[Row]) -> list[str]:
+    """How many trials the eval set cannot tell from the best, and on what evidence."""
+    compared = [r for r in ok if r.vs_best is not None]
+    if len(compared) < 2:
+        return []
+    best = max(compared, key=lambda r: r.accuracy or 0.0)  # as evidence.against_best chose it
+    others = [r for r in compared if r is not best]
+    tied = [r for r in others if r.vs_best.tied]
+    paired = all(r.vs_best.paired for r in others)
+    how = "paired bootstrap over the shared eval examples" if paired else "unpaired: some runs have no predictions"
+    return [
+        "",
+        f"**Tied with the best:** {len(tied)} of the {len(others)} other finished trial(s): the 95 % interval of "
+        f"their accuracy against the best's covers 0 ({how}).",
+    ]
+
+
+def _trials(rows: list[Row], ok: list[Row], budget: dict[str, float]) -> list[str]:
+    hyper = varying(rows)
+    md = [
+        "## All trials (sorted by accuracy; ★ = on the Pareto front of accuracy vs memory / time; "
+        "= = tied with the best)",
+        "",
+    ]
+    header = ["trial", "method", *hyper, "accuracy", "vs best, points [95 % CI]", "p", "f1_macro", "step ms"]
+    header += ["train s", f"memory MB ({memory_label(ok)})", "trainable", "trainable %", "Pareto"]
+    header += [*(["budget"] if budget else []), "state", "run id"]
+    return md + table(header, [_trial_row(r, hyper, budget) for r in sorted(ok, key=lambda r: -(r.accuracy or 0))])
+
+
+def _trial_row(r: Row, hyper: list[str], budget: dict[str, float]) -> list[Any]:
+    vs = r.vs_best
+    return [
+        r.trial,
+        r.group or r.method,
+        *(r.params.get(k) for k in hyper),
+        r.accuracy,
+        ("= " if vs.tied else "") + vs.points() if vs is not None else "",
+        vs.p_value if vs is not None and vs.paired else "",
+        r.get("eval/f1_macro"),
+        r.get("perf/step_time_ms"),
+        r.get("perf/train_time_s"),
+        r.memory_mb,
+        int(r.get("params/trainable") or 0),
+        r.get("params/trainable_pct"),
+        ("★ " + "+".join(r.pareto)) if r.pareto else "",
+        *([("✗ " + ", ".join(r.over_budget)) if r.over_budget else "ok"] if budget else []),
+        r.state,
+        r.run_id,
+    ]
+
+
+def _pruned(parent, rows: list[Row], pruned: list[Row]) -> list[str]:
+    if not pruned:
+        return []
+    hyper, pm = varying(rows), parent.data.metrics
+    md = ["", "### Pruned trials (stopped early by the pruner; not candidates for the answer)", ""]
+    md += [
+        f"- trial {r.trial} ({describe(r, hyper)}): stopped at step {int(r.get('train/steps') or 0)} of "
+        f"{int(r.get('train/total_steps') or 0)}, accuracy then {fmt(r.accuracy)}"
+        for r in pruned
+    ]
+    if "sweep/train_time_unpruned_est_s" in pm:
+        md += [
+            "",
+            f"Training time spent: {pm['sweep/train_time_s']:.1f} s, against an estimated "
+            f"{pm['sweep/train_time_unpruned_est_s']:.1f} s without pruning "
+            f"({pm['sweep/time_saved_pct']:.0f} % saved; pruned trials' remaining steps at the complete "
+            f"trials' median time per step).",
+        ]
+    return md
+
+
+def _failed(rows: list[Row], failed: list[Row]) -> list[str]:
+    if not failed:
+        return []
+    hyper = varying(rows)
+    return ["", "### Failed trials", ""] + [
+        f"- trial {r.trial} ({describe(r, hyper)}): {r.error.splitlines()[0] if r.error else r.state}" for r in failed
+    ]
+
+
+PER_METHOD = (  # column, summary key
+    ("method", "method"),
+    ("trials", "trials"),
+    ("best accuracy", "best_accuracy"),
+    ("best vs full's best, points [95 % CI]", "vs_full"),
+    ("median step ms", "median_step_ms"),
+    ("median memory MB", "median_memory_mb"),
+    ("trainable %", "trainable_pct"),
+    ("params MB", "params_mb"),
+    ("grads MB", "grads_mb"),
+    ("optimizer MB", "optimizer_state_mb"),
+    ("activations MB", "activations_mb"),
+    ("memory saved vs full %", "memory_saved_vs_full_pct"),
+    ("time saved vs full %", "time_saved_vs_full_pct"),
+)
+
+
+def _per_method(summary: list[dict]) -> list[str]:
+    if not summary:
+        return []
+
+    def cell(s: dict, key: str) -> Any:
+        value = s.get(key)
+        return value.points() if hasattr(value, "points") else value
+
+    return ["", "## Per method", ""] + table(
+        [name for name, _ in PER_METHOD], [[cell(s, key) for _, key in PER_METHOD] for s in summary]
+    )
 
 
 def to_html(markdown_text: str, title: str) -> str:

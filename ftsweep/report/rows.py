@@ -34,6 +34,9 @@ class Row:
     group: str = ""  # what the report compares: the method, or "method (model)" when a sweep spans models
     pareto: list[str] = field(default_factory=list)
     over_budget: list[str] = field(default_factory=list)  # the constraints this trial broke
+    eval_digest: str = ""  # the eval split it was scored on (tag ftsweep.eval_digest); "" for older runs
+    eval_samples: Optional[int] = None
+    vs_best: Any = None  # a report.evidence.Comparison: this trial's accuracy against the best trial's
 
     def get(self, key: str) -> Optional[float]:
         value = self.metrics.get(key)
@@ -112,6 +115,8 @@ def collect(client, parent, study=None) -> list[Row]:
                 state="PRUNED" if tags.get("pruned") == "true" else run.info.status,
                 run_id=run.info.run_id,
                 error=tags.get("error", ""),
+                eval_digest=tags.get("ftsweep.eval_digest", ""),
+                eval_samples=int(run.data.params["eval_samples"]) if "eval_samples" in run.data.params else None,
             )
         )
         seen.add(run.info.run_id)

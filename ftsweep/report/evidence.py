@@ -1,0 +1,110 @@
+"""Every finished trial against the best one, with its uncertainty.
+
+Trials scored on the same eval split (their runs' tag `ftsweep.eval_digest` matches) are compared example by
+example from their `predictions.parquet`: a 95 % paired bootstrap interval on the accuracy difference, and
+McNemar's exact p-value (ftsweep/stats.py). Runs logged before per-example predictions existed fall back to
+an unpaired interval (two independent accuracies, normal approximation) and have no p-value. A trial is
+*tied* with the best when its interval covers 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import pandas as pd
+
+from ftsweep import stats
+from ftsweep.errors import first_line
+from ftsweep.report.rows import Row
+
+log = logging.getLogger("ftsweep.report")
+PREDICTIONS = "predictions.parquet"  # a run's artifact (ftsweep/outputs.py)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One trial's accuracy minus another's (the best's, or full fine-tuning's best), in accuracy (0.053 is 5.3
+    points), with a 95 % interval."""
+
+    diff: float
+    low: float
+    high: float
+    p_value: Optional[float]  # McNemar's exact test; None for an unpaired comparison
+    paired: bool
+
+    @property
+    def tied(self) -> bool:
+        return self.low <= 0.0 <= self.high
+
+    def points(self) -> str:
+        """e.g. "-5.3 points [-7.4, -3.2]"."""
+        return f"{100 * self.diff:+.1f} points [{100 * self.low:+.1f}, {100 * self.high:+.1f}]"
+
+
+def outcomes(client: Any, rows: list[Row]) -> dict[str, np.ndarray]:
+    """Per finished run, whether it got each eval example right, by example id; runs without predictions (or
+    whose artifact cannot be read) are left out and compared unpaired."""
+    found: dict[str, np.ndarray] = {}
+    with tempfile.TemporaryDirectory(prefix="ftsweep-report-") as tmp:
+        for row in rows:
+            if not row.ok or not row.run_id:
+                continue
+            try:
+                path = client.download_artifacts(row.run_id, PREDICTIONS, tmp)
+                frame = pd.read_parquet(path).sort_values("example_id")
+            except Exception as exc:  # an older run, or a store that lost the file: unpaired for this one
+                log.debug("no predictions for run %s: %s", row.run_id, first_line(exc))
+                continue
+            found[row.run_id] = (frame["label"] == frame["predicted"]).to_numpy()
+            Path(path).unlink(missing_ok=True)
+    return found
+
+
+def compare(row: Row, other: Row, correct: dict[str, np.ndarray], seed: int = 0) -> Comparison:
+    """`row` against `other`: paired when both have predictions on the same eval split, else unpaired."""
+    a, b = correct.get(row.run_id), correct.get(other.run_id)
+    if (
+        a is not None
+        and b is not None
+        and a.shape == b.shape
+        and row.eval_digest
+        and row.eval_digest == other.eval_digest
+    ):
+        p = stats.paired_difference(a, b, seed=seed)
+        return Comparison(p.diff, p.low, p.high, p.p_value, paired=True)
+    return _unpaired(row, other)
+
+
+def _unpaired(row: Row, other: Row) -> Comparison:
+    """Two independent accuracies: their difference ± 1.96 standard errors."""
+    p1, p2 = row.accuracy or 0.0, other.accuracy or 0.0
+    n1, n2 = row.eval_samples or 0, other.eval_samples or 0
+    if n1 <= 0 or n2 <= 0:
+        return Comparison(p1 - p2, -1.0, 1.0, None, paired=False)  # nothing to judge by: it cannot tell
+    se = math.sqrt(p1 * (1 - p1) / n1 + p2 * (1 - p2) / n2)
+    return Comparison(p1 - p2, p1 - p2 - stats.Z95 * se, p1 - p2 + stats.Z95 * se, None, paired=False)
+
+
+def against_best(rows: list[Row], correct: dict[str, np.ndarray]) -> Optional[Row]:
+    """Sets `vs_best` on every finished row (the best's own is exactly 0); returns the best row."""
+    ok = [r for r in rows if r.ok]
+    if not ok:
+        return None
+    best = max(ok, key=lambda r: r.accuracy or 0.0)
+    for row in ok:
+        row.vs_best = Comparison(0.0, 0.0, 0.0, 1.0, True) if row is best else compare(row, best, correct)
+    return best
+
+
+def against_full(summary: list[dict[str, Any]], correct: dict[str, np.ndarray]) -> None:
+    """Each method's best trial against full fine-tuning's best on the same model: `vs_full` in its summary."""
+    for s in summary:
+        full = next((f for f in summary if f["base"] == "full" and f["model"] == s["model"]), None)
+        if full is not None and s is not full:
+            s["vs_full"] = compare(s["best_row"], full["best_row"], correct)

@@ -1,0 +1,67 @@
+"""How sure an accuracy is: one run's interval, and two runs compared example by example on the same eval set.
+
+- `accuracy_interval`: Wilson's score interval for one accuracy (k correct of n). Better than the normal
+  approximation near 0 or 1 and for small n, and needs no random draws, so a run's interval is reproducible.
+- `paired_difference`: the accuracy difference of two runs scored on the same examples, with a 95 % paired
+  bootstrap interval (examples resampled, both runs' outcomes kept together, so what the two runs share cancels).
+- `mcnemar_p`: McNemar's exact test on the examples the two runs disagree on (an exact binomial, two-sided).
+Two runs are *tied* when the paired interval covers 0.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import binomtest
+
+Z95 = 1.959963984540054  # the standard normal's 97.5 % quantile
+
+
+def accuracy_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson's 95 % score interval for `correct` of `n`; (0, 1) when there is nothing to judge by."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+@dataclass(frozen=True)
+class Paired:
+    """Run a's accuracy minus run b's, on the same examples, in accuracy points (0.053 is 5.3 points)."""
+
+    diff: float
+    low: float
+    high: float
+    p_value: float  # McNemar's exact test
+    n: int
+
+    @property
+    def tied(self) -> bool:
+        return self.low <= 0.0 <= self.high
+
+
+def paired_difference(a_correct: np.ndarray, b_correct: np.ndarray, n_boot: int = 2000, seed: int = 0) -> Paired:
+    """Accuracy of a minus accuracy of b, with a 95 % percentile interval from `n_boot` paired bootstrap draws
+    (seeded: the same inputs give the same interval) and McNemar's exact p-value."""
+    a, b = np.asarray(a_correct, dtype=bool), np.asarray(b_correct, dtype=bool)
+    if a.shape != b.shape or a.ndim != 1 or a.size == 0:
+        raise ValueError(f"paired_difference needs two equal-length, non-empty outcome vectors: {a.shape}, {b.shape}")
+    per_example = a.astype(np.int8) - b.astype(np.int8)  # +1, 0 or -1 per example
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, a.size, size=(n_boot, a.size))
+    boot = per_example[draws].mean(axis=1)
+    low, high = np.quantile(boot, [0.025, 0.975])
+    return Paired(float(per_example.mean()), float(low), float(high), mcnemar_p(a, b), int(a.size))
+
+
+def mcnemar_p(a_correct: np.ndarray, b_correct: np.ndarray) -> float:
+    """McNemar's exact test: of the examples exactly one run got right, is the split unlike a fair coin's?"""
+    a, b = np.asarray(a_correct, dtype=bool), np.asarray(b_correct, dtype=bool)
+    only_a, only_b = int(np.sum(a & ~b)), int(np.sum(~a & b))
+    if only_a + only_b == 0:
+        return 1.0
+    return float(binomtest(only_a, only_a + only_b, 0.5, alternative="two-sided").pvalue)
