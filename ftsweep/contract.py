@@ -13,8 +13,8 @@ EVAL_METRICS = ("eval/accuracy", "eval/f1_macro", "eval/loss")  # every evaluati
 FINAL_METRICS = frozenset(
     {
         "eval/accuracy",
-    "eval/accuracy_ci_low",  # Wilson's 95 % interval of eval/accuracy (ftsweep/stats.py)
-    "eval/accuracy_ci_high",
+        "eval/accuracy_ci_low",  # Wilson's 95 % interval of eval/accuracy (ftsweep/stats.py)
+        "eval/accuracy_ci_high",
         "eval/f1_macro",
         "eval/loss",
         "perf/step_time_ms",

@@ -80,8 +80,13 @@ def write_predictions(evaluation: dict, label_names: list[str], path: Path) -> O
     if order is None or probs is None:
         return None
     names = np.asarray(label_names, dtype=object)
-    frame = pd.DataFrame({"example_id": np.asarray(order, dtype=np.int64), "label": names[evaluation["labels"]],
-                          "predicted": names[probs.argmax(axis=1)]})
+    frame = pd.DataFrame(
+        {
+            "example_id": np.asarray(order, dtype=np.int64),
+            "label": names[evaluation["labels"]],
+            "predicted": names[probs.argmax(axis=1)],
+        }
+    )
     for k, name in enumerate(label_names):
         frame[f"prob_{name}"] = probs[:, k]
     data = frame.sort_values("example_id").to_parquet(index=False)
