@@ -45,6 +45,8 @@ log = logging.getLogger("ftsweep")
 SUMMARY = (
     "eval/accuracy",
     "eval/f1_macro",
+    "baseline/tfidf_accuracy",
+    "baseline/majority_accuracy",
     "perf/step_time_ms",
     "perf/train_time_s",
     "mem/cpu_peak_rss_mb",

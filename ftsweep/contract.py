@@ -15,6 +15,8 @@ FINAL_METRICS = frozenset(
         "eval/accuracy",
         "eval/accuracy_ci_low",  # Wilson's 95 % interval of eval/accuracy (ftsweep/stats.py)
         "eval/accuracy_ci_high",
+        "baseline/majority_accuracy",  # the training set's most common class, scored on the same eval rows
+        "baseline/tfidf_accuracy",  # TF-IDF + logistic regression on the same rows (ftsweep/baselines.py)
         "eval/f1_macro",
         "eval/loss",
         "perf/step_time_ms",

@@ -89,6 +89,8 @@ def write_predictions(evaluation: dict, label_names: list[str], path: Path) -> O
     )
     for k, name in enumerate(label_names):
         frame[f"prob_{name}"] = probs[:, k]
+    if evaluation.get("tfidf_predicted") is not None:  # the TF-IDF baseline's answer for the same example
+        frame["tfidf_predicted"] = names[np.asarray(evaluation["tfidf_predicted"])[frame["example_id"]]]
     data = frame.sort_values("example_id").to_parquet(index=False)
     artifacts.atomic_write(path, lambda f: f.write(data), binary=True, need_bytes=len(data))
     return path

@@ -30,7 +30,19 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import ftsweep
-from ftsweep import batches, checkpoint, distributed, interrupt, keep, methods, orphans, outputs, preflight, spool
+from ftsweep import (
+    baselines,
+    batches,
+    checkpoint,
+    distributed,
+    interrupt,
+    keep,
+    methods,
+    orphans,
+    outputs,
+    preflight,
+    spool,
+)
 from ftsweep import data as data_mod
 from ftsweep import model as model_mod
 from ftsweep.config import SaveModel, TinyModelConfig, TrainConfig, validate
@@ -329,6 +341,9 @@ class FineTuneRecipe:
             )
         )
         metrics.update(ranks)
+        found = baselines.baselines(splits)  # what fine-tuning must beat on the same rows
+        metrics.update({k: v for k, v in found.items() if k.startswith("baseline/")})
+        result.final_eval["tfidf_predicted"] = found["tfidf_predicted"]
         outputs.record(self.tracker, result, metrics, splits.label_names, self.out_dir)
         if result.stop_reason != "pruned":  # a pruned trial is never a sweep's best
             outputs.keep_model(

@@ -367,7 +367,10 @@ def test_every_run_leaves_its_per_example_predictions_and_an_interval_on_its_acc
     digests = {r.data.tags["ftsweep.eval_digest"] for r in client.search_runs([exp.experiment_id])}
     assert len(digests) == 1  # the same eval split
     (m1, p1), (m2, p2) = runs
-    assert list(p1.columns) == ["example_id", "label", "predicted", "prob_neg", "prob_pos"]
+    assert list(p1.columns) == ["example_id", "label", "predicted", "prob_neg", "prob_pos", "tfidf_predicted"]
+    tfidf = (p1["label"] == p1["tfidf_predicted"]).mean()
+    assert tfidf == m1["baseline/tfidf_accuracy"] == m2["baseline/tfidf_accuracy"]  # the same rows: one baseline
+    assert 0 < m1["baseline/majority_accuracy"] < 1
     assert p1["example_id"].tolist() == list(range(len(p1)))
     assert np.allclose(p1[["prob_neg", "prob_pos"]].sum(axis=1), 1.0, atol=1e-5)
     correct = [(p["label"] == p["predicted"]).to_numpy() for p in (p1, p2)]

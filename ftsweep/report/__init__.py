@@ -40,13 +40,13 @@ def make_report(
     optuna_study = load_study(parent, storage)
     rows = collect(client, parent, optuna_study)
     mark_pareto(rows)
-    correct = evidence.outcomes(client, rows)
-    evidence.against_best(rows, correct)
+    correct, tfidf = evidence.outcomes(client, rows)
+    best = evidence.against_best(rows, correct)
     summary = method_summary(rows)
     evidence.against_full(summary, correct)
     importances = study_importances(optuna_study)
     plots = make_plots(rows, importances, out, study)
-    text = render(parent, rows, summary, plots, importances)
+    text = render(parent, rows, summary, plots, importances, evidence.baselines(best, correct, tfidf))
     write_text(out / "report.md", text)
     files = [out / "report.md", *plots]
     if html_too:

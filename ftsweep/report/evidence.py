@@ -47,10 +47,12 @@ class Comparison:
         return f"{100 * self.diff:+.1f} points [{100 * self.low:+.1f}, {100 * self.high:+.1f}]"
 
 
-def outcomes(client: Any, rows: list[Row]) -> dict[str, np.ndarray]:
-    """Per finished run, whether it got each eval example right, by example id; runs without predictions (or
-    whose artifact cannot be read) are left out and compared unpaired."""
+def outcomes(client: Any, rows: list[Row]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Per finished run, whether it got each eval example right, by example id, and whether the TF-IDF baseline
+    did on the same rows; runs without predictions (or whose artifact cannot be read) are left out and
+    compared unpaired."""
     found: dict[str, np.ndarray] = {}
+    tfidf: dict[str, np.ndarray] = {}
     with tempfile.TemporaryDirectory(prefix="ftsweep-report-") as tmp:
         for row in rows:
             if not row.ok or not row.run_id:
@@ -62,8 +64,10 @@ def outcomes(client: Any, rows: list[Row]) -> dict[str, np.ndarray]:
                 log.debug("no predictions for run %s: %s", row.run_id, first_line(exc))
                 continue
             found[row.run_id] = (frame["label"] == frame["predicted"]).to_numpy()
+            if "tfidf_predicted" in frame:
+                tfidf[row.run_id] = (frame["label"] == frame["tfidf_predicted"]).to_numpy()
             Path(path).unlink(missing_ok=True)
-    return found
+    return found, tfidf
 
 
 def compare(row: Row, other: Row, correct: dict[str, np.ndarray], seed: int = 0) -> Comparison:
@@ -108,3 +112,18 @@ def against_full(summary: list[dict[str, Any]], correct: dict[str, np.ndarray]) 
         full = next((f for f in summary if f["base"] == "full" and f["model"] == s["model"]), None)
         if full is not None and s is not full:
             s["vs_full"] = compare(s["best_row"], full["best_row"], correct)
+
+
+def baselines(best: Optional[Row], correct: dict[str, np.ndarray], tfidf: dict[str, np.ndarray]) -> list[str]:
+    """The answer's baseline line: majority class and TF-IDF on the same rows, and whether the best beat
+    TF-IDF, paired over the eval examples when its predictions say what TF-IDF answered."""
+    if best is None or best.get("baseline/tfidf_accuracy") is None:
+        return []
+    majority, text = best.get("baseline/majority_accuracy"), best.get("baseline/tfidf_accuracy") or 0.0
+    line = f"**Baselines on the same rows:** majority class {majority:.4f}, TF-IDF + logistic regression {text:.4f}."
+    a, b = correct.get(best.run_id), tfidf.get(best.run_id)
+    if a is None or b is None:
+        return [line]
+    vs = stats.paired_difference(a, b)
+    verdict = "beats" if vs.low > 0 else ("does not beat" if vs.high < 0 else "is tied with")
+    return [f"{line} The best {verdict} TF-IDF: {Comparison(vs.diff, vs.low, vs.high, vs.p_value, True).points()}."]

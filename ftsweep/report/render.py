@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from markdown_it import MarkdownIt
 
@@ -19,7 +19,14 @@ def table(header: list[str], rows: list[list[Any]]) -> list[str]:
     return lines
 
 
-def render(parent, rows: list[Row], summary: list[dict], plots: list[Path], importances: dict[str, float]) -> str:
+def render(
+    parent,
+    rows: list[Row],
+    summary: list[dict],
+    plots: list[Path],
+    importances: dict[str, float],
+    baselines: Optional[list[str]] = None,
+) -> str:
     study = parent.data.tags.get("optuna.study_name", parent.info.run_name)
     ok = [r for r in rows if r.ok]
     pruned = [r for r in rows if r.state == "PRUNED"]
@@ -34,6 +41,7 @@ def render(parent, rows: list[Row], summary: list[dict], plots: list[Path], impo
         "",
         *answer(rows),
         *_ties(ok),
+        *([""] + baselines if baselines else []),
         "",
     ]
     budget = constraints_of(parent)

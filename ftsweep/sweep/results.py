@@ -135,6 +135,10 @@ def sweep_metrics(result: dict[str, Any], children: list[dict[str, float]]) -> d
     if "solutions" in result:
         metrics["sweep/pareto_size"] = len(result["solutions"])
     metrics.update(pruning_savings(children))
+    for name in ("baseline/majority_accuracy", "baseline/tfidf_accuracy"):
+        values = {m[name] for m in children if name in m}
+        if len(values) == 1:  # every trial on the same rows; a sweep over the data itself has no single baseline
+            metrics[name] = values.pop()
     return metrics
 
 
