@@ -44,8 +44,10 @@ def make_plots(rows: list[Row], importances: dict[str, float], out: Path, title:
         for m in methods:
             pts = [(x_of(r), r.accuracy) for r in usable if (r.group or r.method) == m]
             if pts:
+                xs, ys = zip(*pts)
                 ax.scatter(
-                    *zip(*pts),
+                    xs,
+                    ys,
                     label=m,
                     color=colors[m],
                     marker=markers[m],

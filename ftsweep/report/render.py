@@ -21,7 +21,7 @@ def table(header: list[str], rows: list[list[Any]]) -> list[str]:
 
 def render(parent, rows: list[Row], summary: list[dict], plots: list[Path], importances: dict[str, float]) -> str:
     study = parent.data.tags.get("optuna.study_name", parent.info.run_name)
-    ok = sorted([r for r in rows if r.ok], key=lambda r: -r.accuracy)
+    ok = sorted([r for r in rows if r.ok], key=lambda r: -r.finished_accuracy)
     budget = constraints_of(parent)
     pruned = [r for r in rows if r.state == "PRUNED"]
     failed = [r for r in rows if not r.ok and r.state != "PRUNED"]
