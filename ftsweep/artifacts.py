@@ -20,7 +20,9 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path: Path, write: Callable[[IO], None], binary: bool = False, need_bytes: int | None = None) -> None:
+def atomic_write(
+    path: Path, write: Callable[[IO], object], binary: bool = False, need_bytes: int | None = None
+) -> None:
     """Write through a temporary file in the same folder, then rename: a reader never sees half a file, and a
     full disk leaves the previous file as it was (DiskFullError names the path and `need_bytes`).
 
@@ -30,13 +32,8 @@ def atomic_write(path: Path, write: Callable[[IO], None], binary: bool = False, 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         mode, newline = ("wb", None) if binary else ("w", "")
-        with tempfile.NamedTemporaryFile(
-            mode,
-            dir=path.parent,
-            prefix=f".{path.name}.",
-            delete=False,
-            **({} if binary else {"newline": newline, "encoding": "utf-8"}),
-        ) as f:
+        text: dict[str, Any] = {} if binary else {"newline": newline, "encoding": "utf-8"}
+        with tempfile.NamedTemporaryFile(mode, dir=path.parent, prefix=f".{path.name}.", delete=False, **text) as f:
             tmp = f.name
             write(f)  # a full disk fails here, or in the flush when the file closes
         os.chmod(tmp, 0o666 & ~_umask())
@@ -123,7 +120,12 @@ def confusion_matrix_png(cm, label_names: list[str], path: Path) -> None:
     for i in range(cm.shape[0]):
         for j in range(cm.shape[1]):
             ax.text(
-                j, i, int(cm[i, j]), ha="center", va="center", color="white" if cm[i, j] > cm.max() / 2 else "black"
+                j,
+                i,
+                str(int(cm[i, j])),
+                ha="center",
+                va="center",
+                color="white" if cm[i, j] > cm.max() / 2 else "black",
             )
     fig.colorbar(im, ax=ax, label="examples")
     fig.tight_layout()

@@ -65,6 +65,8 @@ BBC_NEWS = PackagedAsset(
 def stamp(path: str | Path | None) -> tuple:
     """What changes when a file or folder's content may have: size and mtime of the file, or of every file
     under the folder. Keys of the per-process memos (data splits, tokenizers, checksums); () when missing."""
+    if path is None:
+        return ()
     try:
         p = Path(path)
         if p.is_file():

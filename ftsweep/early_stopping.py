@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 from torch import nn
@@ -21,7 +21,8 @@ class EarlyStopping:
         self.patience, self.key, self.min_delta = patience, metric.split("/", 1)[1], min_delta
         self.sign = -1.0 if metric == "eval/loss" else 1.0
         self.best: Optional[float] = None
-        self.best_step, self.bad, self.best_eval = -1, 0, {}
+        self.best_step, self.bad = -1, 0
+        self.best_eval: dict[str, Any] = {}
         self.best_weights: dict[str, torch.Tensor] = {}
 
     def update(self, model: nn.Module, step: int, evaluation: dict) -> bool:

@@ -10,7 +10,7 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import torch
 from torch import nn
@@ -27,6 +27,8 @@ from ftsweep.metrics import SavedForBackward, step_time_stats, tensor_mb
 from ftsweep.rng import loader_state, rng_states, set_loader_state, set_rng_states
 
 LogFn = Callable[[dict[str, float], int], None]
+# The training batches: a DataLoader, a distributed rank's ShardedLoader in front of one, or a plain list.
+TrainBatches = Iterable[dict[str, torch.Tensor]]
 
 
 def _sync(device: torch.device) -> None:
@@ -158,7 +160,7 @@ class Loop:
 
     # ---- the loop
     def run(
-        self, train_loader: DataLoader, eval_loader: Optional[DataLoader], resume: Optional[dict] = None
+        self, train_loader: TrainBatches, eval_loader: Optional[DataLoader], resume: Optional[dict] = None
     ) -> FitResult:
         """Train for s.total_steps optimizer steps (or until a stop); the final evaluation is in the result."""
         if resume is not None:
@@ -321,7 +323,7 @@ class Loop:
 
 def fit(
     model: nn.Module,
-    train_loader: DataLoader,
+    train_loader: TrainBatches,
     eval_loader: Optional[DataLoader],
     optimizer: torch.optim.Optimizer,
     scheduler,

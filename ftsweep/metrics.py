@@ -9,6 +9,7 @@ import resource
 import statistics
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,7 +41,7 @@ def classification_scores(cm: np.ndarray) -> dict[str, float]:
 
 def classification_report(cm: np.ndarray, label_names: list[str]) -> dict:
     stats = per_class(cm)
-    report = {
+    report: dict[str, Any] = {
         name: {key: float(stats[key][i]) if key != "support" else int(stats[key][i]) for key in stats}
         for i, name in enumerate(label_names)
     }
@@ -130,7 +131,9 @@ class PeakMemory:
 
     def cpu_peak_rss_mb(self) -> float:
         if self._use_hwm:
-            return _status_kb("VmHWM") / 1024
+            hwm_kb = _status_kb("VmHWM")
+            assert hwm_kb is not None  # start() found VmHWM, so it set _use_hwm
+            return hwm_kb / 1024
         return max(self._sampled_peak_mb, current_rss_mb())
 
     def stop(self) -> dict[str, float]:

@@ -50,6 +50,7 @@ def resolve_path(cfg: ModelConfig) -> str:
                 f"model.asset={cfg.asset} is not a model ftsweep ships; known: {', '.join(assets.MODEL_ASSETS)}"
             )
         return str(assets.fetch_model(assets.MODEL_ASSETS[cfg.asset]))
+    assert cfg.package is not None  # ModelConfig.__post_init__: name_or_path, asset or package is set
     try:
         module = importlib.import_module(cfg.package)
     except ImportError as exc:
@@ -147,8 +148,7 @@ def load_model(
             pad_token_id=tokenizer.pad_token_id,
             hidden_dropout_prob=cfg.dropout,
             attention_probs_dropout_prob=cfg.dropout,
-            num_labels=len(label_names),
-            id2label=id2label,
+            id2label=id2label,  # and so num_labels=len(label_names)
             label2id=label2id,
         )
         return BertForSequenceClassification(config)

@@ -13,7 +13,8 @@ from ftsweep.config import OptimizerConfig
 
 def build_optimizer(model: nn.Module, cfg: OptimizerConfig, lr: float, fused: bool = True) -> torch.optim.Optimizer:
     # No weight decay on biases and LayerNorm weights, as in BERT's recipe.
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for param in model.parameters():
         if param.requires_grad:
             (no_decay if param.ndim < 2 else decay).append(param)
@@ -24,7 +25,8 @@ def build_optimizer(model: nn.Module, cfg: OptimizerConfig, lr: float, fused: bo
     # fused: one kernel over all tensors. On MiniLM (CPU) its step took 14 ms against foreach's 64-74 ms
     # (benchmarks/README.md, "before/after"); torch implements it for CPU and CUDA floating-point tensors.
     impl = {"fused": True} if fused else {"foreach": True}
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, **impl)
+    beta1, beta2 = cfg.betas  # two: OptimizerConfig checks it
+    return torch.optim.AdamW(groups, lr=lr, betas=(beta1, beta2), eps=cfg.eps, **impl)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimizerConfig, total_steps: int):

@@ -113,7 +113,7 @@ def keep_model(
             keep.save_folder(model, tokenizer, out_dir / keep.MODEL_NAME, splits.eval_texts, cut)
             return
         uri = keep.log_model(
-            tracker.tracking_uri, tracker.run_id, model, tokenizer, splits.eval_texts, splits.label_names, cut
+            tracker.tracking_uri, tracker.active_run_id, model, tokenizer, splits.eval_texts, splits.label_names, cut
         )
         tracker.set_tags({"ftsweep.model_uri": uri})
         log.info("model kept: %s (also runs:/%s/%s)", uri, tracker.run_id, keep.MODEL_NAME)
@@ -128,7 +128,7 @@ def keep_model(
         ) from exc
 
 
-def write_failure(exc: BaseException, path: Path, need_bytes: Optional[int] = None) -> str:
+def write_failure(exc: BaseException, path: Path | str, need_bytes: Optional[int] = None) -> str:
     """Why a write failed, in a few words: a full disk names the path it hit and the space needed."""
     full = artifacts.no_space(exc, path, need_bytes)
     return str(full) if full is not None else (getattr(exc, "strerror", None) or str(exc))

@@ -39,9 +39,10 @@ def parse(argv: list[str]) -> dict[str, str]:
             f"missing {', '.join(f'{k}=...' for k in missing)} (python -m ftsweep.predict "
             f"model=runs:/RUN_ID/model input=texts.csv output=preds.csv)"
         )
-    if not args["batch_size"].isdigit() or int(args["batch_size"]) < 1:
-        raise FtsweepError(f"batch_size must be a whole number >= 1, got {args['batch_size']}")
-    return args
+    given = {k: v for k, v in args.items() if v is not None}  # every key: none is missing
+    if not given["batch_size"].isdigit() or int(given["batch_size"]) < 1:
+        raise FtsweepError(f"batch_size must be a whole number >= 1, got {given['batch_size']}")
+    return given
 
 
 def load(ref: str):

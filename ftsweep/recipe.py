@@ -23,7 +23,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import pandas as pd
 import torch
@@ -77,22 +77,45 @@ class FineTuneRecipe:
     ):
         self.raw = cfg if isinstance(cfg, DictConfig) else OmegaConf.structured(cfg)
         self.cfg = validate(cfg)
-        self.resolved = OmegaConf.to_container(self.raw, resolve=True, enum_to_str=True)
+        self.resolved = cast(dict[str, Any], OmegaConf.to_container(self.raw, resolve=True, enum_to_str=True))
         self.overrides, self.hooks, self.group = overrides, hooks or Hooks(), group
         self.device = group.device if group else preflight.resolve_device(self.cfg.device, self.hooks.device_id)
         self.memory = PeakMemory(self.device).start()
         seed_everything(self.cfg.seed)
-        self.tracker = tracker or (Tracker() if group is None else None)  # helper ranks log nothing
-        self.out_dir = Path(output_dir) if output_dir else None
+        self._tracker = tracker or (Tracker() if group is None else None)  # helper ranks log nothing
+        self._out_dir = Path(output_dir) if output_dir else None  # else a temporary folder, made in prepare()
         self.ck: Optional[dict] = None  # the checkpoint this run resumes from
         self.ck_at: Optional[Path] = None  # where that checkpoint is
         self.resumed = False  # goes on in the interrupted run's own MLflow run
         self.model: Any = None
+        self._optimizer: Optional[torch.optim.Optimizer] = None
         self._ck_tagged = False
 
     @property
     def main(self) -> bool:
         return self.group is None or self.group.main
+
+    @property
+    def tracker(self) -> Tracker:
+        """The run's tracker. Only the helper ranks of a distributed run have none, and they never log."""
+        assert self._tracker is not None, "a helper rank logs nothing"
+        return self._tracker
+
+    @property
+    def out_dir(self) -> Path:
+        """The run's folder: the caller's, else a temporary one made in prepare()."""
+        assert self._out_dir is not None, "out_dir is set in prepare()"
+        return self._out_dir
+
+    @out_dir.setter
+    def out_dir(self, value: Path) -> None:
+        self._out_dir = value
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """Built in setup(), released in cleanup()."""
+        assert self._optimizer is not None, "the optimizer is built in setup()"
+        return self._optimizer
 
     # ---- before the run exists
     def prepare(self) -> None:
@@ -106,7 +129,7 @@ class FineTuneRecipe:
             checkpoint.check_same_config(self.ck, self.resolved, self.ck_at)
         preflight.check_settings(tc, self.device, self.hooks.device_id)
         self.splits, self.tokenizer = preflight.load_inputs(tc)
-        self.out_dir = self.out_dir or Path(tempfile.mkdtemp(prefix="ftsweep-"))
+        self.out_dir = self._out_dir or Path(tempfile.mkdtemp(prefix="ftsweep-"))
         self.out_dir.mkdir(parents=True, exist_ok=True)
         interrupt.check()  # a Ctrl-C during start-up stops here, before a run exists
 
@@ -142,8 +165,9 @@ class FineTuneRecipe:
         """Tell the hooks the run id; record what went in: the resolved config as params and YAML, the overrides,
         the label map, the data sets. A resumed run has them already and takes on this start's hook tags."""
         tracker, splits, tc = self.tracker, self.splits, self.cfg
-        self.hooks.on_start(tracker.run_id)
+        self.hooks.on_start(tracker.active_run_id)
         if self.resumed:  # no longer the interrupted run it was
+            assert self.ck is not None  # a run resumes only from a checkpoint
             tracker.delete_tags("error", "error_type")
             tracker.set_tags({**self.hooks.tags, "ftsweep.resumed_at_step": self.ck["loop"]["result"].steps})
             return
@@ -174,7 +198,7 @@ class FineTuneRecipe:
             self.group = distributed.start(self.raw, self.cfg.distributed.nproc, self.device, "ftsweep.recipe")
         self.loaders = self._setup_data()
         self.model = self._setup_model()
-        self.optimizer = self._setup_optimizer()
+        self._optimizer = self._setup_optimizer()
         self.scheduler = self._setup_lr_scheduler()
         self.params = outputs.param_counts(self.model)
         if self.main and not self.resumed:
@@ -223,7 +247,8 @@ class FineTuneRecipe:
         model = model_mod.to_device(model_mod.apply_method(base, tc.method, self.loaders.total_steps), self.device)
         if tc.gradient_checkpointing:
             # Non-reentrant checkpointing also works when the embeddings are frozen (LoRA, prompt tuning).
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            # A transformers (or PEFT) model's method: nn.Module's stub types any attribute as Tensor | Module.
+            cast(Any, model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         return model
 
     def _setup_optimizer(self) -> torch.optim.Optimizer:
@@ -308,7 +333,7 @@ class FineTuneRecipe:
             self.optimizer,
             self.scheduler,
             loop_state,
-            self.tracker.run_id,
+            self.tracker.active_run_id,
             self.ck["overrides"] if self.ck else self.overrides or [],
             self.resolved,
         )
@@ -319,6 +344,7 @@ class FineTuneRecipe:
     # ---- the end
     def rank_memory(self) -> dict[str, float]:
         """Every rank's peak (the CUDA allocator's on a GPU, RSS on the CPU), gathered on all of them."""
+        assert self.group is not None, "only a distributed run has ranks"
         peak = self.memory.stop()
         peaks = self.group.gather(peak.get("mem/cuda_peak_allocated_mb", peak["mem/cpu_peak_rss_mb"]))
         return {**{f"mem/peak_mb_rank{i}": v for i, v in enumerate(peaks)}, "mem/peak_mb_all_ranks": sum(peaks)}
@@ -375,7 +401,7 @@ class FineTuneRecipe:
             except Exception:  # noqa: BLE001  the run's own error is the one to report
                 pass
         self.memory.stop()
-        self.model = self.optimizer = self.scheduler = None  # the weights go now, not when the caller lets go
+        self.model = self._optimizer = self.scheduler = None  # the weights go now, not when the caller lets go
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()

@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 
 def seed_everything(seed: int) -> None:
@@ -20,13 +19,14 @@ def seed_everything(seed: int) -> None:
 def loader_state(loader) -> Any:
     """What decides the order of the next epoch's batches; nothing for a plain list of batches."""
     sampler = getattr(loader, "batch_sampler", None)
-    if hasattr(sampler, "epoch"):  # LengthGroupedBatchSampler: seed + epoch decide the order
+    if sampler is not None and hasattr(sampler, "epoch"):  # LengthGroupedBatchSampler: seed + epoch decide the order
         return {"epoch": sampler.epoch}
     generator = getattr(loader, "generator", None)
     return {"generator": generator.get_state()} if generator is not None else {}
 
 
-def set_loader_state(loader: DataLoader, state: Any) -> None:
+def set_loader_state(loader: Any, state: Any) -> None:
+    """`loader`: a DataLoader, or a distributed rank's ShardedLoader in front of one (it passes these through)."""
     if "epoch" in state:
         loader.batch_sampler.epoch = state["epoch"]
     elif "generator" in state:

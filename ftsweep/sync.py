@@ -46,13 +46,13 @@ def sync_one(spool: spool_mod.Spool, tracking_uri: str | None, renamed: dict[str
     except MlflowException:
         tags = {k: v for k, v in run.get("tags", {}).items() if not k.startswith("mlflow.")}
         parent = run.get("tags", {}).get("mlflow.parentRunId")
-        tracker.start(
+        new_id = tracker.start(
             run["experiment"],
             run["run_name"],
             {**tags, "ftsweep.synced_from": run_id},
             parent_run_id=renamed.get(parent, parent) if parent else None,
         )
-        renamed[run_id], run_id, start = tracker.run_id, tracker.run_id, 0
+        renamed[run_id], run_id, start = new_id, new_id, 0
         write_json(spool.folder / spool_mod.RUN, {**run, "run_id": run_id, "synced_from": run["run_id"]})
         where = f"new run {run_id} (for {run['run_id']}, which {redact(tracker.tracking_uri)} does not have)"
     ops = spool.ops()

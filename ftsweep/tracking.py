@@ -12,10 +12,11 @@ import os
 import tempfile
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
-import mlflow.data
+from mlflow.data.pandas_dataset import from_pandas
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -88,7 +89,9 @@ def open_client(uri: str):
 def _artifact_root(tracking_uri: str) -> str | None:
     # Keep a sqlite store's artifacts beside its file, not in whatever folder the run started from.
     if tracking_uri.startswith(SQLITE):
-        return (file_of(tracking_uri).resolve().parent / "mlartifacts").as_uri()
+        path = file_of(tracking_uri)
+        assert path is not None  # a sqlite URL names its file
+        return (path.resolve().parent / "mlartifacts").as_uri()
     return None
 
 
@@ -144,6 +147,12 @@ class Tracker:
         self.backoff: spool_mod.Backoff | None = None
         self._identity: dict[str, Any] = {}
 
+    @property
+    def active_run_id(self) -> str:
+        """The id of the run this tracker writes to: set by start() or resume(), None again after end()."""
+        assert self.run_id is not None, "no run: start() or resume() one first"
+        return self.run_id
+
     # ---- the spool
     def keep_writes(self, folder: Path, retry_window_s: float) -> None:
         """From now on every write of this run is appended to `folder` before it is sent, and one the store
@@ -155,7 +164,7 @@ class Tracker:
 
     def _write(self, op: dict[str, Any]) -> None:
         if self.spool is None:
-            _retry(lambda: deliver(self.client, self.run_id, op))
+            _retry(lambda: deliver(self.client, self.active_run_id, op))
             return
         self.spool.append(op)
         self.flush()
@@ -173,7 +182,7 @@ class Tracker:
                 # urllib3 warns of each retry of each call; one line below says the store is away.
                 with quiet_logs("urllib3.connectionpool", warnings_too=True):
                     for i, op in self.spool.pending():
-                        _retry(lambda o=op: deliver(self.client, self.run_id, o))
+                        _retry(partial(deliver, self.client, self.active_run_id, op))
                         self.spool.mark(i + 1)
             except Exception as exc:
                 if not spool_mod.unreachable(exc):
@@ -269,7 +278,7 @@ class Tracker:
     def last_step(self, *keys: str) -> int:
         """The highest step this run has logged for any of `keys` (-1 for none)."""
         return max(
-            (m.step for key in keys for m in _retry(lambda k=key: self.client.get_metric_history(self.run_id, k))),
+            (m.step for key in keys for m in _retry(partial(self.client.get_metric_history, self.run_id, key))),
             default=-1,
         )
 
@@ -277,13 +286,13 @@ class Tracker:
         tags = _retry(lambda: self.client.get_run(self.run_id)).data.tags
         for key in keys:
             if key in tags:
-                _retry(lambda k=key: self.client.delete_tag(self.run_id, k))
+                _retry(partial(self.client.delete_tag, self.run_id, key))
 
     def log_dataset(self, df, name: str, source: str, context: str, targets: str = "label") -> None:
         """A data set as an MLflow dataset input (name, digest, source, schema): the run page's Datasets column."""
         with warnings.catch_warnings():  # a source string MLflow could read two ways: it picks the local one
             warnings.simplefilter("ignore")
-            dataset = mlflow.data.from_pandas(df, source=source, name=name, targets=targets)
+            dataset = from_pandas(df, source=source, name=name, targets=targets)
         entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])
         _retry(lambda: self.client.log_inputs(self.run_id, datasets=[entity]))
 

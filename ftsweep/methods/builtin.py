@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, List
+from typing import TYPE_CHECKING, Any, Callable, List, cast
 
 from ftsweep.errors import ModelError, check_config
 from ftsweep.methods.registry import HEAD_MODULES, MethodConfig, register_method
@@ -72,7 +72,7 @@ _LAYER = re.compile(r"\.layers?\.(\d+)\.")
 
 
 def _freeze(model: nn.Module, cfg: FreezeMethodConfig, total_steps: int) -> nn.Module:
-    n_layers = model.config.num_hidden_layers
+    n_layers = cast(Any, model).config.num_hidden_layers  # a transformers model: nn.Module's stub types it Tensor
     if cfg.frozen_layers > n_layers:
         raise ModelError(f"method.frozen_layers={cfg.frozen_layers} but the model has {n_layers} layers")
 

@@ -33,14 +33,14 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
 def mark_pareto(rows: list[Row]) -> None:
     ok = [r for r in rows if r.ok and r.feasible]
     for label, cost in (("memory", lambda r: r.memory_mb), ("time", lambda r: r.get("perf/step_time_ms"))):
-        usable = [r for r in ok if cost(r) is not None]
-        for i in pareto_front([(r.accuracy, cost(r)) for r in usable]):
-            usable[i].pareto.append(label)
+        usable = [(r, c) for r in ok if (c := cost(r)) is not None]
+        for i in pareto_front([(r.finished_accuracy, c) for r, c in usable]):
+            usable[i][0].pareto.append(label)
 
 
 def _median(values: list[Optional[float]]) -> Optional[float]:
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
 
 
 def method_summary(rows: list[Row]) -> list[dict[str, Any]]:
@@ -48,7 +48,7 @@ def method_summary(rows: list[Row]) -> list[dict[str, Any]]:
     same model."""
     ok = [r for r in rows if r.ok]
     groups = sorted({r.group or r.method for r in ok})
-    out = []
+    out: list[dict[str, Any]] = []
     for g in groups:
         mine = [r for r in ok if (r.group or r.method) == g]
         out.append(
@@ -57,8 +57,8 @@ def method_summary(rows: list[Row]) -> list[dict[str, Any]]:
                 "base": mine[0].method,
                 "model": mine[0].model,
                 "trials": len(mine),
-                "best_accuracy": max(r.accuracy for r in mine),
-                "best_row": max(mine, key=lambda r: r.accuracy),
+                "best_accuracy": max(r.finished_accuracy for r in mine),
+                "best_row": max(mine, key=lambda r: r.finished_accuracy),
                 "median_step_ms": _median([r.get("perf/step_time_ms") for r in mine]),
                 "median_memory_mb": _median([r.memory_mb for r in mine]),
                 "trainable_pct": _median([r.get("params/trainable_pct") for r in mine]),
@@ -116,22 +116,24 @@ def answer(rows: list[Row]) -> list[str]:
             "the same command (finished trials are kept)."
         ]
     keys = varying(rows)
-    best = max(ok, key=lambda r: r.accuracy)
+    best = max(ok, key=lambda r: r.finished_accuracy)
     lines = [
         f"**Best overall:** {describe(best, keys)}: accuracy {best.accuracy:.4f}, memory "
         f"{best.memory_mb:.0f} MB, step time {best.get('perf/step_time_ms') or float('nan'):.1f} ms "
         f"(run `{best.run_id}`)."
     ]
     budget = _median([r.memory_mb for r in ok])
-    within = [r for r in ok if r.memory_mb is not None and r.memory_mb <= budget]
+    within = [] if budget is None else [r for r in ok if r.memory_mb is not None and r.memory_mb <= budget]
     if within:
-        cheap = max(within, key=lambda r: r.accuracy)
+        cheap = max(within, key=lambda r: r.finished_accuracy)
         if cheap is best:
             lines.append(f"**Best under the median memory ({budget:.0f} MB):** the same configuration.")
         else:
+            # cheap is within the budget; best had its memory formatted with :.0f above, so it has one
+            assert cheap.memory_mb is not None and best.memory_mb is not None
             lines.append(
                 f"**Best under the median memory ({budget:.0f} MB):** {describe(cheap, keys)}: accuracy "
-                f"{cheap.accuracy:.4f} ({100 * (cheap.accuracy - best.accuracy):+.1f} points) at "
+                f"{cheap.accuracy:.4f} ({100 * (cheap.finished_accuracy - best.finished_accuracy):+.1f} points) at "
                 f"{cheap.memory_mb:.0f} MB ({100 * (cheap.memory_mb / best.memory_mb - 1):+.0f} % memory)."
             )
     return lines

@@ -120,6 +120,7 @@ def _baselines(ok: list[Row]) -> dict[str, tuple[float, str]]:
         ("baseline/majority_accuracy", "majority", ":"),
     ):
         values = {r.get(key) for r in ok}
-        if len(values) == 1 and None not in values:
-            out[name] = (float(values.pop()), style)
+        value = values.pop() if len(values) == 1 else None
+        if value is not None:
+            out[name] = (value, style)
     return out

@@ -9,6 +9,7 @@ from typing import Any, Optional
 from markdown_it import MarkdownIt
 
 from ftsweep.report.analysis import answer, describe, varying
+from ftsweep.report.evidence import Comparison
 from ftsweep.report.plots import memory_label
 from ftsweep.report.rows import Row, constraints_of, fmt
 
@@ -167,7 +168,7 @@ def _per_method(summary: list[dict]) -> list[str]:
 
     def cell(s: dict, key: str) -> Any:
         value = s.get(key)
-        return value.points() if hasattr(value, "points") else value
+        return value.points() if isinstance(value, Comparison) else value
 
     return ["", "## Per method", ""] + table(
         [name for name, _ in PER_METHOD], [[cell(s, key) for _, key in PER_METHOD] for s in summary]

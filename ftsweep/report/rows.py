@@ -47,6 +47,12 @@ class Row:
         return self.get("eval/accuracy")
 
     @property
+    def finished_accuracy(self) -> float:
+        """The accuracy of a finished trial: an `ok` row has one."""
+        assert self.accuracy is not None, f"trial {self.trial} did not finish: it has no accuracy"
+        return self.accuracy
+
+    @property
     def memory_mb(self) -> Optional[float]:
         """The memory axis: the CUDA allocator peak on a GPU, the exact training state on a CPU
         (mem/footprint_mb); runs logged before that metric existed fall back to mem/peak_mb."""
@@ -136,7 +142,7 @@ def constraints_of(parent) -> dict[str, float]:
 def mark_budget(rows: list[Row], constraints: dict[str, float]) -> None:
     """A row is over budget when a constrained metric is above its bound; a run that ran out of memory is too."""
     for r in rows:
-        r.over_budget = [k for k, bound in constraints.items() if r.get(k) is not None and r.get(k) > bound]
+        r.over_budget = [k for k, bound in constraints.items() if (value := r.get(k)) is not None and value > bound]
         if constraints and is_out_of_memory(r.error):
             r.over_budget.append("out of memory")
 

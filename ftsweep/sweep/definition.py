@@ -13,7 +13,7 @@ import json
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Literal, Optional, cast
 
 import numpy as np
 import optuna
@@ -30,6 +30,7 @@ MAXIMIZE = ("accuracy", "f1")  # objective names containing these are maximised;
 SAMPLERS = ("auto", "grid", "tpe", "gp", "random", "nsga2", "motpe", "bruteforce")
 PRUNERS = ("none", "median", "successive_halving", "hyperband")
 DIRECTIONS = ("maximize", "minimize")
+Direction = Literal["maximize", "minimize"]
 
 
 @dataclass
@@ -93,7 +94,7 @@ class SweepSettings:
     @classmethod
     def from_config(cls, node: Any) -> "SweepSettings":
         """From the composed `hydra.sweeper` node (interpolations resolved), minus Hydra's `_target_`."""
-        values = OmegaConf.to_container(node, resolve=True)
+        values = cast(dict[str, Any], OmegaConf.to_container(node, resolve=True))
         values.pop("_target_", None)
         try:
             return cls(**values)
@@ -148,6 +149,9 @@ def canonical(dist: BaseDistribution) -> dict[str, Any]:
     return {"type": kind, "low": dist.low, "high": dist.high, "log": dist.log, "step": dist.step}
 
 
+_ONLY_THESE = "a sweep's space holds categorical, int and float distributions (create_params_from_overrides)"
+
+
 def _legacy_repr(dist: BaseDistribution) -> str:
     """repr() of the same distribution under optuna 2.10, which named studies made by ftsweep 0.1."""
     if isinstance(dist, CategoricalDistribution):
@@ -155,11 +159,18 @@ def _legacy_repr(dist: BaseDistribution) -> str:
     if isinstance(dist, IntDistribution):
         name = "IntLogUniformDistribution" if dist.log else "IntUniformDistribution"
         return f"{name}(high={dist.high}, low={dist.low}, step={dist.step})"
+    assert isinstance(dist, FloatDistribution), _ONLY_THESE
     if dist.log:
         return f"LogUniformDistribution(high={dist.high}, low={dist.low})"
     if dist.step is not None:
         return f"DiscreteUniformDistribution(high={dist.high}, low={dist.low}, q={dist.step})"
     return f"UniformDistribution(high={dist.high}, low={dist.low})"
+
+
+def _range_ends(dist: BaseDistribution) -> list[Any]:
+    """Both ends of an int or float range."""
+    assert isinstance(dist, (IntDistribution, FloatDistribution)), _ONLY_THESE
+    return [dist.low, dist.high]
 
 
 def _digest(definition: dict[str, Any]) -> str:
@@ -171,7 +182,7 @@ class SweepDefinition:
     space: Dict[str, BaseDistribution]
     fixed: Dict[str, str]
     objectives: tuple[str, ...]
-    directions: tuple[str, ...]
+    directions: tuple[Direction, ...]  # each checked against DIRECTIONS in build()
     sampler: str  # resolved: grid, tpe, gp, random or nsga2
     requested_sampler: str  # as the user wrote it (only the legacy study name needs it)
     n_trials: int
@@ -226,7 +237,7 @@ class SweepDefinition:
             space=space,
             fixed={k: str(v) for k, v in fixed.items()},
             objectives=tuple(objectives),
-            directions=tuple(directions),
+            directions=cast(tuple[Direction, ...], tuple(directions)),  # each checked against DIRECTIONS above
             sampler=sampler,
             requested_sampler=settings.sampler,
             n_trials=len(grid) if grid is not None else settings.n_trials,
@@ -244,7 +255,7 @@ class SweepDefinition:
         """Parameter sets that together try every choice and both ends of every range once: enough to find
         an unknown key or a bad value in any trial before the sweep starts (not the whole grid)."""
         ends = {
-            k: list(d.choices) if isinstance(d, CategoricalDistribution) else [d.low, d.high]
+            k: list(d.choices) if isinstance(d, CategoricalDistribution) else _range_ends(d)
             for k, d in self.space.items()
         }
         base = {k: values[0] for k, values in ends.items()}
@@ -300,11 +311,13 @@ class SweepDefinition:
         (seed, k) apart: a plain seed + k would make seed 1's second trial seed 2's first."""
         seed = int(np.random.SeedSequence([self.seed, trials_so_far]).generate_state(1)[0])
         startup = min(10, max(3, self.n_trials // 3))  # TPE/GP need some random trials; not 10 of a 12-trial budget
-        constraints = {"constraints_func": constraint_values} if self.constraints else {}
+        constraints = constraint_values if self.constraints else None  # None: the samplers' default
         samplers: dict[str, Callable[[], optuna.samplers.BaseSampler]] = {
-            "tpe": lambda: optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, **constraints),
-            "gp": lambda: optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup, **constraints),
-            "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=seed, **constraints),
+            "tpe": lambda: optuna.samplers.TPESampler(
+                seed=seed, n_startup_trials=startup, constraints_func=constraints
+            ),
+            "gp": lambda: optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup, constraints_func=constraints),
+            "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=seed, constraints_func=constraints),
             "random": lambda: optuna.samplers.RandomSampler(seed=seed),
             "grid": lambda: optuna.samplers.RandomSampler(seed=seed),  # grid points are enqueued, fixed
             "bruteforce": lambda: _Exhaustive(seed=seed),
@@ -355,10 +368,11 @@ def _grid(space: Dict[str, BaseDistribution]) -> Optional[list[dict[str, Any]]]:
     """Every combination when every swept key is a discrete choice list, in a fixed order: the largest
     trials first (longest-processing-time order), so that slots finish together instead of one slot running
     the longest trial alone at the end; and the largest batch fails first if memory is short."""
-    if not space or not all(isinstance(d, CategoricalDistribution) for d in space.values()):
+    choices = {k: d.choices for k, d in space.items() if isinstance(d, CategoricalDistribution)}
+    if not space or len(choices) < len(space):
         return None
     names = sorted(space)
-    points = [dict(zip(names, values)) for values in itertools.product(*(space[n].choices for n in names))]
+    points = [dict(zip(names, values)) for values in itertools.product(*(choices[n] for n in names))]
     return sorted(points, key=_work, reverse=True)  # stable: equal work keeps the product's order
 
 

@@ -47,14 +47,20 @@ class Outcomes:
         claims: Optional[Claims] = None,
         retry_window_s: float = 600.0,
     ):
-        self.d, self.settings, self.url, self.claims = definition, settings, url, claims
+        self.d, self.settings, self.url, self._claims = definition, settings, url, claims
         self.retry_window_s = retry_window_s
+
+    @property
+    def claims(self) -> Claims:
+        """The sweep's claims: a rerun, a retried tell and an interrupt need them (a plain tell does not)."""
+        assert self._claims is not None, "Outcomes was made without the sweep's claims"
+        return self._claims
 
     def tell_retrying(
         self, study: optuna.Study, trial: Trial, metrics: Optional[dict], exc: Optional[BaseException]
     ) -> None:
         """`tell`, waiting out a storage server's restart. A try cut off after its tell landed is not told twice."""
-        tries = []
+        tries: list[int] = []
 
         def attempt() -> None:
             if tries and self.claims.storage.get_trial(trial_id(trial)).state.is_finished():
@@ -81,6 +87,7 @@ class Outcomes:
             return
         error = self._error_of(trial, metrics, exc)
         if error is None:
+            assert metrics is not None  # _error_of found every objective in them
             if self.d.constraints:
                 trial.set_user_attr(CONSTRAINTS_ATTR, self.d.feasibility(metrics))
             study.tell(trial, values=[float(metrics[name]) for name in self.d.objectives])
@@ -99,10 +106,11 @@ class Outcomes:
             if is_out_of_memory(error):
                 trial.set_user_attr("infeasible", "out of memory")  # over any memory budget, and a failure
             return error
-        values = [metrics.get(name) for name in self.d.objectives]
-        if any(v is None for v in values):
-            missing = [n for n, v in zip(self.d.objectives, values) if v is None]
+        assert metrics is not None, "a job that completed returns its metrics"
+        missing = [n for n in self.d.objectives if metrics.get(n) is None]
+        if missing:
             return f"objective {missing} is not a logged metric; choose from {', '.join(sorted(metrics))}"
+        values = [metrics[name] for name in self.d.objectives]
         if not all(math.isfinite(v) for v in values):
             return f"non-finite objective {values}"  # Optuna cannot store NaN
         return None

@@ -7,6 +7,7 @@ config sources: ftsweep's conf/, the user's ./conf, hydra.searchpath), never fro
 from __future__ import annotations
 
 import functools
+from typing import Any, cast
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
@@ -29,7 +30,10 @@ def _config_sources(cfg: DictConfig) -> tuple[str, ...]:
 @functools.lru_cache(maxsize=32)
 def _composed_method(sources: tuple[str, ...], method: str) -> dict:
     """The `method` node that `method=<method>` composes to (once per sweep process and method)."""
-    return OmegaConf.to_container(compose_config(f"method={method}", search_path=sources).method, resolve=True)
+    return cast(
+        dict[str, Any],
+        OmegaConf.to_container(compose_config(f"method={method}", search_path=sources).method, resolve=True),
+    )
 
 
 def method_defaults(cfg: DictConfig, method: str) -> dict:
@@ -41,7 +45,7 @@ def method_lr_range(cfg: DictConfig, method: str) -> tuple[float, float]:
     """The lr bounds of `method`: an explicit `method.lr_range=` on the command line, else the method's own."""
     for override in OverridesParser.create().parse_overrides(list(cfg.hydra.overrides.task)):
         if override.get_key_element().lstrip("+") == "method.lr_range" and not override.is_sweep_override():
-            low, high = override.value()
+            low, high = cast(list, override.value())  # not a sweep: the list [low, high]
             return float(low), float(high)
     low, high = method_defaults(cfg, method)["lr_range"]
     return float(low), float(high)

@@ -222,7 +222,7 @@ class SweepRunner:
         all_failed = result["n_complete"] == 0 and result["n_failed"] > 0
         save_model = getattr(self.config.get("save_model"), "value", "none")  # the SaveModel enum's name
         self.done = study_mod.SweepDone(
-            study, self.d, sweep_dir, parent.run_id, parent.tracking_uri, children, save_model, self.aborted
+            study, self.d, sweep_dir, parent.active_run_id, parent.tracking_uri, children, save_model, self.aborted
         )
         if self.aborted or all_failed:
             parent.end("FAILED")

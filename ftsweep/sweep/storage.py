@@ -15,7 +15,7 @@ import os
 import shutil
 import socket
 from pathlib import Path
-from typing import Callable, Iterator, Optional, TypeVar
+from typing import Any, Callable, Iterator, Optional, TypeVar
 
 import optuna
 from optuna.storages.journal import JournalFileBackend
@@ -59,15 +59,13 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
     # Workers share one sqlite file: wait for its lock rather than failing with "database is locked". A server
     # database's pooled connections are checked before use, so one restarted meanwhile is simply reconnected.
-    kwargs = {
-        "engine_kwargs": {"connect_args": {"timeout": 120}} if url.startswith(SQLITE) else {"pool_pre_ping": True}
-    }
+    engine: dict[str, Any] = {"connect_args": {"timeout": 120}} if url.startswith(SQLITE) else {"pool_pre_ping": True}
     if path is not None and url.startswith(
         SQLITE
     ):  # a new file's tables are made whole or not at all (a kill mid-way left half)
         with url_lock(url, "optuna-init"):
-            create_aside(path, lambda aside: optuna.storages.RDBStorage(aside, **kwargs).engine.dispose())
-    storage = optuna.storages.RDBStorage(url, skip_compatibility_check=True, **kwargs)
+            create_aside(path, lambda aside: optuna.storages.RDBStorage(aside, engine_kwargs=engine).engine.dispose())
+    storage = optuna.storages.RDBStorage(url, engine_kwargs=engine, skip_compatibility_check=True)
     current, head = storage.get_current_version(), storage.get_head_version()
     if current != head:
         if path is None:

@@ -44,6 +44,8 @@ ConfigStore.instance().store(group="hydra/sweeper", name="ftsweep", node=_node()
 
 
 class FtsweepSweeper(Sweeper):
+    config: DictConfig  # Optional in Sweeper; here setup(), which Hydra calls before sweep(), sets it
+
     def __init__(self, **_settings: Any) -> None:
         pass  # read from the composed config in sweep(), where interpolations resolve
 
@@ -75,6 +77,7 @@ class FtsweepSweeper(Sweeper):
                 if runner.done is not None:  # the best model and the report follow whatever ended the runner
                     with interrupt.deferred():
                         conclude(runner.done)
+            assert runner.done is not None  # run() returned, so its _close() wrote the results
             results.log_summary(summary, runner.done.sweep_dir)
         except FtsweepError as exc:
             print(f"ftsweep: error: {exc}", file=sys.stderr)
