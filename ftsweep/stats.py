@@ -26,7 +26,8 @@ def accuracy_interval(correct: int, n: int, z: float = Z95) -> tuple[float, floa
     p = correct / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # The bounds hold p exactly: at p = 0 or 1 rounding would otherwise put it a hair outside.
+    return min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half))
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,10 @@ def test_the_wilson_interval_matches_newcombes_worked_example_and_its_edges():
     assert (round(low, 4), round(high, 4)) == (0.2553, 0.3662)
     low, high = stats.accuracy_interval(0, 10)  # all wrong: starts at 0, does not collapse to a point
     assert low == 0.0 and 0.27 < high < 0.28
-    assert stats.accuracy_interval(10, 10)[1] == pytest.approx(1.0) and stats.accuracy_interval(0, 0) == (0.0, 1.0)
+    assert stats.accuracy_interval(10, 10)[1] == 1.0 and stats.accuracy_interval(0, 0) == (0.0, 1.0)
+    for k in range(0, 51):  # the interval always holds the accuracy itself, exactly (no rounding a hair outside)
+        low, high = stats.accuracy_interval(k, 50)
+        assert low <= k / 50 <= high
 
 
 def test_the_wilson_interval_covers_the_true_accuracy_95_percent_of_the_time():

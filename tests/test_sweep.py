@@ -557,6 +557,7 @@ def test_a_hopeless_trial_is_pruned_early_and_kept(cli, toy):
     assert "eval/accuracy" in pruned.data.metrics  # its partial results are kept
     m = parents[0].data.metrics
     assert m["sweep/n_pruned"] == 1 and m["sweep/train_time_unpruned_est_s"] > m["sweep/train_time_s"]
+    assert (cli.cwd / "multirun" / study.study_name / "report.md").exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
     report = (cli.cwd / "multirun" / study.study_name / "report.md").read_text()
     assert "1 pruned" in report and "% saved" in report
 
@@ -752,6 +753,7 @@ def test_budgets_make_trials_infeasible_the_sampler_is_told_and_the_answer_keeps
     assert best["best_params"]["method"] == "lora" and best["n_infeasible"] == sum(
         t.params["method"] == "full" for t in trials
     )
+    assert (cli.cwd / "multirun" / study.study_name / "report.md").exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
     report = (cli.cwd / "multirun" / study.study_name / "report.md").read_text()
     assert "Budget (hydra.sweeper.constraints): `params/trainable` <= 10000" in report
     assert report.count("✗ params/trainable") == best["n_infeasible"]

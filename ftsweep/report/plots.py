@@ -109,7 +109,7 @@ def _importances(plt, importances: dict[str, float], path: Path, title: str) -> 
 def _interval(row: Row) -> Optional[tuple[float, float]]:
     """How far the run's 95 % accuracy interval reaches below and above its accuracy (runs that log one)."""
     low, high, acc = row.get("eval/accuracy_ci_low"), row.get("eval/accuracy_ci_high"), row.accuracy
-    return None if low is None or high is None or acc is None else (acc - low, high - acc)
+    return None if low is None or high is None or acc is None else (max(acc - low, 0.0), max(high - acc, 0.0))
 
 
 def _baselines(ok: list[Row]) -> dict[str, tuple[float, str]]:
