@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ftsweep import interrupt
-from ftsweep.config import Precision
+from ftsweep.config import Precision, TrainConfig
 from ftsweep.early_stopping import EarlyStopping
 from ftsweep.errors import TrainingError
 from ftsweep.evaluation import autocast, evaluate, to_device
@@ -52,6 +52,26 @@ class LoopSettings:
     early_stopping_metric: str = "eval/accuracy"
     early_stopping_min_delta: float = 0.0
     checkpoint_every_steps: Optional[int] = None  # with a `checkpoint` callback: also written on Ctrl-C/SIGTERM
+
+    @classmethod
+    def of(cls, tc: TrainConfig, total_steps: int, num_labels: int, progress: bool = True) -> LoopSettings:
+        """The settings a run's config gives the loop."""
+        return cls(
+            total_steps=total_steps,
+            epochs=tc.epochs,
+            num_labels=num_labels,
+            grad_accum_steps=tc.grad_accum_steps,
+            max_grad_norm=tc.optimizer.max_grad_norm,
+            eval_every_steps=tc.eval_every_steps,
+            log_every_steps=tc.log_every_steps,
+            precision=tc.precision,
+            compile=tc.compile,
+            progress=tc.progress_bar and progress,
+            early_stopping=tc.early_stopping.patience,
+            early_stopping_metric=tc.early_stopping.metric,
+            early_stopping_min_delta=tc.early_stopping.min_delta,
+            checkpoint_every_steps=tc.checkpoint_every_steps,
+        )
 
 
 @dataclass

@@ -16,25 +16,22 @@ and log nothing.
 from __future__ import annotations
 
 import gc
-import json
 import logging
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, cast
 
-import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-import ftsweep
 from ftsweep import (
     baselines,
     batches,
     checkpoint,
     distributed,
+    inputs,
     interrupt,
     keep,
     methods,
@@ -43,16 +40,14 @@ from ftsweep import (
     preflight,
     spool,
 )
-from ftsweep import data as data_mod
 from ftsweep import model as model_mod
 from ftsweep.config import SaveModel, TinyModelConfig, TrainConfig, validate
-from ftsweep.evaluation import resolve_precision
 from ftsweep.hooks import Hooks
 from ftsweep.loop import FitResult, LogFn, LoopSettings, fit
 from ftsweep.metrics import PeakMemory, memory_breakdown
 from ftsweep.optim import build_optimizer, build_scheduler, total_optimizer_steps
 from ftsweep.rng import seed_everything
-from ftsweep.tracking import Tracker, flatten
+from ftsweep.tracking import Tracker
 
 log = logging.getLogger("ftsweep")
 HELPER_EXIT_TAG = "ftsweep.helper_exit"  # a helper rank that exited non-zero after the results were in
@@ -138,23 +133,12 @@ class FineTuneRecipe:
         tc, ck = self.cfg, self.ck
         self.resumed = ck is not None and self.tracker.resume(ck["run_id"])
         if not self.resumed:
-            tags = {
-                "method": tc.method.name,
-                "model": tc.model.name,
-                "dataset": tc.data.name,
-                "device": self.device.type,
-                "precision": resolve_precision(tc.precision, self.device).value,
-                **({"ftsweep.device_id": self.hooks.device_id} if self.hooks.device_id is not None else {}),
-                "ftsweep.eval_digest": data_mod.eval_digest(self.splits),
-                "git_commit": _git_commit(),
-                "ftsweep_version": ftsweep.__version__,
-                **self.hooks.tags,
-            }
+            tags = inputs.start_tags(tc, self.device, self.hooks, self.splits)
             if ck is not None:
                 tags["ftsweep.resumed_from"] = ck["run_id"]
             self.tracker.start(
                 experiment=tc.experiment_name or tc.data.name,
-                run_name=run_name(tc),
+                run_name=inputs.run_name(tc),
                 tags=tags,
                 parent_run_id=self.hooks.parent_run_id,
             )
@@ -171,26 +155,7 @@ class FineTuneRecipe:
             tracker.delete_tags("error", "error_type")
             tracker.set_tags({**self.hooks.tags, "ftsweep.resumed_at_step": self.ck["loop"]["result"].steps})
             return
-        tracker.log_params(flatten(self.resolved))
-        tracker.log_text(OmegaConf.to_yaml(self.raw, resolve=True), "config.yaml")
-        tracker.log_text("\n".join(self.overrides or []) + "\n", "overrides.txt")
-        label_map = dict(enumerate(splits.label_names))
-        tracker.log_json(label_map, "label_map.json")
-        train_source, eval_source = data_mod.sources(tc.data)
-        for context, texts, labels, source in (
-            ("train", splits.train_texts, splits.train_labels, train_source),
-            ("eval", splits.eval_texts, splits.eval_labels, eval_source),
-        ):
-            frame = pd.DataFrame({"text": texts, "label": [splits.label_names[i] for i in labels]})
-            tracker.log_dataset(frame, f"{tc.data.name}-{context}", source, context)
-        tracker.log_params(
-            {
-                "label_map": json.dumps(label_map),
-                "num_labels": splits.num_labels,
-                "train_samples": len(splits.train_texts),
-                "eval_samples": len(splits.eval_texts),
-            }
-        )
+        inputs.log_inputs(tracker, tc, self.raw, self.resolved, self.overrides, splits)
 
     # ---- setup: each part returns one thing
     def setup(self) -> None:
@@ -263,51 +228,30 @@ class FineTuneRecipe:
 
     # ---- training
     def train(self) -> FitResult:
-        tc, group = self.cfg, self.group
-        settings = LoopSettings(
-            total_steps=self.loaders.total_steps,
-            epochs=tc.epochs,
-            num_labels=self.splits.num_labels,
-            grad_accum_steps=tc.grad_accum_steps,
-            max_grad_norm=tc.optimizer.max_grad_norm,
-            eval_every_steps=tc.eval_every_steps,
-            log_every_steps=tc.log_every_steps,
-            precision=tc.precision,
-            compile=tc.compile,
-            progress=tc.progress_bar and self.main,
-            early_stopping=tc.early_stopping.patience,
-            early_stopping_metric=tc.early_stopping.metric,
-            early_stopping_min_delta=tc.early_stopping.min_delta,
-            checkpoint_every_steps=tc.checkpoint_every_steps,
+        tc, group, main = self.cfg, self.group, self.main
+        settings = LoopSettings.of(tc, self.loaders.total_steps, self.splits.num_labels, progress=main)
+        # rank 0 evaluates, decides, logs and checkpoints for all; the other ranks only train
+        wiring: dict[str, Any] = (
+            {}
+            if not main
+            else {
+                "resume": self.ck["loop"] if self.ck else None,
+                "hooks": self.hooks,
+                "log": self._log_fn(),
+                "checkpoint": self._save_checkpoint if tc.checkpoint_every_steps else None,
+            }
         )
-        train_loader = group.sharded(self.loaders.train) if group else self.loaders.train
-        step_hook = model_mod.step_hook(self.model)
-        if not self.main:  # rank 0 evaluates, decides and logs for all
-            return fit(
-                self.model,
-                train_loader,
-                None,
-                self.optimizer,
-                self.scheduler,
-                settings,
-                self.device,
-                step_hook=step_hook,
-                group=group,
-            )
         return fit(
             self.model,
-            train_loader,
-            self.loaders.eval,
+            group.sharded(self.loaders.train) if group else self.loaders.train,
+            self.loaders.eval if main else None,
             self.optimizer,
             self.scheduler,
             settings,
             self.device,
-            resume=self.ck["loop"] if self.ck else None,
-            hooks=self.hooks,
-            log=self._log_fn(),
-            step_hook=step_hook,
-            checkpoint=self._save_checkpoint if tc.checkpoint_every_steps else None,
+            step_hook=model_mod.step_hook(self.model),
             group=group,
+            **wiring,
         )
 
     def _log_fn(self) -> LogFn:
@@ -405,25 +349,6 @@ class FineTuneRecipe:
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-
-
-def run_name(cfg: TrainConfig) -> str:
-    if cfg.run_name:
-        return cfg.run_name
-    part = methods.spec(cfg.method).run_name_part(cfg.method)
-    parts = [cfg.method.name] + ([part] if part else [])
-    parts += [f"lr{cfg.lr:.0e}".replace("e-0", "e-").replace("e+0", "e"), f"bs{cfg.batch_size}"]
-    return "-".join(parts)
-
-
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).resolve().parent
-        )
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def train_helper_rank(raw: DictConfig, group: distributed.Group) -> None:

@@ -8,7 +8,7 @@ from mlflow.tracking import MlflowClient
 
 from ftsweep.config import validate
 from ftsweep.errors import FtsweepError, TrainingError
-from ftsweep.recipe import run_name
+from ftsweep.inputs import run_name
 from ftsweep.train import train
 
 CONTRACT_METRICS = {
