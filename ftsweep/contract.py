@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from ftsweep.errors import check_config
 
 EVAL_METRICS = ("eval/accuracy", "eval/f1_macro", "eval/loss")  # every evaluation logs these
+PREDICTIONS = "predictions.parquet"  # every run's artifact: the final eval, one row per example
 
 # What train() returns and logs at the end (docs/contract.md): the names `objectives` and
 # `hydra.sweeper.constraints` may use. The CUDA and compile entries appear only on CUDA / with compile=true.

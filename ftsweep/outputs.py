@@ -15,6 +15,7 @@ import torch
 from ftsweep import artifacts, keep, stats
 from ftsweep import model as model_mod
 from ftsweep.config import SaveModel, TrainConfig
+from ftsweep.contract import PREDICTIONS
 from ftsweep.data import TextSplits
 from ftsweep.errors import DiskFullError, FtsweepError
 from ftsweep.locks import file_of
@@ -23,7 +24,6 @@ from ftsweep.metrics import classification_report
 from ftsweep.tracking import Tracker
 
 log = logging.getLogger("ftsweep")
-PREDICTIONS = "predictions.parquet"  # the final eval's per-example predictions, an artifact of every run
 
 
 def param_counts(model) -> dict[str, float]:

@@ -46,7 +46,8 @@ def make_report(
     evidence.against_full(summary, correct)
     importances = study_importances(optuna_study)
     plots = make_plots(rows, importances, out, study)
-    text = render(parent, rows, summary, plots, importances, evidence.baselines(best, correct, tfidf))
+    findings = evidence.ties(rows, best) + evidence.baselines(best, correct, tfidf)
+    text = render(parent, rows, summary, plots, importances, findings)
     write_text(out / "report.md", text)
     files = [out / "report.md", *plots]
     if html_too:

@@ -51,14 +51,15 @@ def method_summary(rows: list[Row]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for g in groups:
         mine = [r for r in ok if (r.group or r.method) == g]
+        best = max(mine, key=lambda r: r.finished_accuracy)
         out.append(
             {
                 "method": g,
                 "base": mine[0].method,
                 "model": mine[0].model,
                 "trials": len(mine),
-                "best_accuracy": max(r.finished_accuracy for r in mine),
-                "best_row": max(mine, key=lambda r: r.finished_accuracy),
+                "best_accuracy": best.finished_accuracy,
+                "best_row": best,
                 "median_step_ms": _median([r.get("perf/step_time_ms") for r in mine]),
                 "median_memory_mb": _median([r.memory_mb for r in mine]),
                 "trainable_pct": _median([r.get("params/trainable_pct") for r in mine]),

@@ -20,11 +20,11 @@ import numpy as np
 import pandas as pd
 
 from ftsweep import stats
+from ftsweep.contract import PREDICTIONS
 from ftsweep.errors import first_line
 from ftsweep.report.rows import Row
 
 log = logging.getLogger("ftsweep.report")
-PREDICTIONS = "predictions.parquet"  # a run's artifact (ftsweep/outputs.py)
 
 
 @dataclass(frozen=True)
@@ -114,6 +114,21 @@ def against_full(summary: list[dict[str, Any]], correct: dict[str, np.ndarray]) 
             s["vs_full"] = compare(s["best_row"], full["best_row"], correct)
 
 
+def ties(rows: list[Row], best: Optional[Row]) -> list[str]:
+    """How many trials the eval set cannot tell from the best (set by against_best), and on what evidence."""
+    others = [r for r in rows if r.ok and r.vs_best is not None and r is not best]
+    if best is None or not others:
+        return []
+    tied = [r for r in others if r.vs_best.tied]
+    paired = all(r.vs_best.paired for r in others)
+    how = "paired bootstrap over the shared eval examples" if paired else "unpaired: some runs have no predictions"
+    return [
+        "",
+        f"**Tied with the best:** {len(tied)} of the {len(others)} other finished trial(s): the 95 % interval of "
+        f"their accuracy against the best's covers 0 ({how}).",
+    ]
+
+
 def baselines(best: Optional[Row], correct: dict[str, np.ndarray], tfidf: dict[str, np.ndarray]) -> list[str]:
     """The answer's baseline line: majority class and TF-IDF on the same rows, and whether the best beat
     TF-IDF, paired over the eval examples when its predictions say what TF-IDF answered."""
@@ -123,7 +138,7 @@ def baselines(best: Optional[Row], correct: dict[str, np.ndarray], tfidf: dict[s
     line = f"**Baselines on the same rows:** majority class {majority:.4f}, TF-IDF + logistic regression {text:.4f}."
     a, b = correct.get(best.run_id), tfidf.get(best.run_id)
     if a is None or b is None:
-        return [line]
+        return ["", line]
     vs = stats.paired_difference(a, b)
     verdict = "beats" if vs.low > 0 else ("does not beat" if vs.high < 0 else "is tied with")
-    return [f"{line} The best {verdict} TF-IDF: {Comparison(vs.diff, vs.low, vs.high, vs.p_value, True).points()}."]
+    return ["", f"{line} The best {verdict} TF-IDF: {Comparison(vs.diff, vs.low, vs.high, vs.p_value, True).points()}."]

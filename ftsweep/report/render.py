@@ -26,8 +26,9 @@ def render(
     summary: list[dict],
     plots: list[Path],
     importances: dict[str, float],
-    baselines: Optional[list[str]] = None,
+    findings: Optional[list[str]] = None,
 ) -> str:
+    """`findings`: the answer's evidence lines (ties, baselines: ftsweep/report/evidence.py)."""
     study = parent.data.tags.get("optuna.study_name", parent.info.run_name)
     ok = [r for r in rows if r.ok]
     pruned = [r for r in rows if r.state == "PRUNED"]
@@ -41,8 +42,7 @@ def render(
         "## Answer",
         "",
         *answer(rows),
-        *_ties(ok),
-        *([""] + baselines if baselines else []),
+        *(findings or []),
         "",
     ]
     budget = constraints_of(parent)
@@ -61,23 +61,6 @@ def render(
     if plots:
         md += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
     return "\n".join(md) + "\n"
-
-
-def _ties(ok: list[Row]) -> list[str]:
-    """How many trials the eval set cannot tell from the best, and on what evidence."""
-    compared = [r for r in ok if r.vs_best is not None]
-    if len(compared) < 2:
-        return []
-    best = max(compared, key=lambda r: r.accuracy or 0.0)  # as evidence.against_best chose it
-    others = [r for r in compared if r is not best]
-    tied = [r for r in others if r.vs_best.tied]
-    paired = all(r.vs_best.paired for r in others)
-    how = "paired bootstrap over the shared eval examples" if paired else "unpaired: some runs have no predictions"
-    return [
-        "",
-        f"**Tied with the best:** {len(tied)} of the {len(others)} other finished trial(s): the 95 % interval of "
-        f"their accuracy against the best's covers 0 ({how}).",
-    ]
 
 
 def _trials(rows: list[Row], ok: list[Row], budget: dict[str, float]) -> list[str]:
