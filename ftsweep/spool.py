@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
+import socket
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -41,6 +43,13 @@ _UNREACHABLE = (
     "failed with exception HTTPConnectionPool",
     "failed with exception HTTPSConnectionPool",
 )
+
+
+def worker_folder(sweep_dir: Path) -> Path:
+    """The spool of this process's writes to a sweep's parent run. Several workers write to that one run,
+    each through its own spool: one shared folder let a starting worker move aside the spool another was
+    writing (found by CI with 8 workers: an artifact copy vanished before it was sent)."""
+    return Path(sweep_dir) / f"{FOLDER}-{socket.gethostname()}-{os.getpid()}"
 
 
 def unreachable(exc: BaseException) -> bool:

@@ -40,8 +40,12 @@ def sync_one(spool: spool_mod.Spool, tracking_uri: str | None, renamed: dict[str
     tracker = Tracker(tracking_uri or run["tracking_uri"])
     run_id = run["run_id"]
     try:
-        tracker.client.get_run(run_id)
-        start = spool.delivered
+        if run_id in renamed:  # another worker's spool of this sweep's parent run made it again already
+            write_json(spool.folder / spool_mod.RUN, {**run, "run_id": renamed[run_id], "synced_from": run_id})
+            run_id, start = renamed[run_id], 0
+        else:
+            tracker.client.get_run(run_id)
+            start = spool.delivered
         where = f"run {run_id}"
     except MlflowException:
         tags = {k: v for k, v in run.get("tags", {}).items() if not k.startswith("mlflow.")}

@@ -111,7 +111,7 @@ def test_a_sweeps_parent_is_synced_first_and_its_trials_nest_under_it_in_a_new_s
     """Spools of a parent run and a trial, as a sweep leaves them, synced into a store that has neither."""
     parent, child = Tracker(), Tracker()
     parent.start("local", "sweep-x", {"ftsweep.role": "sweep"})
-    parent.keep_writes(tmp_path / "sweep" / "tracking", 600)
+    parent.keep_writes(spool.worker_folder(tmp_path / "sweep"), 600)
     child.start("local", "trial", {}, parent_run_id=parent.run_id)
     child.keep_writes(tmp_path / "sweep" / "trial_0" / "tracking", 600)
     child.log_metrics({"eval/accuracy": 0.75}, step=3)
@@ -120,10 +120,46 @@ def test_a_sweeps_parent_is_synced_first_and_its_trials_nest_under_it_in_a_new_s
     parent.end("FINISHED")
     elsewhere = f"sqlite:///{tmp_path / 'elsewhere.db'}"
     lines = sync(tmp_path / "sweep", tracking_uri=elsewhere)
-    assert lines[0].startswith(f"{tmp_path / 'sweep' / 'tracking'}: ") and len(lines) == 3  # parent, trial, report
+    assert (
+        lines[0].startswith(f"{spool.worker_folder(tmp_path / 'sweep')}: ") and len(lines) == 3
+    )  # parent, trial, report
     client = MlflowClient(elsewhere)
     runs = client.search_runs([client.get_experiment_by_name("local").experiment_id])
     [new_parent] = [r for r in runs if r.data.tags.get("ftsweep.role") == "sweep"]
     [new_child] = [r for r in runs if r.data.tags.get("ftsweep.synced_from") == child.spool.run["synced_from"]]
     assert new_child.data.tags["mlflow.parentRunId"] == new_parent.info.run_id
     assert new_child.data.metrics["eval/accuracy"] == 0.75 and {r.info.status for r in runs} == {"FINISHED"}
+
+
+def test_each_sweep_worker_spools_the_parent_run_in_its_own_folder(tmp_path, monkeypatch):
+    """Workers of one sweep write to its one parent run. A starting worker must not move aside the spool
+    another is writing (they shared one folder, and a worker's artifact copy vanished before it was sent),
+    and a sync into a new store makes the parent run once from all the workers' spools."""
+    parent = Tracker()
+    run_id = parent.start("local", "sweep-x", {"ftsweep.role": "sweep"})
+    parent.end("FINISHED")
+    folders, spools = [], []
+    for pid, value in ((101, 1.0), (102, 2.0)):
+        monkeypatch.setattr(os, "getpid", lambda pid=pid: pid)
+        folders.append(spool.worker_folder(tmp_path / "sweep"))
+        spools.append(
+            spool.Spool.create(
+                folders[-1],
+                {
+                    "run_id": run_id,
+                    "tracking_uri": parent.tracking_uri,
+                    "experiment": "local",
+                    "run_name": "sweep-x",
+                    "tags": {},
+                },
+            )
+        )
+        spools[-1].append({"kind": "metrics", "metrics": {"sweep/x": value}, "step": pid, "ts": 1000})
+    assert folders[0] != folders[1] and all(f.name.startswith(spool.FOLDER) for f in folders)
+    assert [s.waiting() for s in spools] == [True, True]  # the first worker's spool is still where it wrote it
+    elsewhere = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    first, second = sync(tmp_path / "sweep", tracking_uri=elsewhere)
+    client = MlflowClient(elsewhere)
+    [run] = client.search_runs([client.get_experiment_by_name("local").experiment_id])
+    assert f"new run {run.info.run_id}" in first and second.endswith(f"delivered to run {run.info.run_id}")
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "sweep/x")] == [1.0, 2.0]

@@ -55,7 +55,7 @@ def open_parent_run(study: optuna.Study, d: SweepDefinition, url: str, config: D
     run_id = study.user_attrs.get(PARENT_RUN_ATTR)
     window = float(config.tracking.retry_window_s)
     if run_id and tracker.resume(run_id):
-        tracker.keep_writes(sweep_dir / spool.FOLDER, window)
+        tracker.keep_writes(spool.worker_folder(sweep_dir), window)
         return tracker
     tracker.start(
         config.experiment_name or config.data.name,
@@ -85,7 +85,7 @@ def open_parent_run(study: optuna.Study, d: SweepDefinition, url: str, config: D
         }
     )
     study.set_user_attr(PARENT_RUN_ATTR, tracker.run_id)
-    tracker.keep_writes(sweep_dir / spool.FOLDER, window)  # its results wait out a store's outage too
+    tracker.keep_writes(spool.worker_folder(sweep_dir), window)  # its results wait out a store's outage too
     return tracker
 
 
