@@ -11,11 +11,17 @@ from pathlib import Path
 import pytest
 
 from ftsweep.report.analysis import answer, mark_pareto, method_summary, pareto_front
+from ftsweep.report.recommend import recommend
 from ftsweep.report.render import to_html
+from ftsweep.report.replicates import configurations
 from ftsweep.report.rows import Row, mark_budget
 from tests.conftest import REPO, free_port, toy_rows, wait_http, write_csv
 
 ARTIFACTS = REPO / "test-artifacts"  # screenshots land here (ignored by git)
+
+
+def decide(rows):
+    return answer(rows, recommend(configurations(rows), {}))
 
 
 def row(trial, method, acc, mem, step, **params):
@@ -31,6 +37,7 @@ def row(trial, method, acc, mem, step, **params):
         },
         state="FINISHED",
         run_id=f"run{trial}",
+        eval_samples=1000,
     )
 
 
@@ -73,21 +80,27 @@ def test_answer_takes_its_numbers_from_the_rows():
         row(1, "lora", 0.8987, 600, 80, lr=5e-4),
         row(2, "head", 0.7, 500, 20, lr=1e-3),
     ]
-    best, cheap = answer(rows)
-    assert "`full`" in best and "0.9123" in best and "1000 MB" in best and "run0" in best
-    assert "(600 MB)" in cheap and "`lora`" in cheap and "0.8987" in cheap and "-1.4 points" in cheap
+    best, cheap, confirm = decide(rows)
+    assert "`full`" in best and "0.9123" in best and "memory 1,000 MB" in best and "run0" in best
+    # lora is 1.4 points lower, within the noise of 1,000 examples each; head, 21 points lower, is not
+    assert (
+        cheap.startswith("**Cheapest tied with the best, by memory:** `lora`")
+        and "memory 600 MB (-40 % memory)" in cheap
+    )
+    assert "0.8987" in cheap and "no measurable loss on one seed (unconfirmed): -1.4 points [" in cheap
+    assert "hydra.sweeper.repeats=3" in confirm
 
 
 def test_answer_when_everything_failed():
     failed = Row(trial=0, method="full", params={}, metrics={}, state="FAILED", error="boom")
-    assert "all 1 failed" in answer([failed])[0]
+    assert "all 1 failed" in decide([failed])[0]
 
 
 def test_trials_over_budget_are_marked_and_never_the_answer():
     rows = [
         row(0, "full", 0.95, 3500, 100),
-        row(1, "lora", 0.90, 2000, 950),
-        row(2, "lora", 0.88, 2500, 400),
+        row(1, "lora", 0.90, 2000, 950, lr=1e-3),
+        row(2, "lora", 0.88, 2500, 400, lr=5e-4),
         Row(
             trial=3, method="full", params={}, metrics={}, state="FAILED", error="OutOfMemoryError: CUDA out of memory"
         ),
@@ -96,7 +109,7 @@ def test_trials_over_budget_are_marked_and_never_the_answer():
     assert [r.over_budget for r in rows] == [["mem/peak_mb"], ["perf/step_time_ms"], [], ["out of memory"]]
     mark_pareto(rows)
     assert rows[0].pareto == [] and rows[2].pareto == ["memory", "time"]  # fronts among feasible trials only
-    assert "run2" in answer(rows)[0]  # not the more accurate run0 or run1, which break the budget
+    assert "run2" in decide(rows)[0]  # not the more accurate run0 or run1, which break the budget
 
 
 def test_html_is_rendered_by_a_markdown_library_with_tables_and_images():

@@ -65,3 +65,31 @@ def test_the_paired_interval_covers_the_true_difference_about_95_percent_of_the_
         d = stats.paired_difference(a, b, n_boot=1000, seed=i)
         hits += d.low <= true <= d.high
     assert 0.90 <= hits / sims <= 0.99, hits / sims
+
+
+def test_replicate_difference_covers_the_true_difference_about_95_percent_of_the_time():
+    """Three seeds a side on the same 1,000 examples (60 % easy for all), true accuracies 0.85 and 0.82."""
+    rng = np.random.default_rng(7)
+    covered = 0
+    for _ in range(200):
+        shared = rng.random(1000) < 0.6
+        a = [np.where(shared, True, rng.random(1000) < 0.625) for _ in range(3)]
+        b = [np.where(shared, True, rng.random(1000) < 0.55) for _ in range(3)]
+        d = stats.replicate_difference(a, b, n_boot=500)
+        covered += d.low <= 0.03 <= d.high
+    assert 0.90 <= covered / 200 <= 1.0  # two-level resampling is, if anything, a little wide
+
+
+def test_replicate_difference_of_one_seed_a_side_is_the_paired_difference():
+    rng = np.random.default_rng(3)
+    a, b = rng.random(500) < 0.8, rng.random(500) < 0.7
+    one, paired = stats.replicate_difference([a], [b]), stats.paired_difference(a, b)
+    assert one.diff == pytest.approx(paired.diff) and one.p_value == paired.p_value
+    assert abs(one.low - paired.low) < 0.01 and abs(one.high - paired.high) < 0.01
+
+
+def test_replicate_interval_adds_the_seeds_spread_to_the_examples():
+    low, high = stats.replicate_interval([0.80, 0.82, 0.84], 1000)
+    seeds_only = 4.303 * 0.02 / 3**0.5  # t(2) times the seeds' standard error
+    assert high - low > 2 * seeds_only and low < 0.82 < high
+    assert stats.replicate_interval([0.8, 0.8], 1000) == pytest.approx(stats.replicate_interval([0.8], 1000))

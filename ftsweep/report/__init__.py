@@ -14,13 +14,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from ftsweep.artifacts import write_text
-from ftsweep.report import evidence
+from ftsweep.artifacts import write_json, write_text
+from ftsweep.report import document, evidence
 from ftsweep.report.analysis import mark_pareto, method_summary
+from ftsweep.report.caveats import find as find_caveats
 from ftsweep.report.plots import make_plots
+from ftsweep.report.recommend import recommend
 from ftsweep.report.render import render, to_html
-from ftsweep.report.rows import collect, find_sweep, load_study, study_importances
+from ftsweep.report.replicates import configurations
+from ftsweep.report.rows import collect, find_sweep, load_study, read_histories, study_importances
 from ftsweep.tracking import Tracker
+
+WARNINGS_TAG = "ftsweep.warnings"  # the parent run's: the kinds of the report's warnings, comma-separated
 
 
 def make_report(
@@ -29,30 +34,41 @@ def make_report(
     out: Optional[Path] = None,
     html_too: bool = True,
     storage: Optional[str] = None,
+    tolerance: Optional[float] = None,
 ) -> Path:
     """Write the report of a sweep (default: the latest) into `out` (default: the sweep's own folder) and log
-    it as artifacts of the sweep's parent run; returns the path of report.md."""
+    it as artifacts of the sweep's parent run; returns the path of report.md. `tolerance`: the accuracy points
+    a cheaper configuration may lose (default: the sweep's `hydra.sweeper.tolerance`, else 0: ties only)."""
     client = Tracker().client
     parent = find_sweep(client, parent_run_id, experiment)
     study = parent.data.tags.get("optuna.study_name", parent.info.run_id)
     out = Path(out or parent.data.tags.get("ftsweep.sweep_dir") or Path("multirun") / study)
     out.mkdir(parents=True, exist_ok=True)
+    if tolerance is None:
+        tolerance = float(parent.data.params.get("sweep.tolerance") or 0.0)
     optuna_study = load_study(parent, storage)
     rows = collect(client, parent, optuna_study)
+    read_histories(client, rows)
     mark_pareto(rows)
     correct, tfidf = evidence.outcomes(client, rows)
     best = evidence.against_best(rows, correct)
     summary = method_summary(rows)
     evidence.against_full(summary, correct)
+    configs = configurations(rows)
+    rec = recommend(configs, correct, tolerance)
     importances = study_importances(optuna_study)
+    caveats = find_caveats(rows, rec, importances)
+    figures = evidence.baselines(best, correct, tfidf)
     plots = make_plots(rows, importances, out, study)
-    findings = evidence.ties(rows, best) + evidence.baselines(best, correct, tfidf)
-    text = render(parent, rows, summary, plots, importances, findings)
+    findings = evidence.ties(rows, best) + evidence.baseline_lines(figures)
+    text = render(parent, rows, summary, plots, importances, rec, caveats, findings)
     write_text(out / "report.md", text)
-    files = [out / "report.md", *plots]
+    write_json(out / "report.json", document.build(parent, rows, rec, configs, caveats, figures))
+    files = [out / "report.md", out / "report.json", *plots]
     if html_too:
         write_text(out / "report.html", to_html(text, f"ftsweep report {study}"))
         files.append(out / "report.html")
     for path in files:  # beside the sweep's results, without touching the parent run's status
         client.log_artifact(parent.info.run_id, str(path), artifact_path="report")
+    client.set_tag(parent.info.run_id, WARNINGS_TAG, ",".join(sorted({c.kind for c in caveats})))
     return out / "report.md"

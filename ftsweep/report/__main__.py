@@ -19,9 +19,19 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--out", type=Path, help="output folder (default: the sweep's folder, multirun/<study>)")
     ap.add_argument("--storage", help="the study's Optuna storage URL, when MLflow holds it with a hidden password")
     ap.add_argument("--no-html", action="store_true", help="write report.md only")
+    ap.add_argument(
+        "--tolerance",
+        type=float,
+        help="accuracy points a cheaper configuration may lose and still be recommended (default: the sweep's "
+        "hydra.sweeper.tolerance, else 0: ties only)",
+    )
     args = ap.parse_args(argv)
+    if args.tolerance is not None and not 0 <= args.tolerance < 100:
+        ap.error(f"--tolerance is in accuracy points, 0 <= t < 100; got {args.tolerance}")
     try:
-        path = make_report(args.sweep, args.experiment, args.out, html_too=not args.no_html, storage=args.storage)
+        path = make_report(
+            args.sweep, args.experiment, args.out, not args.no_html, storage=args.storage, tolerance=args.tolerance
+        )
     except FtsweepError as exc:  # no such sweep, a tracking store that cannot work
         print(f"ftsweep.report: error: {exc}", file=sys.stderr)
         return 2

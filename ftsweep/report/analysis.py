@@ -5,6 +5,8 @@ from __future__ import annotations
 import statistics
 from typing import Any, Optional, Sequence
 
+from ftsweep.report.recommend import Recommendation
+from ftsweep.report.replicates import Configuration
 from ftsweep.report.rows import Row, fmt
 
 HYPER = (
@@ -102,10 +104,9 @@ def describe(row: Row, keys: Sequence[str]) -> str:
     return f"`{row.method}`" + (" with " + ", ".join(shown) if shown else "")
 
 
-def answer(rows: list[Row]) -> list[str]:
-    """The plain-language answer, from the trials within budget only: every figure comes from the rows."""
-    ok = [r for r in rows if r.ok and r.feasible]
-    if not ok:
+def answer(rows: list[Row], rec: Recommendation) -> list[str]:
+    """The plain-language answer, from the configurations within budget only: every figure comes from the rows."""
+    if rec.best is None:
         if any(r.ok for r in rows):
             return [
                 "No finished trial is within the sweep's budget (hydra.sweeper.constraints): see the ✗ rows "
@@ -116,25 +117,43 @@ def answer(rows: list[Row]) -> list[str]:
             f"No trial finished: all {len(failed)} failed. The errors are listed below; fix the first and rerun "
             "the same command (finished trials are kept)."
         ]
-    keys = varying(rows)
-    best = max(ok, key=lambda r: r.finished_accuracy)
-    lines = [
-        f"**Best overall:** {describe(best, keys)}: accuracy {best.accuracy:.4f}, memory "
-        f"{best.memory_mb:.0f} MB, step time {best.get('perf/step_time_ms') or float('nan'):.1f} ms "
-        f"(run `{best.run_id}`)."
-    ]
-    budget = _median([r.memory_mb for r in ok])
-    within = [] if budget is None else [r for r in ok if r.memory_mb is not None and r.memory_mb <= budget]
-    if within:
-        cheap = max(within, key=lambda r: r.finished_accuracy)
-        if cheap is best:
-            lines.append(f"**Best under the median memory ({budget:.0f} MB):** the same configuration.")
-        else:
-            # cheap is within the budget; best had its memory formatted with :.0f above, so it has one
-            assert cheap.memory_mb is not None and best.memory_mb is not None
-            lines.append(
-                f"**Best under the median memory ({budget:.0f} MB):** {describe(cheap, keys)}: accuracy "
-                f"{cheap.accuracy:.4f} ({100 * (cheap.finished_accuracy - best.finished_accuracy):+.1f} points) at "
-                f"{cheap.memory_mb:.0f} MB ({100 * (cheap.memory_mb / best.memory_mb - 1):+.0f} % memory)."
-            )
+    keys, best = varying(rows), rec.best
+    lines = [f"**Best overall:** {describe(best.rows[0], keys)}: {_accuracy(best)}, {_costs(best)} ({_runs(best)})."]
+    rule = "tied with" if rec.tolerance_points == 0 else f"within {rec.tolerance_points:g} points of"
+    for pick in rec.picks:
+        head = f"**Cheapest {rule} the best, by {pick.axis}:**"
+        if pick.config is best:
+            lines.append(f"{head} the best itself; nothing cheaper is {rule} it.")
+            continue
+        ratio = _ratio(pick.config.cost(pick.axis), best.cost(pick.axis))
+        lines.append(
+            f"{head} {describe(pick.config.rows[0], keys)}: {_costs(pick.config)} ({ratio} {pick.axis}), "
+            f"{_accuracy(pick.config)}: {pick.verdict} ({_runs(pick.config)})."
+        )
+    if any(p.config is not best and p.tied and not p.confirmed for p in rec.picks):
+        lines.append(
+            "One seed can tie by luck: confirm with fresh seeds before relying on it, `hydra.sweeper.repeats=3` "
+            "(or sweep `seed=1,2,3`)."
+        )
     return lines
+
+
+def _accuracy(c: Configuration) -> str:
+    low, high = c.interval
+    seeds = f", mean of {c.n} seeds ± {c.sd:.4f}" if c.sd is not None else ""
+    return f"accuracy {c.mean:.4f} [{low:.3f}, {high:.3f}]{seeds}"
+
+
+def _costs(c: Configuration) -> str:
+    memory, time = c.cost("memory"), c.cost("time")
+    return ", ".join(
+        [*([f"memory {memory:,.0f} MB"] if memory is not None else []), *([f"train {time:,.1f} s"] if time else [])]
+    )
+
+
+def _ratio(cost: Optional[float], best: Optional[float]) -> str:
+    return f"{100 * (cost / best - 1):+.0f} %" if cost is not None and best else "?"
+
+
+def _runs(c: Configuration) -> str:
+    return ("run " if c.n == 1 else "runs ") + ", ".join(f"`{r.run_id}`" for r in c.rows)

@@ -64,6 +64,7 @@ def outcomes(client: Any, rows: list[Row]) -> tuple[dict[str, np.ndarray], dict[
                 log.debug("no predictions for run %s: %s", row.run_id, first_line(exc))
                 continue
             found[row.run_id] = (frame["label"] == frame["predicted"]).to_numpy()
+            row.predicted_classes = int(frame["predicted"].nunique())
             if "tfidf_predicted" in frame:
                 tfidf[row.run_id] = (frame["label"] == frame["tfidf_predicted"]).to_numpy()
             Path(path).unlink(missing_ok=True)
@@ -129,16 +130,32 @@ def ties(rows: list[Row], best: Optional[Row]) -> list[str]:
     ]
 
 
-def baselines(best: Optional[Row], correct: dict[str, np.ndarray], tfidf: dict[str, np.ndarray]) -> list[str]:
-    """The answer's baseline line: majority class and TF-IDF on the same rows, and whether the best beat
-    TF-IDF, paired over the eval examples when its predictions say what TF-IDF answered."""
+def baselines(best: Optional[Row], correct: dict[str, np.ndarray], tfidf: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Majority class and TF-IDF on the same rows as the best trial, and the best against TF-IDF, paired over the
+    eval examples when its predictions say what TF-IDF answered ({} for runs logged without baselines)."""
     if best is None or best.get("baseline/tfidf_accuracy") is None:
-        return []
-    majority, text = best.get("baseline/majority_accuracy"), best.get("baseline/tfidf_accuracy") or 0.0
-    line = f"**Baselines on the same rows:** majority class {majority:.4f}, TF-IDF + logistic regression {text:.4f}."
+        return {}
+    figures: dict[str, Any] = {
+        "majority_accuracy": best.get("baseline/majority_accuracy"),
+        "tfidf_accuracy": best.get("baseline/tfidf_accuracy"),
+    }
     a, b = correct.get(best.run_id), tfidf.get(best.run_id)
-    if a is None or b is None:
+    if a is not None and b is not None:
+        vs = stats.paired_difference(a, b)
+        figures["best_vs_tfidf"] = Comparison(vs.diff, vs.low, vs.high, vs.p_value, True)
+    return figures
+
+
+def baseline_lines(figures: dict[str, Any]) -> list[str]:
+    """The answer's baseline line, and whether the best beat TF-IDF."""
+    if not figures:
+        return []
+    line = (
+        f"**Baselines on the same rows:** majority class {figures['majority_accuracy']:.4f}, TF-IDF + logistic "
+        f"regression {figures['tfidf_accuracy']:.4f}."
+    )
+    vs = figures.get("best_vs_tfidf")
+    if vs is None:
         return ["", line]
-    vs = stats.paired_difference(a, b)
     verdict = "beats" if vs.low > 0 else ("does not beat" if vs.high < 0 else "is tied with")
-    return ["", f"{line} The best {verdict} TF-IDF: {Comparison(vs.diff, vs.low, vs.high, vs.p_value, True).points()}."]
+    return ["", f"{line} The best {verdict} TF-IDF: {vs.points()}."]

@@ -9,8 +9,10 @@ from typing import Any, Optional
 from markdown_it import MarkdownIt
 
 from ftsweep.report.analysis import answer, describe, varying
+from ftsweep.report.caveats import Caveat
 from ftsweep.report.evidence import Comparison
 from ftsweep.report.plots import memory_label
+from ftsweep.report.recommend import Recommendation
 from ftsweep.report.rows import Row, constraints_of, fmt
 
 
@@ -26,6 +28,8 @@ def render(
     summary: list[dict],
     plots: list[Path],
     importances: dict[str, float],
+    rec: Recommendation,
+    caveats: list[Caveat],
     findings: Optional[list[str]] = None,
 ) -> str:
     """`findings`: the answer's evidence lines (ties, baselines: ftsweep/report/evidence.py)."""
@@ -41,10 +45,12 @@ def render(
         "",
         "## Answer",
         "",
-        *answer(rows),
+        *answer(rows, rec),
         *(findings or []),
         "",
     ]
+    if caveats:
+        md += ["## Warnings", "", *(c.line() for c in caveats), ""]
     budget = constraints_of(parent)
     if budget:
         md += [

@@ -37,6 +37,8 @@ class Row:
     eval_digest: str = ""  # the eval split it was scored on (tag ftsweep.eval_digest); "" for older runs
     eval_samples: Optional[int] = None
     vs_best: Any = None  # a report.evidence.Comparison: this trial's accuracy against the best trial's
+    predicted_classes: Optional[int] = None  # how many classes its eval predictions use (from predictions.parquet)
+    history: dict[str, list[float]] = field(default_factory=dict)  # train/loss and eval/accuracy, step by step
 
     def get(self, key: str) -> Optional[float]:
         value = self.metrics.get(key)
@@ -132,6 +134,22 @@ def collect(client, parent, study=None) -> list[Row]:
     for r in rows:
         r.group = f"{r.method} ({r.model})" if several_models and r.model else r.method
     return rows
+
+
+HISTORIES = ("train/loss", "eval/accuracy")
+
+
+def read_histories(client, rows: list[Row]) -> None:
+    """Each finished trial's loss and eval curves, for the warnings (undertrained, diverged)."""
+    for r in rows:
+        if r.run_id and r.state in ("FINISHED", "FAILED"):
+            try:
+                r.history = {
+                    k: [m.value for m in sorted(client.get_metric_history(r.run_id, k), key=lambda m: m.step)]
+                    for k in HISTORIES
+                }
+            except MlflowException as exc:  # warnings are a bonus: never fail the report for them
+                log.debug("no history for run %s: %s", r.run_id, first_line(exc))
 
 
 def constraints_of(parent) -> dict[str, float]:
