@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from ftsweep.report.analysis import answer, mark_pareto, method_summary, pareto_front
-from ftsweep.report.render import to_html
 from ftsweep.report.rows import Row, fmt, mark_budget
 from tests.conftest import REPO, free_port, toy_rows, wait_http, write_csv
 
@@ -110,12 +109,6 @@ def test_cells_have_significant_digits_and_thousands_separators():
         "True",
         "–",
     ]
-
-
-def test_html_is_rendered_by_a_markdown_library_with_tables_and_images():
-    page = to_html("# T\n\n| a | b |\n|---|---|\n| 1 | <x> |\n\n![plot](p.png)\n", "t")
-    assert "<h1>T</h1>" in page and page.count("<td>") == 2 and "&lt;x&gt;" in page
-    assert '<img src="p.png" alt="plot"' in page
 
 
 # --------------------------------------------------------------------------- on real sweeps

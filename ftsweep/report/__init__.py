@@ -5,8 +5,8 @@
 rows.py reads the sweep's parent and child runs from MLflow (MLFLOW_TRACKING_URI), plus trials that
 failed before they had an MLflow run from the Optuna study; evidence.py compares every trial with the best,
 example by example, from the runs' predictions; analysis.py finds the fronts and the answer; plots.py draws;
-render.py writes report.md and report.html. Every number in the text is taken from the table; nothing is
-typed in.
+render.py writes report.md, and page.py makes it the self-contained page report.html. Every number in the text
+is taken from the table; nothing is typed in.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from typing import Optional
 from ftsweep.artifacts import write_text
 from ftsweep.report import evidence
 from ftsweep.report.analysis import mark_pareto, method_summary
+from ftsweep.report.page import RunLinks, to_html
 from ftsweep.report.plots import make_plots
-from ftsweep.report.render import render, to_html
+from ftsweep.report.render import render
 from ftsweep.report.rows import collect, find_sweep, load_study, study_importances
 from ftsweep.tracking import Tracker
 
@@ -51,7 +52,8 @@ def make_report(
     write_text(out / "report.md", text)
     files = [out / "report.md", *plots]
     if html_too:
-        write_text(out / "report.html", to_html(text, f"ftsweep report {study}"))
+        links = RunLinks.of(client.tracking_uri, parent.info.experiment_id)
+        write_text(out / "report.html", to_html(text, f"ftsweep report {study}", out, links))
         files.append(out / "report.html")
     for path in files:  # beside the sweep's results, without touching the parent run's status
         client.log_artifact(parent.info.run_id, str(path), artifact_path="report")
