@@ -12,9 +12,8 @@ import pytest
 
 from ftsweep.report.analysis import answer, mark_pareto, method_summary, pareto_front
 from ftsweep.report.recommend import recommend
-from ftsweep.report.render import to_html
 from ftsweep.report.replicates import configurations
-from ftsweep.report.rows import Row, mark_budget
+from ftsweep.report.rows import Row, fmt, mark_budget
 from tests.conftest import REPO, free_port, toy_rows, wait_http, write_csv
 
 ARTIFACTS = REPO / "test-artifacts"  # screenshots land here (ignored by git)
@@ -112,10 +111,17 @@ def test_trials_over_budget_are_marked_and_never_the_answer():
     assert "run2" in decide(rows)[0]  # not the more accurate run0 or run1, which break the budget
 
 
-def test_html_is_rendered_by_a_markdown_library_with_tables_and_images():
-    page = to_html("# T\n\n| a | b |\n|---|---|\n| 1 | <x> |\n\n![plot](p.png)\n", "t")
-    assert "<h1>T</h1>" in page and page.count("<td>") == 2 and "&lt;x&gt;" in page
-    assert '<img src="p.png" alt="plot"' in page
+def test_cells_have_significant_digits_and_thousands_separators():
+    assert [fmt(v) for v in (22713986, 12345.6, 0.326912, 4.4051, 1e-05, "0.00057720094", True, None)] == [
+        "22,713,986",
+        "12,346",
+        "0.3269",
+        "4.405",
+        "1e-05",
+        "0.0005772",
+        "True",
+        "–",
+    ]
 
 
 # --------------------------------------------------------------------------- on real sweeps

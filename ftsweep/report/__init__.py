@@ -4,9 +4,11 @@
 
 rows.py reads the sweep's parent and child runs from MLflow (MLFLOW_TRACKING_URI), plus trials that
 failed before they had an MLflow run from the Optuna study; evidence.py compares every trial with the best,
-example by example, from the runs' predictions; analysis.py finds the fronts and the answer; plots.py draws;
-render.py writes report.md and report.html. Every number in the text is taken from the table; nothing is
-typed in.
+example by example, from the runs' predictions; replicates.py groups seeds into configurations; recommend.py
+picks the cheapest configuration tied with the best; caveats.py finds what the sweep cannot tell;
+analysis.py finds the fronts and words the answer; plots.py draws; render.py writes report.md, page.py makes
+it the self-contained page report.html, and document.py writes report.json. Every number in the text is
+taken from the table; nothing is typed in.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from ftsweep.artifacts import write_json, write_text
 from ftsweep.report import document, evidence
 from ftsweep.report.analysis import mark_pareto, method_summary
 from ftsweep.report.caveats import find as find_caveats
+from ftsweep.report.page import RunLinks, to_html
 from ftsweep.report.plots import make_plots
 from ftsweep.report.recommend import recommend
-from ftsweep.report.render import render, to_html
+from ftsweep.report.render import render
 from ftsweep.report.replicates import configurations
 from ftsweep.report.rows import collect, find_sweep, load_study, read_histories, study_importances
 from ftsweep.tracking import Tracker
@@ -66,7 +69,8 @@ def make_report(
     write_json(out / "report.json", document.build(parent, rows, rec, configs, caveats, figures))
     files = [out / "report.md", out / "report.json", *plots]
     if html_too:
-        write_text(out / "report.html", to_html(text, f"ftsweep report {study}"))
+        links = RunLinks.of(client.tracking_uri, parent.info.experiment_id)
+        write_text(out / "report.html", to_html(text, f"ftsweep report {study}", out, links))
         files.append(out / "report.html")
     for path in files:  # beside the sweep's results, without touching the parent run's status
         client.log_artifact(parent.info.run_id, str(path), artifact_path="report")

@@ -1,12 +1,9 @@
-"""Writing the report: Markdown from the rows and the analysis, and the same as an HTML page."""
+"""Writing the report: Markdown from the rows, the analysis, the recommendation and the warnings."""
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 from typing import Any, Optional
-
-from markdown_it import MarkdownIt
 
 from ftsweep.report.analysis import answer, describe, varying
 from ftsweep.report.caveats import Caveat
@@ -161,17 +158,4 @@ def _per_method(summary: list[dict]) -> list[str]:
 
     return ["", "## Per method", ""] + table(
         [name for name, _ in PER_METHOD], [[cell(s, key) for _, key in PER_METHOD] for s in summary]
-    )
-
-
-def to_html(markdown_text: str, title: str) -> str:
-    """report.md as a standalone HTML page (CommonMark with tables, by markdown-it-py)."""
-    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown_text)
-    style = (
-        "body{font-family:sans-serif;max-width:1200px;margin:2em auto}table{border-collapse:collapse;"
-        "font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}img{max-width:100%}"
-    )
-    return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"<style>{style}</style></head><body>{body}</body></html>\n"
     )

@@ -231,10 +231,16 @@ def to_float(value: Any) -> Optional[float]:
 
 
 def fmt(value: Any, digits: int = 4) -> str:
+    """A number as a reader takes it in: `digits` significant digits (0.3269, 4.405), and from 1,000 up whole,
+    with thousands separators (22,713,986 parameters; 12,346 MB, where `g` would write 1.235e+04)."""
     if value is None:
         return "–"
     if isinstance(value, str) and "." in value:  # MLflow keeps params as text: 0.00057720094 -> 0.000577
         value = to_float(value) if to_float(value) is not None else value
+    if isinstance(value, bool):  # an int to Python, a flag to the reader
+        return str(value)
+    if isinstance(value, (int, float)) and abs(value) >= 1000:
+        return f"{value:,.0f}"
     if isinstance(value, float):
         return f"{value:.{digits}g}"
     return str(value)
