@@ -143,6 +143,14 @@ def test_report_after_a_sweep_has_every_trial_plots_and_artifacts(cli):
     assert text.count("| FINISHED |") == 2
     assert "### Failed trials" in text and text.count("training diverged") == 2
     assert "**Best overall:**" in text and "## Per method" in text
+    doc = json.loads((out / "report.json").read_text())
+    assert [t["state"] for t in doc["trials"]].count("FINISHED") == 2 and doc["answer"]["best"]["n"] == 1
+    assert {w["kind"] for w in doc["warnings"]} >= {"diverged", "few_trials"}  # lr=1e30 blew up; 2 trials
+    assert "- `diverged`: trial" in text and "## Warnings" in text
+    from mlflow.tracking import MlflowClient
+
+    parent = MlflowClient().get_run(doc["parent_run_id"])
+    assert set(parent.data.tags["ftsweep.warnings"].split(",")) == {w["kind"] for w in doc["warnings"]}
     assert (out / "report.html").read_text().count("<tr>") >= 3
     import matplotlib.image as mpimg
 
@@ -187,6 +195,12 @@ def test_two_seeds_of_one_configuration_are_reported_tied_example_by_example(cli
     vs_best = [r[header.index("vs best, points [95 % CI]")] for r in rows]
     assert vs_best[0] == "= +0.0 points [+0.0, +0.0]" and vs_best[1].startswith("= ")  # the best, and a tie
     assert 0 < float(rows[1][header.index("p")]) <= 1
+    # the two seeds are replicates of one configuration: report.json groups them, and the answer gives their mean
+    doc = json.loads((study_dir(cli.cwd) / "report.json").read_text())
+    [group] = doc["replicates"]
+    assert group["n"] == 2 and sorted(group["seeds"]) == ["1", "2"] and len(group["run_ids"]) == 2
+    assert doc["answer"]["best"]["n"] == 2 and "mean of 2 seeds" in text
+    assert {t["seed"] for t in doc["trials"]} == {"1", "2"} and all(t["vs_best"] for t in doc["trials"])
 
 
 def test_report_default_folder_is_the_sweeps_own(cli):

@@ -18,6 +18,8 @@ from ftsweep.report.evidence import Comparison, compare
 from ftsweep.report.rows import Row
 
 SEED = "seed"
+# Params a kept model's logging adds to its run (MLflow's transformers flavour): not what the trial was given.
+AFTER_TRAINING = frozenset({"truncation"})
 
 
 @dataclass
@@ -64,15 +66,22 @@ class Configuration:
         return all(r.feasible for r in self.rows)
 
 
+def given(r: Row) -> dict[str, str]:
+    """What sets a trial's configuration: the values the sweep chose for it (its Optuna params) when the study
+    can be read, else its run's params less the sweep's bookkeeping (`sweep.trial_id`, ...)."""
+    if r.swept is not None:
+        return r.swept
+    return {k: v for k, v in r.params.items() if not k.startswith("sweep.") and k not in AFTER_TRAINING}
+
+
 def configurations(rows: list[Row]) -> list[Configuration]:
-    """The finished trials grouped by everything they were given except their seed (a value that differs from
-    trial to trial sets configurations apart), most accurate first."""
+    """The finished trials grouped by what they were given except their seed, most accurate first."""
     ok = [r for r in rows if r.ok]
-    keys = sorted({k for r in ok for k in r.params} - {SEED})
-    varying = [k for k in keys if len({r.params.get(k) for r in ok}) > 1]
+    keys = sorted({k for r in ok for k in given(r)} - {SEED})
+    varying = [k for k in keys if len({given(r).get(k) for r in ok}) > 1]
     groups: dict[tuple, list[Row]] = {}
     for r in ok:
-        groups.setdefault(tuple(r.params.get(k) for k in varying), []).append(r)
+        groups.setdefault(tuple(given(r).get(k) for k in varying), []).append(r)
     found = [
         Configuration(sorted(g, key=lambda r: r.trial or 0), {k: v for k, v in zip(varying, key) if v is not None})
         for key, g in groups.items()

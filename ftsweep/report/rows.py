@@ -39,6 +39,7 @@ class Row:
     vs_best: Any = None  # a report.evidence.Comparison: this trial's accuracy against the best trial's
     predicted_classes: Optional[int] = None  # how many classes its eval predictions use (from predictions.parquet)
     history: dict[str, list[float]] = field(default_factory=dict)  # train/loss and eval/accuracy, step by step
+    swept: Optional[dict[str, str]] = None  # the values the sweep chose for this trial (its Optuna params)
 
     def get(self, key: str) -> Optional[float]:
         value = self.metrics.get(key)
@@ -128,6 +129,10 @@ def collect(client, parent, study=None) -> list[Row]:
             )
         )
         seen.add(run.info.run_id)
+    chosen = {t.number: t.params for t in study.get_trials(deepcopy=False)} if study is not None else {}
+    for r in rows:
+        if r.trial in chosen:
+            r.swept = {k: str(v) for k, v in chosen[r.trial].items()}
     rows.extend(optuna_only_failures(study, seen))
     mark_budget(rows, constraints_of(parent))
     several_models = len({r.model for r in rows if r.model}) > 1
