@@ -124,6 +124,19 @@ def test_cells_have_significant_digits_and_thousands_separators():
     ]
 
 
+def test_pareto_front_members_within_noise_of_the_best_are_named():
+    from ftsweep.report.evidence import Comparison, ties
+
+    rows = [row(0, "full", 0.90, 1000, 100), row(1, "lora", 0.89, 600, 80), row(2, "head", 0.70, 500, 20)]
+    mark_pareto(rows)
+    rows[0].vs_best = Comparison(0.0, 0.0, 0.0, 1.0, True)
+    rows[1].vs_best = Comparison(-0.01, -0.03, 0.01, 0.4, True)
+    rows[2].vs_best = Comparison(-0.20, -0.23, -0.17, 0.0, True)
+    lines = ties(rows, rows[0])
+    assert "1 of the 2 other finished trial(s)" in lines[1]
+    assert "On the memory front, 1 of the 2 member(s) besides the best are within noise of it (trials 1)" in lines[2]
+
+
 # --------------------------------------------------------------------------- on real sweeps
 def sweep(cli, *args: str) -> subprocess.CompletedProcess:
     toy = write_csv(cli.cwd / "toy.csv", toy_rows(48))

@@ -123,11 +123,20 @@ def ties(rows: list[Row], best: Optional[Row]) -> list[str]:
     tied = [r for r in others if r.vs_best.tied]
     paired = all(r.vs_best.paired for r in others)
     how = "paired bootstrap over the shared eval examples" if paired else "unpaired: some runs have no predictions"
-    return [
+    lines = [
         "",
         f"**Tied with the best:** {len(tied)} of the {len(others)} other finished trial(s): the 95 % interval of "
         f"their accuracy against the best's covers 0 ({how}).",
     ]
+    for axis in ("memory", "time"):  # a front whose members are tied differs in cost only, as far as one can tell
+        front = [r for r in rows if axis in r.pareto and r is not best]
+        noise = [r for r in front if r.vs_best is not None and r.vs_best.tied]
+        if noise:
+            lines.append(
+                f"On the {axis} front, {len(noise)} of the {len(front)} member(s) besides the best are within noise of "
+                f"it (trials {', '.join(str(r.trial) for r in noise)}): along them it costs no measurable accuracy."
+            )
+    return lines
 
 
 def baselines(best: Optional[Row], correct: dict[str, np.ndarray], tfidf: dict[str, np.ndarray]) -> dict[str, Any]:
