@@ -66,7 +66,7 @@ def test_undertrained_when_the_loss_still_falls_or_the_eval_still_rises():
 
 def test_diverged_on_a_non_finite_loss_or_one_that_ends_higher():
     rows = healthy()
-    rows[2].history["train/loss"] = [0.7, 0.8, 0.9, 1.2]
+    rows[2].history["train/loss"] = [0.7, 0.8, 0.9, 1.2]  # its last quarter: 1.2
     found = kinds(rows)["diverged"]
     assert (
         "trial 2: its loss ended above where it started (0.700 → 1.200)" in found.message

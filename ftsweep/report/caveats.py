@@ -141,14 +141,15 @@ def diverged(rows: list[Row]) -> list[Caveat]:
     for r in rows:
         loss = r.history.get("train/loss", [])
         blew_up = "diverged" in r.error or any(not math.isfinite(v) for v in loss)
-        ended_higher = r.ok and len(loss) >= 2 and loss[-1] > loss[0]
+        tail = loss[-max(1, len(loss) // 4) :]  # a quarter, not one noisy point
+        ended_higher = r.ok and len(loss) >= 4 and sum(tail) / len(tail) > loss[0]
         if not (blew_up or ended_higher):
             continue
         lr = to_float(r.params.get("lr"))
         why = (
             "its loss became NaN or inf"
             if blew_up
-            else f"its loss ended above where it started ({loss[0]:.3f} → {loss[-1]:.3f})"
+            else f"its loss ended above where it started ({loss[0]:.3f} → {sum(tail) / len(tail):.3f})"
         )
         out.append(Caveat("diverged", f"trial {r.trial}: {why}", f"lr={lr / 10:.3g}" if lr else "lr=<lower>", "lr"))
     return out
