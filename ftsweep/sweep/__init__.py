@@ -10,6 +10,7 @@ runner.py      the slots: claim -> launch -> tell, until the study is done
 results.py     summary, trials.csv, optimization_results.yaml, pruning savings
 trial_link.py  the trial side: record the MLflow run id, report evals, ask the pruner
 presets.py     search spaces of the presets that need conditional parameters
+replicates.py  seed replicates (hydra.sweeper.repeats, a swept seed): the seeds, and the replicate missing next
 
 What follows a sweep (the best model, the report) is ftsweep/conclude.py's.
 """

@@ -2,6 +2,7 @@
 
 - `n_trials` (or the grid size) is the study's total: a rerun only runs the remainder;
 - trials are claimed under a storage-wide lock, so concurrent workers never run one grid point twice;
+- with replicates (replicates.py), a configuration's missing seeds run before the sampler proposes the next one;
 - a trial left RUNNING by a dead process, or cut off while being claimed, is marked FAIL and its
   parameters run again (from its checkpoint, when its run wrote one).
 """
@@ -22,6 +23,7 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 from ftsweep.checkpoint import RUN_TAG
 from ftsweep.sweep import results
 from ftsweep.sweep.definition import SweepDefinition, SweepSettings
+from ftsweep.sweep.replicates import REPLICATE_ATTR, SEED, missing
 from ftsweep.sweep.storage import claim_lock, is_stale, worker_attrs
 from ftsweep.tracking import Tracker
 
@@ -73,9 +75,13 @@ class Claims:
                 if not free:
                     return None
                 study.enqueue_trial(free[0])
+            elif self.d.seeds:
+                self._enqueue_replicate(study, trials)
             trial = study.ask(fixed_distributions=self.d.space)
             for name, value in worker_attrs().items():  # at once: a claim without them is a half-made one
                 trial.set_user_attr(name, value)
+            if self.d.seeds:
+                trial.set_user_attr(REPLICATE_ATTR, self.d.seeds.index(trial.params[SEED]))
             if self.custom is not None:
                 self.custom(self.config, trial)
             if self.d.sampler == "bruteforce" and key(trial.params) in ran:  # it offers a repeat only when done
@@ -92,6 +98,17 @@ class Claims:
                 trial.set_user_attr("resume_from", resume)
             trial.set_user_attr("fixed", self.d.fixed)
             return trial
+
+    def _enqueue_replicate(self, study: optuna.Study, trials: list[FrozenTrial]) -> None:
+        """Queue the first seed a claimed configuration still lacks, if any; else the sampler proposes the next
+        configuration (with the first seed: definition.make_sampler). A trial already waiting goes first: a rerun,
+        or a replicate queued by a claim cut off before its `ask`."""
+        if any(t.state == TrialState.WAITING for t in trials):
+            return
+        taken = [t.params for t in trials if results.counts(t) or t.state == TrialState.RUNNING]
+        replicate = missing(taken, self.d.seeds)
+        if replicate is not None:
+            study.enqueue_trial(replicate)
 
     def room(self, trials: list[FrozenTrial]) -> int:
         """How many more trials the study can start: its total, less those that count or are running."""

@@ -1,8 +1,9 @@
 """What a sweep is: its settings (`hydra.sweeper.*`), and the frozen definition built from them.
 
-The definition is everything that decides which trials a study holds: the search space, the fixed
-overrides, objectives and directions, sampler, pruner and constraints. Its canonical JSON names
-the study, so the same command always finds the same study, whatever Optuna version runs it.
+The definition is everything that decides which trials a study holds: the search space (replicates' seeds
+included, see replicates.py), the fixed overrides, objectives and directions, sampler, pruner and constraints.
+Its canonical JSON names the study, so the same command always finds the same study, whatever Optuna version
+runs it.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_override
 from omegaconf import OmegaConf
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
+from ftsweep.config import TrainConfig
 from ftsweep.contract import check_metric_names
 from ftsweep.errors import ConfigError
+from ftsweep.sweep.replicates import SEED, first_seed_only, grid_with_seeds, with_seeds
 from ftsweep.sweep.storage import check_url
 
 MAXIMIZE = ("accuracy", "f1")  # objective names containing these are maximised; everything else minimised
@@ -45,6 +48,7 @@ class SweepSettings:
     storage: Optional[str] = None  # null: sqlite:///multirun/optuna.db; journal:///path.log; postgresql://...
     study_name: Optional[str] = None  # null: derived from the sweep definition, so the same command resumes
     n_trials: int = 20  # the study's total (a rerun runs only the remainder); a grid's total is its size
+    repeats: int = 1  # runs of each configuration, with seeds seed, seed+1, ...; n_trials counts runs, a grid grows N x
     n_jobs: int = 1  # trials in flight at once, one per launcher slot (with hydra/launcher=joblib, ray, submitit_*)
     devices: Optional[List[str]] = None  # GPU ids, one per slot: slot i runs its trials on devices[i % len]
     max_failure_rate: float = 0.5  # stop when more than this fraction of finished trials failed ...
@@ -68,6 +72,10 @@ class SweepSettings:
         need(self.sampler in SAMPLERS, f"sampler must be one of {', '.join(SAMPLERS)}; got '{self.sampler}'")
         need(self.pruner in PRUNERS, f"pruner must be one of {', '.join(PRUNERS)}; got '{self.pruner}'")
         need(self.n_trials >= 1, f"n_trials must be >= 1, got {self.n_trials}")
+        need(
+            isinstance(self.repeats, int) and not isinstance(self.repeats, bool) and self.repeats >= 1,
+            f"repeats must be an integer >= 1 (runs of each configuration, one seed each), got {self.repeats!r}",
+        )
         need(self.n_jobs >= 1, f"n_jobs must be >= 1, got {self.n_jobs}")
         need(self.devices is None or len(self.devices) > 0, "devices must list at least one device id, or be null")
         need(0.0 <= self.max_failure_rate <= 1.0, f"max_failure_rate must be in [0, 1], got {self.max_failure_rate}")
@@ -135,6 +143,38 @@ def _sampler_from_node(node: dict) -> tuple[str, Optional[int]]:
     return SAMPLER_TARGETS[target], None if seed is None else int(seed)
 
 
+def _search(
+    settings: SweepSettings, arguments: List[str], run_seed: int
+) -> tuple[Dict[str, BaseDistribution], Dict[str, Any], tuple[int, ...], Optional[list[dict[str, Any]]]]:
+    """The search space (the seed in it with replicates), the fixed overrides, the seeds and the grid (None unless
+    every swept key is a choice list) that the settings and the command line's sweep arguments describe."""
+    overrides = [f"{k}={v}" for k, v in (settings.params or {}).items()] + list(arguments)
+    try:
+        space, fixed, _deletions = create_params_from_overrides(overrides)
+    except Exception as exc:  # Hydra's override grammar, Optuna's bounds checks
+        raise ConfigError(f"cannot read the sweep's search space: {exc}") from exc
+    space = {k: v for k, v in space.items() if k not in fixed}
+    space, fixed, seeds = with_seeds(space, fixed, settings.repeats, run_seed)
+    configs = {k: v for k, v in space.items() if k != SEED}  # what a sampler searches: never the seed
+    grid = None
+    if settings.sampler in ("auto", "grid") and not settings.custom_search_space:
+        points = _grid(configs)
+        grid = grid_with_seeds(points, seeds) if points is not None else None
+    if settings.sampler == "grid" and grid is None:
+        raise ConfigError("hydra.sweeper.sampler=grid needs every swept key to be a choice list")
+    if not space and not settings.custom_search_space:
+        raise ConfigError(
+            "a sweep (-m) needs at least one swept key, e.g. batch_size=8,16 or "
+            "'lr=tag(log, interval(1e-5, 1e-3))'; to run once, drop -m"
+        )
+    if not configs and grid is None and not settings.custom_search_space:
+        raise ConfigError(
+            f"hydra.sweeper.sampler={settings.sampler} has nothing to search: only the seed varies "
+            "(drop the sampler, and each seed runs once)"
+        )
+    return space, fixed, seeds, grid
+
+
 def directions_for(objectives: List[str]) -> list[str]:
     return ["maximize" if any(m in name for m in MAXIMIZE) else "minimize" for name in objectives]
 
@@ -194,24 +234,15 @@ class SweepDefinition:
     pruner_warmup_steps: int
     constraints: Dict[str, float] = field(default_factory=dict)
     study_name_override: Optional[str] = None
+    seeds: tuple[int, ...] = ()  # each configuration's seeds (space[SEED]'s choices); (): one run each, as before
 
     @classmethod
-    def build(cls, settings: SweepSettings, objectives: List[str], arguments: List[str]) -> "SweepDefinition":
-        """From the settings and the command line's sweep arguments; every mistake is a ConfigError here."""
-        overrides = [f"{k}={v}" for k, v in (settings.params or {}).items()] + list(arguments)
-        try:
-            space, fixed, _deletions = create_params_from_overrides(overrides)
-        except Exception as exc:  # Hydra's override grammar, Optuna's bounds checks
-            raise ConfigError(f"cannot read the sweep's search space: {exc}") from exc
-        space = {k: v for k, v in space.items() if k not in fixed}
-        grid = _grid(space) if settings.sampler in ("auto", "grid") and not settings.custom_search_space else None
-        if settings.sampler == "grid" and grid is None:
-            raise ConfigError("hydra.sweeper.sampler=grid needs every swept key to be a choice list")
-        if not space and not settings.custom_search_space:
-            raise ConfigError(
-                "a sweep (-m) needs at least one swept key, e.g. batch_size=8,16 or "
-                "'lr=tag(log, interval(1e-5, 1e-3))'; to run once, drop -m"
-            )
+    def build(
+        cls, settings: SweepSettings, objectives: List[str], arguments: List[str], run_seed: int = TrainConfig.seed
+    ) -> "SweepDefinition":
+        """From the settings and the command line's sweep arguments; every mistake is a ConfigError here.
+        `run_seed`: the composed config's `seed`, the first of each configuration's seeds with repeats."""
+        space, fixed, seeds, grid = _search(settings, arguments, run_seed)
         objectives = list(objectives)
         check_metric_names(objectives, "objectives")
         if settings.direction is None:
@@ -249,6 +280,7 @@ class SweepDefinition:
             pruner_warmup_steps=settings.pruner_warmup_steps,
             constraints={k: float(v) for k, v in (settings.constraints or {}).items()},
             study_name_override=settings.study_name,
+            seeds=seeds,
         )
 
     def probe_points(self) -> list[dict[str, Any]]:
@@ -267,6 +299,23 @@ class SweepDefinition:
                     seen.add(ident)
                     points.append(point)
         return points
+
+    def plan(self) -> str:
+        """What the sweep runs, for its start-up line: with replicates, how the trials multiply."""
+        n = len(self.seeds)
+        if not n:
+            return f"{self.sampler}, {self.n_trials} trials in all"
+        seeds = self.seeds if n <= 5 else (*self.seeds[:2], "...", self.seeds[-1])
+        shown = ", ".join(map(str, seeds))
+        if self.grid is not None:
+            return f"grid of {len(self.grid) // n} points × {n} seeds = {self.n_trials} trials; seeds {shown}"
+        full, last = divmod(self.n_trials, n)
+        parts = [f"{full} configuration{'s' if full != 1 else ''} × {n} seeds"] if full else []
+        parts += [f"1 with {last} of its {n} seeds"] if last else []
+        return (
+            f"{self.sampler}: {' + '.join(parts)} = {self.n_trials} trials, hydra.sweeper.n_trials counting trials, "
+            f"not configurations; seeds {shown}"
+        )
 
     # ---- identity
     def canonical(self) -> dict[str, Any]:
@@ -310,7 +359,9 @@ class SweepDefinition:
         """Seeded, and the seed moves on with the study (see runner._claim). SeedSequence keeps the streams of
         (seed, k) apart: a plain seed + k would make seed 1's second trial seed 2's first."""
         seed = int(np.random.SeedSequence([self.seed, trials_so_far]).generate_state(1)[0])
-        startup = min(10, max(3, self.n_trials // 3))  # TPE/GP need some random trials; not 10 of a 12-trial budget
+        # TPE/GP need some random configurations; not 10 of a 12-trial budget. Counted in trials: with its seeds each.
+        per = max(1, len(self.seeds))
+        startup = per * min(10, max(3, -(-self.n_trials // per) // 3))
         constraints = constraint_values if self.constraints else None  # None: the samplers' default
         samplers: dict[str, Callable[[], optuna.samplers.BaseSampler]] = {
             "tpe": lambda: optuna.samplers.TPESampler(
@@ -322,7 +373,8 @@ class SweepDefinition:
             "grid": lambda: optuna.samplers.RandomSampler(seed=seed),  # grid points are enqueued, fixed
             "bruteforce": lambda: _Exhaustive(seed=seed),
         }
-        return samplers[self.sampler]()
+        sampler = samplers[self.sampler]()
+        return first_seed_only(sampler, self.seeds) if self.seeds and self.grid is None else sampler
 
     def pruner_spec(self) -> dict[str, Any]:
         return {
@@ -369,8 +421,8 @@ def _grid(space: Dict[str, BaseDistribution]) -> Optional[list[dict[str, Any]]]:
     trials first (longest-processing-time order), so that slots finish together instead of one slot running
     the longest trial alone at the end; and the largest batch fails first if memory is short."""
     choices = {k: d.choices for k, d in space.items() if isinstance(d, CategoricalDistribution)}
-    if not space or len(choices) < len(space):
-        return None
+    if len(choices) < len(space):
+        return None  # an empty space is one point: the run's own config (with its seeds, if the seed is swept)
     names = sorted(space)
     points = [dict(zip(names, values)) for values in itertools.product(*(choices[n] for n in names))]
     return sorted(points, key=_work, reverse=True)  # stable: equal work keeps the product's order

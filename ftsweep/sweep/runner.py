@@ -76,10 +76,9 @@ class SweepRunner:
         os.environ[STORAGE_ENV] = self.url
         os.environ[interrupt.SWEEPER_PID_ENV] = str(os.getpid())  # jobs in other processes are workers
         log.info(
-            "study %s (%s, %d trials in all, %s) on %s; MLflow parent run %s; %d slot(s)",
+            "study %s (%s, %s) on %s; MLflow parent run %s; %d slot(s)",
             study.study_name,
-            self.d.sampler,
-            self.d.n_trials,
+            self.d.plan(),
             "/".join(self.d.directions),
             redact(self.url),
             parent.run_id,

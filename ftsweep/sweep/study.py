@@ -74,6 +74,7 @@ def open_parent_run(study: optuna.Study, d: SweepDefinition, url: str, config: D
             "sweep.storage": url,
             "sweep.sampler": d.sampler,
             "sweep.n_trials": d.n_trials,
+            "sweep.seeds": json.dumps(list(d.seeds)),  # each configuration's seeds; []: one run each
             "sweep.seed": d.seed,
             "sweep.objectives": ",".join(d.objectives),
             "sweep.directions": ",".join(d.directions),

@@ -18,6 +18,7 @@ from ftsweep.errors import ConfigError
 from ftsweep.hooks import Hooks
 from ftsweep.locks import redact
 from ftsweep.sweep.definition import make_pruner
+from ftsweep.sweep.replicates import REPLICATE_ATTR
 from ftsweep.sweep.storage import open_storage, retrying
 
 PARENT_RUN_ATTR = "mlflow_parent_run_id"  # study user attrs written by the sweeper
@@ -53,9 +54,12 @@ class TrialLink(Hooks):
         )
         self.trial_id = int(trial_id)
         attrs = retrying(storage_url, lambda: self.study.user_attrs, "reading the study")
-        self.number = retrying(storage_url, lambda: self.storage.get_trial(self.trial_id).number, "reading the trial")
+        trial = retrying(storage_url, lambda: self.storage.get_trial(self.trial_id), "reading the trial")
+        self.number = trial.number
         self.parent_run_id: Optional[str] = attrs.get(PARENT_RUN_ATTR)
         self.tags = {"optuna.study_name": study_name, "optuna.trial_number": self.number}
+        if REPLICATE_ATTR in trial.user_attrs:  # a tag, not a param: the report groups runs by params, seed aside
+            self.tags["ftsweep.replicate"] = trial.user_attrs[REPLICATE_ATTR]
         self.pruner = make_pruner(attrs.get(PRUNER_ATTR, {}))
         self.objective = (attrs.get(OBJECTIVES_ATTR) or ["eval/accuracy"])[0]
         self.pruned_at: Optional[int] = None

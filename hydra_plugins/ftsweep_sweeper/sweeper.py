@@ -64,7 +64,9 @@ class FtsweepSweeper(Sweeper):
 
         try:
             settings = SweepSettings.from_config(self.config.hydra.sweeper)
-            definition = SweepDefinition.build(settings, objectives_of(self.config), arguments)
+            definition = SweepDefinition.build(
+                settings, objectives_of(self.config), arguments, run_seed=int(self.config.seed)
+            )
             self._check_jobs(definition)
             interrupt.check()  # a Ctrl-C during start-up stops here, before a study or run exists
             sweep_dir = Path(str(self.config.hydra.sweep.dir))
