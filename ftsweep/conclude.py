@@ -27,7 +27,10 @@ def conclude(done: SweepDone) -> None:
         except Exception as exc:
             log.warning("could not keep the best trial's model: %s", first_line(exc, with_type=True))
     try:
-        log.info("trade-off report: %s", make_report(done.parent_run_id, out=done.sweep_dir))
+        log.info(
+            "trade-off report: %s",
+            make_report(done.parent_run_id, out=done.sweep_dir, tolerance=done.definition.tolerance),
+        )
     except Exception as exc:
         log.warning(
             "could not write the report (%s); rerun python -m ftsweep.report --sweep %s",

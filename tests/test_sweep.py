@@ -114,6 +114,8 @@ def test_a_hydra_range_keeps_its_exclusive_end():
         ({"direction": "up"}, ["a=1,2"], "hydra.sweeper.direction must be maximize/minimize"),
         ({"pruner": "median"}, ["a=1,2"], "pruning needs an eval/ objective"),
         ({"repeats": 0}, ["a=1,2"], "hydra.sweeper.repeats must be an integer >= 1 (runs of each configuration"),
+        ({"tolerance": -1}, ["a=1,2"], "hydra.sweeper.tolerance is in accuracy points, 0 <= tolerance < 100"),
+        ({"tolerance": 100}, ["a=1,2"], "hydra.sweeper.tolerance is in accuracy points"),
         ({"repeats": -3}, ["a=1,2"], "hydra.sweeper.repeats must be an integer >= 1"),
         ({"repeats": 2.5}, ["a=1,2"], "hydra.sweeper.repeats must be an integer >= 1"),
         ({"repeats": "3"}, ["a=1,2"], "hydra.sweeper.repeats must be an integer >= 1"),

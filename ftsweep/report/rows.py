@@ -220,9 +220,10 @@ def study_importances(study) -> dict[str, float]:
     try:
         complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
         varying = {k for t in complete for k in t.params if len({str(u.params.get(k)) for u in complete}) > 1}
-        if len(complete) < 4 or not varying or len(study.directions) > 1:
+        if len(complete) < 4 or not (varying - {"seed"}) or len(study.directions) > 1:
             return {}
-        return optuna.importance.get_param_importances(study)
+        # a seed is a replicate, not a setting to choose: its "importance" would be noise
+        return optuna.importance.get_param_importances(study, params=sorted(varying - {"seed"}) or None)
     except Exception as exc:  # importances are a bonus: never fail the report for them
         log.warning("parameter importances unavailable: %s", first_line(exc))
         return {}

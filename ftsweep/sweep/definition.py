@@ -60,6 +60,7 @@ class SweepSettings:
     pruner_startup_trials: int = 5  # median: no pruning until this many trials completed
     pruner_warmup_steps: int = 0  # median: no pruning before this optimizer step
     constraints: Dict[str, float] = field(default_factory=dict)  # budgets {metric: upper bound}; above: infeasible
+    tolerance: float = 0.0  # accuracy points a recommended cheaper configuration may lose; 0: ties only (the report)
 
     def __post_init__(self) -> None:
         def need(ok: bool, message: str) -> None:
@@ -96,6 +97,10 @@ class SweepSettings:
                 f"constraints.{name} must be a number (an upper bound), got {bound!r}",
             )
         check_metric_names(self.constraints or {}, "hydra.sweeper.constraints")
+        need(
+            isinstance(self.tolerance, (int, float)) and 0 <= self.tolerance < 100,
+            f"tolerance is in accuracy points, 0 <= tolerance < 100, got {self.tolerance!r}",
+        )
         if self.storage is not None:
             check_url(self.storage)
 
@@ -235,6 +240,7 @@ class SweepDefinition:
     constraints: Dict[str, float] = field(default_factory=dict)
     study_name_override: Optional[str] = None
     seeds: tuple[int, ...] = ()  # each configuration's seeds (space[SEED]'s choices); (): one run each, as before
+    tolerance: float = 0.0  # the report's, not the study's: not part of its identity
 
     @classmethod
     def build(
@@ -281,6 +287,7 @@ class SweepDefinition:
             constraints={k: float(v) for k, v in (settings.constraints or {}).items()},
             study_name_override=settings.study_name,
             seeds=seeds,
+            tolerance=float(settings.tolerance),
         )
 
     def probe_points(self) -> list[dict[str, Any]]:

@@ -82,6 +82,7 @@ def open_parent_run(study: optuna.Study, d: SweepDefinition, url: str, config: D
             "sweep.fixed": json.dumps(definition["fixed"]),
             "sweep.custom_search_space": d.custom_search_space or "",
             "sweep.constraints": json.dumps(d.constraints),
+            "sweep.tolerance": d.tolerance,
             "sweep.pruner": d.pruner,
         }
     )
