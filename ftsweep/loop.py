@@ -256,6 +256,14 @@ class Loop:
             ):
                 self.checkpoint(self.state())
 
+    def timed_step(self, micro: list[dict]) -> float:
+        """One optimizer step over `micro` outside any epoch, its activations counted as training counts them:
+        its wall time in seconds. A plan's probe (ftsweep/probe.py) measures a configuration so."""
+        t0 = time.perf_counter()
+        self._optimizer_step(micro)
+        _sync(self.device)
+        return time.perf_counter() - t0
+
     def _optimizer_step(self, micro: list[dict]) -> torch.Tensor:
         """One optimizer step over `micro` (grad_accum_steps batches); returns the summed loss, on device."""
         device, s, result, scaler, trainable = self.device, self.s, self.result, self.scaler, self.trainable

@@ -161,14 +161,19 @@ class FineTuneRecipe:
     def setup(self) -> None:
         if self.cfg.distributed.nproc > 1 and self.group is None:  # the helpers start while this rank builds
             self.group = distributed.start(self.raw, self.cfg.distributed.nproc, self.device, "ftsweep.recipe")
-        self.loaders = self._setup_data()
-        self.model = self._setup_model()
-        self._optimizer = self._setup_optimizer()
-        self.scheduler = self._setup_lr_scheduler()
+        self.build()
         self.params = outputs.param_counts(self.model)
         if self.main and not self.resumed:
             self.tracker.log_metrics(self.params, step=0)
         self._restore()
+
+    def build(self) -> None:
+        """The batches, the model with its method, the optimizer and its schedule, exactly as training uses them;
+        nothing is logged. A plan's probe (ftsweep/probe.py) builds a run this far and times a few steps."""
+        self.loaders = self._setup_data()
+        self.model = self._setup_model()
+        self._optimizer = self._setup_optimizer()
+        self.scheduler = self._setup_lr_scheduler()
 
     def _setup_data(self) -> Loaders:
         tc, splits, tokenizer = self.cfg, self.splits, self.tokenizer

@@ -33,12 +33,13 @@ def render(
     study = parent.data.tags.get("optuna.study_name", parent.info.run_name)
     ok = [r for r in rows if r.ok]
     pruned = [r for r in rows if r.state == "PRUNED"]
-    failed = [r for r in rows if not r.ok and r.state != "PRUNED"]
+    skipped = [r for r in rows if r.state == "SKIPPED"]  # prescreened: predicted over budget, never trained
+    failed = [r for r in rows if not r.ok and r.state not in ("PRUNED", "SKIPPED")]
     md = [
         f"# Trade-off report: {study}",
         "",
         f"MLflow parent run `{parent.info.run_id}` · {len(ok)} finished, {len(pruned)} pruned, "
-        f"{len(failed)} failed trials.",
+        f"{len(failed)} failed trials" + (f", {len(skipped)} skipped (predicted over budget)." if skipped else "."),
         "",
         "## Answer",
         "",
@@ -57,7 +58,7 @@ def render(
             "",
         ]
     md += _trials(rows, ok, budget)
-    md += _pruned(parent, rows, pruned) + _failed(rows, failed) + _per_method(summary)
+    md += _pruned(parent, rows, pruned) + _failed(rows, failed) + _skipped(rows, skipped) + _per_method(summary)
     if importances:
         md += ["", "## Parameter importances (Optuna's PED-ANOVA)", ""]
         md += [f"- `{k}`: {v:.3f}" for k, v in importances.items()]
@@ -128,6 +129,15 @@ def _failed(rows: list[Row], failed: list[Row]) -> list[str]:
     hyper = varying(rows)
     return ["", "### Failed trials", ""] + [
         f"- trial {r.trial} ({describe(r, hyper)}): {r.error.splitlines()[0] if r.error else r.state}" for r in failed
+    ]
+
+
+def _skipped(rows: list[Row], skipped: list[Row]) -> list[str]:
+    if not skipped:
+        return []
+    hyper = varying(rows)
+    return ["", "### Skipped trials (predicted over budget before training: hydra.sweeper.prescreen)", ""] + [
+        f"- trial {r.trial} ({describe(r, hyper)}): {r.error}" for r in skipped
     ]
 
 

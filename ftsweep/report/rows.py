@@ -14,6 +14,7 @@ from mlflow.exceptions import MlflowException
 
 from ftsweep.errors import FtsweepError, first_line, is_out_of_memory
 from ftsweep.locks import redact
+from ftsweep.sweep.definition import SKIPPED_ATTR
 from ftsweep.sweep.trial_link import STORAGE_ENV
 
 log = logging.getLogger("ftsweep.report")
@@ -193,10 +194,12 @@ def load_study(parent, storage: Optional[str] = None) -> Any:
 
 
 def optuna_only_failures(study, seen: set[str]) -> list[Row]:
-    """Trials that failed before an MLflow run existed (a bad value, say): only Optuna knows them."""
+    """Trials that failed before an MLflow run existed (a bad value, say), and trials that prescreening skipped
+    (state SKIPPED, the reason as their error): only Optuna knows them."""
     rows = []
     for t in study.get_trials(deepcopy=False) if study is not None else []:
-        if t.state.name != "FAIL" or t.user_attrs.get("mlflow_run_id") in seen:
+        skipped = t.user_attrs.get(SKIPPED_ATTR)
+        if (t.state.name != "FAIL" and not skipped) or t.user_attrs.get("mlflow_run_id") in seen:
             continue
         params = {**t.user_attrs.get("fixed", {}), **{k: str(v) for k, v in t.params.items()}}
         rows.append(
@@ -206,8 +209,8 @@ def optuna_only_failures(study, seen: set[str]) -> list[Row]:
                 model=str(params.get("model", "")),
                 params=params,
                 metrics={},
-                state="FAILED",
-                error=t.user_attrs.get("error", ""),
+                state="SKIPPED" if skipped else "FAILED",
+                error=skipped or t.user_attrs.get("error", ""),
             )
         )
     return rows

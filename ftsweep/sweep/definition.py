@@ -61,6 +61,9 @@ class SweepSettings:
     pruner_warmup_steps: int = 0  # median: no pruning before this optimizer step
     constraints: Dict[str, float] = field(default_factory=dict)  # budgets {metric: upper bound}; above: infeasible
     tolerance: float = 0.0  # accuracy points a recommended cheaper configuration may lose; 0: ties only (the report)
+    plan: bool = False  # probe each cost shape, predict each trial's time and memory, write plan.json; train nothing
+    prescreen: bool = True  # with a bound on a predicted metric: skip trials predicted over it, untrained
+    prescreen_margin: float = 0.15  # skip only above bound x (1 + margin): the predictions' allowed error
 
     def __post_init__(self) -> None:
         def need(ok: bool, message: str) -> None:
@@ -100,6 +103,16 @@ class SweepSettings:
         need(
             isinstance(self.tolerance, (int, float)) and 0 <= self.tolerance < 100,
             f"tolerance is in accuracy points, 0 <= tolerance < 100, got {self.tolerance!r}",
+        )
+        for name in ("plan", "prescreen"):
+            value = getattr(self, name)
+            need(isinstance(value, bool), f"{name} must be true or false, got {value!r}")
+        need(
+            isinstance(self.prescreen_margin, (int, float))
+            and not isinstance(self.prescreen_margin, bool)
+            and 0 <= self.prescreen_margin < 10,
+            f"prescreen_margin is a fraction of the bound, 0 <= prescreen_margin < 10 (0.15: 15 %), "
+            f"got {self.prescreen_margin!r}",
         )
         if self.storage is not None:
             check_url(self.storage)
@@ -396,6 +409,7 @@ class SweepDefinition:
 
 
 CONSTRAINTS_ATTR = "constraint_values"  # user attr holding feasibility() of a finished trial
+SKIPPED_ATTR = "skipped"  # user attr of a trial that prescreening did not train: why (sweep/prescreen.py)
 
 
 def constraint_values(trial: optuna.trial.FrozenTrial) -> list[float]:

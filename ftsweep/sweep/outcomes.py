@@ -22,7 +22,7 @@ from ftsweep import interrupt
 from ftsweep.errors import first_line, is_out_of_memory
 from ftsweep.sweep import results
 from ftsweep.sweep.claims import Claims, end_run, trial_id
-from ftsweep.sweep.definition import CONSTRAINTS_ATTR, SweepDefinition, SweepSettings
+from ftsweep.sweep.definition import CONSTRAINTS_ATTR, SKIPPED_ATTR, SweepDefinition, SweepSettings
 from ftsweep.sweep.storage import retrying, storage_unreachable
 
 log = logging.getLogger("ftsweep.sweep")
@@ -98,6 +98,19 @@ class Outcomes:
         study.tell(trial, state=TrialState.FAIL)
         if exc is not None:  # a job that died (lost for good) left its run RUNNING; a job that raised ended it
             end_run(run_id, error)
+
+    def skip(self, study: optuna.Study, trial: Trial, reason: str, predicted: dict[str, float]) -> None:
+        """A trial prescreening did not train: PRUNED (TPE learns from pruned trials and their constraints; a FAIL
+        would teach no sampler), infeasible by its predicted values, with `skipped` saying why. It counts toward
+        n_trials, so a grid point skipped is done and a search cannot loop on skips."""
+        log.info("trial %d skipped, not trained: %s", trial.number, reason)
+        trial.set_user_attr(SKIPPED_ATTR, reason)
+        trial.set_user_attr("predicted", {k: round(v, 3) for k, v in predicted.items()})
+        values = [
+            predicted[name] - bound if name in predicted else 0.0 for name, bound in sorted(self.d.constraints.items())
+        ]
+        trial.set_user_attr(CONSTRAINTS_ATTR, values if any(v > 0 for v in values) else [1.0] * len(values))
+        study.tell(trial, state=TrialState.PRUNED)
 
     def _error_of(self, trial: Trial, metrics: Optional[dict], exc: Optional[BaseException]) -> Optional[str]:
         """Why a trial that neither must rerun nor was pruned failed; None when its objectives can be told."""

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
 from ftsweep.artifacts import atomic_write, write_text
-from ftsweep.sweep.definition import CONSTRAINTS_ATTR, SweepDefinition
+from ftsweep.sweep.definition import CONSTRAINTS_ATTR, SKIPPED_ATTR, SweepDefinition
 
 log = logging.getLogger("ftsweep.sweep")
 STALE = "ftsweep_stale"  # system attr of a trial FAILed for a rerun (its worker died or was interrupted)
@@ -42,9 +42,12 @@ def summary(study: optuna.Study, definition: SweepDefinition) -> dict[str, Any]:
         "directions": list(definition.directions),
         "n_complete": len(complete),
         "n_failed": sum(t.state == TrialState.FAIL for t in trials),
-        "n_pruned": sum(t.state == TrialState.PRUNED for t in trials),
+        "n_pruned": sum(t.state == TrialState.PRUNED and SKIPPED_ATTR not in t.user_attrs for t in trials),
         "fixed": dict(definition.fixed),
     }
+    skipped = sum(SKIPPED_ATTR in t.user_attrs for t in trials)
+    if skipped:  # prescreened: PRUNED in Optuna, never trained (sweep/prescreen.py)
+        out["n_skipped"] = skipped
     if definition.constraints:
         out["constraints"] = dict(definition.constraints)
         out["n_infeasible"] = sum(feasible(t) is False for t in trials)
@@ -111,7 +114,8 @@ def write_trials_csv(trials: Sequence[FrozenTrial], definition: SweepDefinition,
                     *(all_params.get(p) for p in params),
                     *([feasible(t)] if constrained else []),
                     t.user_attrs.get("mlflow_run_id"),
-                    t.user_attrs.get("error"),
+                    t.user_attrs.get("error")
+                    or (f"skipped: {t.user_attrs[SKIPPED_ATTR]}" if SKIPPED_ATTR in t.user_attrs else None),
                 ]
             )
 
@@ -129,7 +133,8 @@ def write_results(study: optuna.Study, definition: SweepDefinition, sweep_dir: P
 
 def sweep_metrics(result: dict[str, Any], children: list[dict[str, float]]) -> dict[str, float]:
     """The parent run's metrics: counts, the best value or front size, and the pruning savings."""
-    metrics = {f"sweep/{k}": result[k] for k in ("n_complete", "n_failed", "n_pruned", "n_infeasible") if k in result}
+    names = ("n_complete", "n_failed", "n_pruned", "n_infeasible", "n_skipped")
+    metrics = {f"sweep/{k}": result[k] for k in names if k in result}
     if "best_value" in result:
         metrics["sweep/best_value"] = result["best_value"]
     if "solutions" in result:
@@ -174,6 +179,8 @@ def log_summary(result: dict[str, Any], sweep_dir: Path) -> None:
         result["n_pruned"],
         sweep_dir,
     )
+    if result.get("n_skipped"):
+        log.info("%d trials skipped, predicted over the budget (hydra.sweeper.prescreen)", result["n_skipped"])
     if "n_infeasible" in result:
         log.info("%d trials over the budget %s", result["n_infeasible"], result["constraints"])
     if "best_value" in result:

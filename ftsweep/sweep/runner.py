@@ -29,6 +29,7 @@ from ftsweep.sweep.claims import Claims, trial_id
 from ftsweep.sweep.definition import SweepDefinition, SweepSettings
 from ftsweep.sweep.launchers import capabilities
 from ftsweep.sweep.outcomes import Outcomes, job_outcome
+from ftsweep.sweep.prescreen import Prescreen
 from ftsweep.sweep.storage import RETRY_WINDOW_S, StorageGone, retrying, storage_unreachable
 from ftsweep.sweep.trial_link import STORAGE_ENV
 from ftsweep.tracking import Tracker
@@ -46,6 +47,7 @@ class SweepRunner:
         launcher,
         storage_url: str,
         sweep_dir: Path,
+        prescreen: Optional[Prescreen] = None,
     ):
         self.settings, self.d, self.config, self.launcher, self.url = (
             settings,
@@ -55,6 +57,7 @@ class SweepRunner:
             storage_url,
         )
         self.base_dir = sweep_dir
+        self.prescreen = prescreen  # None: every claimed trial is launched
         # How long claims and tells wait for a storage server that restarts (the tracking store's window too).
         tracking = config.get("tracking") if config is not None else None
         self.retry_window_s = float(tracking.retry_window_s) if tracking is not None else RETRY_WINDOW_S
@@ -152,6 +155,8 @@ class SweepRunner:
                     return
                 trial.set_user_attr("slot", slot)
                 self.in_flight[trial_id(trial)] = trial
+            if self._skipped(study, outcomes, trial):
+                continue
             started = time.perf_counter()
             try:
                 ret = self.launcher.launch([self._overrides(study, trial, slot)], initial_job_idx=next(self.job_idx))
@@ -174,6 +179,17 @@ class SweepRunner:
                     "stopping: more than %.0f%% of finished trials failed (hydra.sweeper.max_failure_rate)",
                     100 * self.settings.max_failure_rate,
                 )
+
+    def _skipped(self, study: optuna.Study, outcomes: Outcomes, trial: Trial) -> bool:
+        """Prescreening: a trial predicted over budget is told as skipped instead of launched."""
+        verdict = self.prescreen.verdict({**self.d.fixed, **trial.params}) if self.prescreen else None
+        if verdict is None:
+            return False
+        with self.claiming:
+            if not self.interrupted:  # else the interrupt marked it for a rerun
+                retrying(self.url, lambda: outcomes.skip(study, trial, *verdict), "telling a skip", self.retry_window_s)
+                del self.in_flight[trial_id(trial)]
+        return True
 
     def _overrides(self, study: optuna.Study, trial: Trial, slot: int) -> tuple[str, ...]:
         """The job's command line. Hydra prints and saves it, so the storage URL goes without its password;

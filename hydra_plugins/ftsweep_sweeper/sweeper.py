@@ -60,6 +60,8 @@ class FtsweepSweeper(Sweeper):
         # Here, not at the top: Hydra imports this plugin at every start-up, single runs included, and these
         # bring in torch, transformers, peft, MLflow and matplotlib (the runner, the best model, the report).
         from ftsweep.conclude import conclude
+        from ftsweep.sweep.plan import make_plan
+        from ftsweep.sweep.prescreen import Prescreen
         from ftsweep.sweep.runner import SweepRunner
 
         try:
@@ -70,9 +72,14 @@ class FtsweepSweeper(Sweeper):
             self._check_jobs(definition)
             interrupt.check()  # a Ctrl-C during start-up stops here, before a study or run exists
             sweep_dir = Path(str(self.config.hydra.sweep.dir))
-            runner = SweepRunner(
-                settings, definition, self.config, self.launcher, settings.storage or default_url(sweep_dir), sweep_dir
-            )
+            if settings.plan:  # predicted, not trained: no study, no run
+                make_plan(definition, settings, self._compose, sweep_dir / definition.study_name, self._in_process())
+                return
+            prescreen = Prescreen.of(definition, settings, self._compose)
+            if prescreen is not None:
+                prescreen.check_space()
+            url = settings.storage or default_url(sweep_dir)
+            runner = SweepRunner(settings, definition, self.config, self.launcher, url, sweep_dir, prescreen)
             try:
                 summary = runner.run()
             finally:
@@ -98,14 +105,22 @@ class FtsweepSweeper(Sweeper):
         from ftsweep.preflight import check
 
         for i, point in enumerate(definition.probe_points()):
-            overrides = [f"{k}={v}" for k, v in {**definition.fixed, **point}.items()]
-            try:
-                job = self.config_loader.load_sweep_config(self.config, overrides)
-            except (HydraException, OmegaConfBaseException) as exc:
-                raise ConfigError(describe_config_error(exc)) from exc
-            with open_dict(job):
-                del job["hydra"]
-            check(job, deep=i == 0)
+            check(self._compose({**definition.fixed, **point}), deep=i == 0)
+
+    def _compose(self, overrides: dict[str, Any]) -> DictConfig:
+        """The config of the job these overrides launch, as Hydra composes it for the launcher."""
+        try:
+            job = self.config_loader.load_sweep_config(self.config, [f"{k}={v}" for k, v in overrides.items()])
+        except (HydraException, OmegaConfBaseException) as exc:
+            raise ConfigError(describe_config_error(exc)) from exc
+        with open_dict(job):
+            del job["hydra"]
+        return job
+
+    def _in_process(self) -> bool:
+        from ftsweep.sweep.launchers import capabilities
+
+        return capabilities(self.launcher).in_process
 
 
 class UserConfSearchPath(SearchPathPlugin):
