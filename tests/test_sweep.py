@@ -1086,59 +1086,58 @@ def test_a_grid_runs_its_largest_trials_first_so_that_slots_finish_together():
     assert list(define("method=full,lora").grid) == [{"method": "full"}, {"method": "lora"}]
 
 
-def test_the_study_preset_runs_each_method_lr_and_batch_size_combination_exactly_once():
-    import warnings
-
+def study_config():
     from hydra import compose, initialize_config_dir
 
     from ftsweep.config import CONF_DIR
-    from ftsweep.sweep.presets import study_space
 
     with initialize_config_dir(config_dir=str(CONF_DIR)):
-        cfg = compose("config", ["hparams_search=study"], return_hydra_config=True)
+        return compose("config", ["hparams_search=study"], return_hydra_config=True)
+
+
+def test_the_study_preset_proposes_each_method_and_lr_once():
+    import warnings
+
+    from ftsweep.sweep.presets import STUDY_LRS, study_space
+
+    cfg = study_config()
     settings = cfg.hydra.sweeper
-    assert (settings.sampler, settings.n_trials, settings.custom_search_space) == (
+    assert (settings.sampler, settings.n_trials, settings.repeats, settings.custom_search_space) == (
         "bruteforce",
         18,
+        3,
         "ftsweep.sweep.presets.study_space",
     )
-    d = define(
-        "batch_size=8", sampler="bruteforce", n_trials=18, custom_search_space="ftsweep.sweep.presets.study_space"
-    )
+    d = define(sampler="bruteforce", n_trials=6, custom_search_space="ftsweep.sweep.presets.study_space")
     study = optuna.create_study()
     seen = []
     with warnings.catch_warnings():
         warnings.simplefilter("error", optuna.exceptions.ExperimentalWarning)  # the sampler keeps it quiet
-        for k in range(18):
+        for k in range(6):
             study.sampler = d.make_sampler(k)  # the runner makes a fresh, reseeded sampler for every claim
             trial = study.ask()
             study_space(cfg, trial)
-            seen.append((trial.params["method"], trial.params["lr"], trial.params["batch_size"]))
+            seen.append((trial.params["method"], trial.params["lr"]))
             study.tell(trial, 0.5)
-    assert sorted(set(seen)) == sorted(seen) and len(seen) == 18
-    assert {lr for m, lr, _ in seen if m == "full"} == {2e-5, 5e-5, 8e-5}
-    assert {lr for m, lr, _ in seen if m == "lora"} == {2e-4, 5e-4, 8e-4}
+    assert sorted(set(seen)) == sorted(seen) and len(seen) == 6
+    for method, lrs in STUDY_LRS.items():
+        assert sorted(lr for m, lr in seen if m == method) == pytest.approx(sorted(lrs))
 
 
-def test_a_bruteforce_sweep_stops_at_the_first_repeat_when_n_trials_is_above_the_combinations(tmp_path):
-    from hydra import compose, initialize_config_dir
-
-    from ftsweep.config import CONF_DIR
+def test_the_study_runs_each_configuration_with_each_of_its_3_seeds_then_stops(tmp_path):
     from ftsweep.sweep.claims import Claims
 
-    with initialize_config_dir(config_dir=str(CONF_DIR)):
-        cfg = compose("config", ["hparams_search=study"], return_hydra_config=True)
-    d = define(
-        "batch_size=8", sampler="bruteforce", n_trials=20, custom_search_space="ftsweep.sweep.presets.study_space"
-    )
+    cfg = study_config()
+    d = define(sampler="bruteforce", n_trials=20, repeats=3, custom_search_space="ftsweep.sweep.presets.study_space")
     url = f"sqlite:///{tmp_path / 'o.db'}"
     claims = Claims(d, SweepSettings(), url, open_storage(url), config=cfg)
     study = optuna.create_study(storage=claims.storage, direction="maximize")
     ran = []
     while (trial := claims.claim(study)) is not None:
-        ran.append((trial.params["method"], trial.params["lr"], trial.params["batch_size"]))
+        ran.append((trial.params["method"], trial.params["lr"], trial.params["seed"]))
         study.tell(trial, 0.5)
-    assert len(ran) == len(set(ran)) == 18  # every combination once, then no repeat
+    assert len(ran) == len(set(ran)) == 18  # every combination with every seed once, then no repeat
+    assert {seed for *_, seed in ran} == {42, 43, 44}
     repeat = [t for t in study.get_trials() if t.state.name == "FAIL"]
     assert len(repeat) == 1 and "every combination of the search space has run" in repeat[0].user_attrs["error"]
 
