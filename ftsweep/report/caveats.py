@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ftsweep.report.recommend import Recommendation
-from ftsweep.report.replicates import SEED, Configuration
+from ftsweep.report.replicates import Configuration, given
 from ftsweep.report.rows import Row, to_float
 
 KINDS = ("at_chance", "edge_of_range", "undertrained", "diverged", "cannot_separate", "few_trials")
@@ -60,7 +60,7 @@ def at_chance(rows: list[Row]) -> list[Caveat]:
     chance = [r for r in ok if r.predicted_classes == 1 or _not_above_majority(r)]
     if not chance:
         return []
-    trained = [r for r in ok if r not in chance]
+    trained = [r for r in ok if all(r is not c for c in chance)]
     lrs = [to_float(r.params.get("lr")) for r in chance]
     top = max((to_float(r.params.get("lr")) or 0.0 for r in trained), default=None)
     if top and all(lr is not None and lr > top for lr in lrs):
@@ -93,7 +93,7 @@ def edge_of_range(rows: list[Row], named: list[Configuration]) -> list[Caveat]:
         first = c.rows[0]
         group = [r for r in rows if r.ok and (r.group or r.method) == (first.group or first.method)]
         for key, value in c.params.items():
-            tried = sorted({v for r in group if key != SEED and (v := to_float(r.params.get(key))) is not None})
+            tried = sorted({v for r in group if (v := to_float(given(r).get(key))) is not None})
             chosen = to_float(value)
             if chosen is None or len(tried) < 3 or (key, chosen) in seen or chosen not in (tried[0], tried[-1]):
                 continue
