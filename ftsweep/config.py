@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Union, cast
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -255,8 +255,14 @@ class TrainConfig:
     data: DataConfig = MISSING
 
     lr: float = MISSING  # conf/config.yaml: ${method.lr}, each method's own default; `lr=...` wins
-    batch_size: int = 16  # examples per forward pass (the global batch when distributed)
+    # examples per forward pass (the global batch when distributed); with micro_batch_size set, the logical batch
+    batch_size: int = 16
     grad_accum_steps: int = 1  # optimizer step every N batches (effective batch = batch_size * N)
+    # null: batch_size is the forward pass. N: batch_size is the batch the optimizer sees, made of forward passes
+    # of N examples (batch_size / N accumulated; a divisor of batch_size). auto: the largest that fits
+    # memory_budget_mb (ftsweep/microbatch.py), fitted before the run starts.
+    micro_batch_size: Optional[Union[int, str]] = None
+    memory_budget_mb: Optional[float] = None  # what micro_batch_size=auto fits in; null: the card's free memory
     epochs: int = 1
     max_steps: Optional[int] = None  # cap on optimizer steps; null: epochs decide
     eval_every_steps: Optional[int] = None  # null: evaluate at each epoch end only
@@ -286,6 +292,7 @@ class TrainConfig:
         _check(math.isfinite(self.lr) and self.lr > 0, f"lr must be > 0, got {self.lr}")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _check(self.grad_accum_steps >= 1, f"grad_accum_steps must be >= 1, got {self.grad_accum_steps}")
+        self._check_micro_batch()
         _check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
         _check(self.max_steps is None or self.max_steps >= 1, f"max_steps must be >= 1 or null, got {self.max_steps}")
         _check(
@@ -307,6 +314,50 @@ class TrainConfig:
             self.objectives = [self.optimized_metric]
         _check(len(self.objectives) >= 1, "objectives must name at least one metric")
         check_metric_names(self.objectives, "objectives")
+
+    def _check_micro_batch(self) -> None:
+        micro, budget = self.micro_batch_size, self.memory_budget_mb
+        _check(
+            micro is None or micro == "auto" or (isinstance(micro, int) and not isinstance(micro, bool) and micro >= 1),
+            f"micro_batch_size must be a whole number >= 1, auto or null, got '{micro}'",
+        )
+        _check(
+            budget is None or (math.isfinite(budget) and budget > 0),
+            f"memory_budget_mb must be > 0 (MB) or null, got {budget}",
+        )
+        if micro is None:
+            return
+        _check(
+            self.grad_accum_steps == 1,
+            f"micro_batch_size={micro} derives the accumulation (batch_size / micro_batch_size); "
+            f"leave grad_accum_steps={self.grad_accum_steps} at 1",
+        )
+        nproc = self.distributed.nproc
+        if isinstance(micro, int):
+            _check(micro <= self.batch_size, f"micro_batch_size={micro} is above batch_size={self.batch_size}")
+            divisors = [str(d) for d in range(1, self.batch_size + 1) if self.batch_size % d == 0 and d % nproc == 0]
+            _check(
+                self.batch_size % micro == 0,
+                f"micro_batch_size={micro} does not divide batch_size={self.batch_size}; "
+                f"choose one of {', '.join(divisors)}",
+            )
+            _check(
+                micro % nproc == 0,
+                f"micro_batch_size={micro} is split across distributed.nproc={nproc} processes: "
+                f"it must be a multiple of {nproc}; choose one of {', '.join(divisors) or 'none'}",
+            )
+
+    @property
+    def forward_batch_size(self) -> int:
+        """Examples per forward pass, all ranks together: micro_batch_size when set, else batch_size."""
+        micro = self.micro_batch()
+        return micro if micro is not None else self.batch_size
+
+    def micro_batch(self) -> Optional[int]:
+        """micro_batch_size as a number (None: unset). `auto` is fitted before a run (ftsweep/microbatch.py)."""
+        if self.micro_batch_size == "auto":
+            raise ConfigError("micro_batch_size=auto is fitted before a run starts (ftsweep.microbatch.fitted)")
+        return cast(Optional[int], self.micro_batch_size)
 
 
 def objectives_of(cfg: DictConfig) -> list[str]:

@@ -27,6 +27,7 @@ FINAL_METRICS = frozenset(
         "perf/train_time_s",
         "perf/eval_time_s",
         "perf/effective_batch_size",
+        "perf/micro_batch_size",  # examples per forward pass, all ranks together (batch_size when unset)
         "perf/compile_time_s",
         "train/steps",
         "train/total_steps",

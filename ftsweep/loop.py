@@ -42,6 +42,7 @@ class LoopSettings:
     epochs: int
     num_labels: int
     grad_accum_steps: int = 1
+    micro_batch_size: Optional[int] = None  # this process's examples per forward pass; None: a whole batch
     max_grad_norm: Optional[float] = None
     eval_every_steps: Optional[int] = None  # None: at each epoch end only
     log_every_steps: int = 10
@@ -56,11 +57,13 @@ class LoopSettings:
     @classmethod
     def of(cls, tc: TrainConfig, total_steps: int, num_labels: int, progress: bool = True) -> LoopSettings:
         """The settings a run's config gives the loop."""
+        micro = tc.micro_batch()  # global: each rank's share of a batch goes through in forward passes of micro/nproc
         return cls(
             total_steps=total_steps,
             epochs=tc.epochs,
             num_labels=num_labels,
             grad_accum_steps=tc.grad_accum_steps,
+            micro_batch_size=micro // tc.distributed.nproc if micro is not None else None,
             max_grad_norm=tc.optimizer.max_grad_norm,
             eval_every_steps=tc.eval_every_steps,
             log_every_steps=tc.log_every_steps,
@@ -265,11 +268,13 @@ class Loop:
         return time.perf_counter() - t0
 
     def _optimizer_step(self, micro: list[dict]) -> torch.Tensor:
-        """One optimizer step over `micro` (grad_accum_steps batches); returns the summed loss, on device."""
+        """One optimizer step over `micro` (grad_accum_steps batches, each in forward passes of at most
+        s.micro_batch_size examples); returns the batches' summed loss, on device."""
         device, s, result, scaler, trainable = self.device, self.s, self.result, self.scaler, self.trainable
         loss_sum = torch.zeros((), device=device)
-        for batch in micro:
-            weight = batch.pop("loss_weight", None)  # a distributed rank's share of the global batch
+        for batch in (part for whole in micro for part in micro_batches(whole, s.micro_batch_size)):
+            # a distributed rank's share of the global batch, a micro-batch's share of its batch (or both)
+            weight = batch.pop("loss_weight", None)
             if weight is None or weight > 0:  # a rank with no share of a last, small batch counts nothing
                 result.samples += batch["labels"].numel()
                 result.tokens += int(batch["attention_mask"].sum())  # CPU tensor: no device sync
@@ -347,6 +352,24 @@ class Loop:
             result.samples, result.tokens = (int(v) for v in self.group.sum([result.samples, result.tokens]))
         self.early.restore(self.model, result)
         return result
+
+
+def micro_batches(batch: dict[str, torch.Tensor], size: Optional[int]) -> list[dict[str, torch.Tensor]]:
+    """A batch as forward passes of at most `size` examples, each trimmed to its own longest row (the collator
+    pads on the right). Each part's `loss_weight` is its fraction of the batch (times the batch's own weight, a
+    distributed rank's share), so the parts' weighted losses add up to the whole batch's mean loss: the same
+    gradient as the batch in one pass, up to float rounding."""
+    n = batch["labels"].shape[0]
+    if size is None or n <= size:
+        return [batch]
+    weight = batch.get("loss_weight", torch.tensor(1.0))
+    parts = []
+    for lo in range(0, n, size):
+        part = {k: v[lo : lo + size] for k, v in batch.items() if k != "loss_weight"}
+        width = int(part["attention_mask"].sum(dim=1).max())
+        part = {k: v[:, :width] if v.dim() == 2 else v for k, v in part.items()}
+        parts.append({**part, "loss_weight": weight * (part["labels"].shape[0] / n)})
+    return parts
 
 
 def fit(

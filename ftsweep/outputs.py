@@ -40,7 +40,9 @@ def final_metrics(tc: TrainConfig, result: FitResult, train_samples: int, total_
     metrics["eval/accuracy_ci_low"], metrics["eval/accuracy_ci_high"] = low, high
     metrics.update(result.perf())
     # A batch_size above the data set's size is allowed (one batch per epoch); the batch that trains is smaller.
+    # (With micro_batch_size set, grad_accum_steps is 1: batch_size is then the batch the optimizer sees.)
     metrics["perf/effective_batch_size"] = min(tc.batch_size, train_samples) * tc.grad_accum_steps
+    metrics["perf/micro_batch_size"] = min(tc.forward_batch_size, train_samples)  # examples per forward pass
     metrics["train/steps"], metrics["train/total_steps"] = result.steps, total_steps
     metrics["train/stopped_early"] = float(result.stop_reason == "stopped_early")
     metrics["train/best_step"] = result.best_step  # the weights the final eval used (early stopping restores)

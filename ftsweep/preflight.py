@@ -81,7 +81,7 @@ def check_distributed(cfg: TrainConfig, device: torch.device, pinned: Optional[s
             f"hydra.sweeper.devices gives each trial one device; distributed.nproc={n} needs {n}. "
             "Leave hydra.sweeper.devices unset (each trial then takes the devices after its own)"
         )
-    if cfg.batch_size < n:
+    if cfg.batch_size < n:  # a micro_batch_size is a multiple of n (config.py)
         raise ConfigError(
             f"batch_size={cfg.batch_size} is the global batch, split across distributed.nproc={n} "
             f"processes: it must be at least {n}"

@@ -6,11 +6,11 @@ length-grouped, so their lengths follow the data's distribution) and one step on
 data gives, which set the activations' peak. It times one eval batch of median length. Nothing is logged and
 no model is kept.
 
-What a run costs depends only on its **cost shape**: model, method with its size options, optimizer, batch_size,
-the data (its length distribution, max_length), precision, gradient checkpointing, compile and device, on this
-host with this torch. A probe is cached under that shape (in the ftsweep cache), so a plan measures each shape
-once and the real sweep's prescreening and later plans reuse it; lr, seed, steps and epochs leave the shape alone
-and scale the prediction instead (`predict`).
+What a run costs depends only on its **cost shape**: model, method with its size options, optimizer, batch_size
+and micro_batch_size, the data (its length distribution, max_length), precision, gradient checkpointing, compile
+and device, on this host with this torch. A probe is cached under that shape (in the ftsweep cache), so a plan
+measures each shape once and the real sweep's prescreening and later plans reuse it; lr, seed, steps and epochs
+leave the shape alone and scale the prediction instead (`predict`).
 """
 
 from __future__ import annotations
@@ -103,6 +103,8 @@ def shape_of(job: DictConfig) -> dict[str, Any]:
     """The parts of a composed run config that set what a step costs, as plain data."""
     resolved = cast(dict[str, Any], OmegaConf.to_container(job, resolve=True, enum_to_str=True))
     shape = {k: resolved.get(k) for k in SHAPE_KEYS}
+    if resolved.get("micro_batch_size") is not None:  # only when set: the shapes of runs without keep their digests
+        shape["micro_batch_size"] = resolved["micro_batch_size"]
     for node in ("method", "optimizer"):
         shape[node] = {k: v for k, v in (shape[node] or {}).items() if k != "lr"}
     device = str(preflight.resolve_device(str(resolved.get("device", "auto"))))

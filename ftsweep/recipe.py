@@ -197,11 +197,12 @@ class FineTuneRecipe:
             group_by_length=tc.data.group_by_length,
         )
         # 2 x batch_size by default, on CUDA too: a larger eval batch fills a card (docs/benchmarks.md) but
-        # would often set the run's CUDA peak, which is the memory axis of a sweep's trade-offs.
+        # would often set the run's CUDA peak, which is the memory axis of a sweep's trade-offs. With a
+        # micro_batch_size, 2 x that: the micro-batch was chosen to fit, and an eval must fit as well.
         evaluation = batches.make_loader(
             eval_ids,
             splits.eval_labels,
-            tc.data.eval_batch_size or 2 * tc.batch_size,
+            tc.data.eval_batch_size or 2 * tc.forward_batch_size,
             pad_id,
             shuffle=False,
             seed=tc.seed,

@@ -10,8 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from ftsweep import microbatch
 from ftsweep.config import TrainConfig
 from ftsweep.hooks import Hooks
 from ftsweep.recipe import FineTuneRecipe
@@ -26,6 +27,10 @@ def train(
     hooks: Optional[Hooks] = None,
 ) -> dict[str, float]:
     """Fine-tune as configured; return the final metrics (all logged to MLflow)."""
+    if isinstance(cfg, TrainConfig) and cfg.micro_batch_size == "auto":
+        cfg = OmegaConf.structured(cfg)
+    if isinstance(cfg, DictConfig):  # micro_batch_size=auto: fitted by probes before the run exists
+        cfg = microbatch.fitted(cfg, hooks.device_id if hooks else None)
     recipe = FineTuneRecipe(cfg, output_dir, overrides, tracker, hooks)
     recipe.prepare()
     recipe.start_run()

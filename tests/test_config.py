@@ -84,6 +84,8 @@ TOP_LEVEL = {
     "lr": 5e-5,
     "batch_size": 16,
     "grad_accum_steps": 1,
+    "micro_batch_size": None,
+    "memory_budget_mb": None,
     "epochs": 1,
     "max_steps": None,
     "eval_every_steps": None,
