@@ -22,7 +22,7 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, open_dict
 
-from ftsweep import assets
+from ftsweep import assets, microbatch
 from ftsweep import probe as probe_mod
 from ftsweep.artifacts import write_text
 from ftsweep.sweep.definition import SweepDefinition, SweepSettings
@@ -88,7 +88,7 @@ def make_plan(d: SweepDefinition, settings: SweepSettings, compose: Compose, fol
     fixed: Optional[float] = None
     for point in _configurations(d):
         overrides = {**d.fixed, **point}
-        job = compose(overrides)
+        job = microbatch.fitted(compose(overrides))  # micro_batch_size=auto: as its trial will fit it
         found, new = probe_mod.probe(job)
         measured, reused = measured + new, reused + (not new)
         probes_s += found.probe_s if new else 0.0

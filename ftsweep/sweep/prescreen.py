@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional
 from omegaconf import DictConfig
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
+from ftsweep import microbatch
 from ftsweep import probe as probe_mod
 from ftsweep.errors import ConfigError, first_line, is_out_of_memory
 from ftsweep.sweep.definition import SweepDefinition, SweepSettings
@@ -64,7 +65,7 @@ class Prescreen:
 
     def predicted(self, overrides: dict[str, Any]) -> dict[str, float]:
         with self.lock:
-            job = self.compose(overrides)
+            job = microbatch.fitted(self.compose(overrides))  # the micro-batch that its trial will fit
             found, measured = probe_mod.probe(job)
             if measured:
                 log.info("probed a new cost shape in %.1f s", found.probe_s)
