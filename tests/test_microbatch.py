@@ -143,6 +143,6 @@ def test_auto_fits_a_tight_budget_on_the_tiny_model_and_reuses_the_cached_probes
 
 def test_auto_when_even_one_does_not_fit_stops_before_any_run(tiny_cfg):
     with pytest.raises(ConfigError, match="micro_batch_size=auto: even 1 example") as caught:
-        train(tiny_cfg("device=cpu", "batch_size=4", "micro_batch_size=auto", "memory_budget_mb=0.01"))
+        train(tiny_cfg("device=cpu", "batch_size=1", "micro_batch_size=auto", "memory_budget_mb=0.01"))  # 1 probe
     assert "\n" not in str(caught.value)
     assert run_statuses() == []
