@@ -62,7 +62,7 @@ def pareto_space(cfg: DictConfig, trial: Trial) -> None:
 
 # `make study`'s learning rates, chosen by a pilot on the same slice (docs/study/README.md): each method's best sits
 # inside its range. Evenly spaced, so that a float step expresses them: how a brute-force lr may depend on the method.
-STUDY_LRS = {"full": (5e-5, 1.25e-4, 2e-4), "lora": (2e-3, 5e-3, 8e-3)}
+STUDY_LRS = {"full": (5e-5, 1.25e-4, 2e-4), "lora": (1e-3, 3e-3, 5e-3)}
 
 
 def method_default_lr(cfg: DictConfig, method: str) -> float:
