@@ -58,10 +58,14 @@ def test_undertrained_when_the_loss_still_falls_or_the_eval_still_rises():
     rows = healthy()
     rows[5].history["train/loss"] = [0.7, 0.65, 0.6, 0.55, 0.5, 0.45, 0.4, 0.3]
     found = kinds(rows)["undertrained"]
-    assert found.message.startswith("trial 5: training loss still falling") and found.override == "max_steps=80"
+    assert (
+        found.message
+        == "1 of the answer's trials were still learning (trial 5: loss 0.475 → 0.350 over its last quarters)"
+    )
+    assert found.override == "max_steps=80"
     rows = healthy()
     rows[5].history["eval/accuracy"] = [0.7, 0.8, 0.9]
-    assert "last eval still rising (0.800 → 0.900)" in kinds(rows)["undertrained"].message
+    assert "trial 5: last eval still rising, 0.800 → 0.900" in kinds(rows)["undertrained"].message
 
 
 def test_diverged_on_a_non_finite_loss_or_one_that_ends_higher():

@@ -115,25 +115,31 @@ def edge_of_range(rows: list[Row], named: list[Configuration]) -> list[Caveat]:
 
 
 def undertrained(rows: list[Row]) -> list[Caveat]:
-    out = []
-    for r in rows:
-        loss, evals = r.history.get("train/loss", []), r.history.get("eval/accuracy", [])
-        q = len(loss) // 4
-        falling = q >= 2 and sum(loss[-q:]) / q < STILL_FALLING * sum(loss[-2 * q : -q]) / q
-        rising = len(evals) >= 3 and evals[-1] > evals[-2] + STILL_RISING and evals[-1] == max(evals)
-        if not (falling or rising):
-            continue
-        why = []
-        if falling:
-            why.append(
-                f"training loss still falling over its last quarter ({sum(loss[-2 * q : -q]) / q:.3f} → "
-                f"{sum(loss[-q:]) / q:.3f})"
-            )
-        if rising:
-            why.append(f"its last eval still rising ({evals[-2]:.3f} → {evals[-1]:.3f})")
-        steps = int(r.get("train/steps") or 0)
-        out.append(Caveat("undertrained", f"trial {r.trial}: " + " and ".join(why), f"max_steps={2 * steps}"))
-    return out
+    """One line for all of the answer's trials that were still learning at the end."""
+    found = [(r, why) for r in rows if (why := _still_learning(r))]
+    if not found:
+        return []
+    steps = max(int(r.get("train/steps") or 0) for r, _ in found)
+    evidence = "; ".join(f"trial {r.trial}: {why}" for r, why in found)
+    return [
+        Caveat(
+            "undertrained",
+            f"{len(found)} of the answer's trials were still learning ({evidence})",
+            f"max_steps={2 * steps}",
+        )
+    ]
+
+
+def _still_learning(r: Row) -> str:
+    """Why `r` was still learning when it stopped, or "" when it was not."""
+    loss, evals = r.history.get("train/loss", []), r.history.get("eval/accuracy", [])
+    q = len(loss) // 4
+    why = []
+    if q >= 2 and sum(loss[-q:]) / q < STILL_FALLING * sum(loss[-2 * q : -q]) / q:
+        why.append(f"loss {sum(loss[-2 * q : -q]) / q:.3f} → {sum(loss[-q:]) / q:.3f} over its last quarters")
+    if len(evals) >= 3 and evals[-1] > evals[-2] + STILL_RISING and evals[-1] == max(evals):
+        why.append(f"last eval still rising, {evals[-2]:.3f} → {evals[-1]:.3f}")
+    return " and ".join(why)
 
 
 def diverged(rows: list[Row]) -> list[Caveat]:
