@@ -61,7 +61,7 @@ chaos: $(STAMP) ## a joblib sweep SIGKILLed KILLS=12 times at random (SEED=1), r
 bench: $(STAMP) ## benchmarks (minutes): writes benchmarks/results.json and benchmarks/README.md
 	$(PY) benchmarks/bench.py $(ARGS)
 
-study: $(STAMP) ## the seed's study at CPU scale (~24 min): full vs LoRA x 3 lrs x batch 8/16/32 on IMDB; report in docs/study/
+study: $(STAMP) ## the seed's study at CPU scale (~29 min on the EPYC): full vs LoRA x 3 lrs x 3 seeds on IMDB; report in docs/study/
 	@date -u +"study started %Y-%m-%dT%H:%M:%SZ"
 	$(PY) -m ftsweep -m hparams_search=study $(ARGS)
 	$(PY) -m ftsweep.report --experiment study --out docs/study

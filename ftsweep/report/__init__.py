@@ -24,7 +24,7 @@ from ftsweep.report.page import RunLinks, to_html
 from ftsweep.report.plots import make_plots
 from ftsweep.report.recommend import recommend
 from ftsweep.report.render import render
-from ftsweep.report.replicates import configurations
+from ftsweep.report.replicates import against_full, configurations
 from ftsweep.report.rows import collect, find_sweep, load_study, read_histories, study_importances
 from ftsweep.tracking import Tracker
 
@@ -56,8 +56,8 @@ def make_report(
     correct, tfidf = evidence.outcomes(client, rows)
     best = evidence.against_best(rows, correct)
     summary = method_summary(rows)
-    evidence.against_full(summary, correct)
     configs = configurations(rows)
+    against_full(summary, configs, correct)
     rec = recommend(configs, correct, tolerance)
     importances = study_importances(optuna_study)
     caveats = find_caveats(rows, rec, importances)

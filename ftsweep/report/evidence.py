@@ -107,14 +107,6 @@ def against_best(rows: list[Row], correct: dict[str, np.ndarray]) -> Optional[Ro
     return best
 
 
-def against_full(summary: list[dict[str, Any]], correct: dict[str, np.ndarray]) -> None:
-    """Each method's best trial against full fine-tuning's best on the same model: `vs_full` in its summary."""
-    for s in summary:
-        full = next((f for f in summary if f["base"] == "full" and f["model"] == s["model"]), None)
-        if full is not None and s is not full:
-            s["vs_full"] = compare(s["best_row"], full["best_row"], correct)
-
-
 def ties(rows: list[Row], best: Optional[Row]) -> list[str]:
     """How many trials the eval set cannot tell from the best (set by against_best), and on what evidence."""
     others = [r for r in rows if r.ok and r.vs_best is not None and r is not best]

@@ -105,3 +105,15 @@ def versus(a: Configuration, b: Configuration, correct: dict[str, np.ndarray]) -
     low_b, high_b = b.interval
     half = ((high_a - low_a) ** 2 + (high_b - low_b) ** 2) ** 0.5 / 2  # two independent 95 % half-widths
     return Comparison(a.mean - b.mean, a.mean - b.mean - half, a.mean - b.mean + half, None, paired=False)
+
+
+def against_full(summary: list[dict], configs: list[Configuration], correct: dict[str, np.ndarray]) -> None:
+    """Each method's best configuration (the highest mean over its seeds) against full fine-tuning's best on the
+    same model: `vs_full` in its summary. Configurations, not single trials: the best of many seeds is lucky."""
+    best: dict[str, Configuration] = {}
+    for c in configs:  # most accurate first
+        best.setdefault(c.rows[0].group or c.rows[0].method, c)
+    for s in summary:
+        full = next((f for f in summary if f["base"] == "full" and f["model"] == s["model"]), None)
+        if full is not None and s is not full and s["method"] in best and full["method"] in best:
+            s["vs_full"] = versus(best[s["method"]], best[full["method"]], correct)
