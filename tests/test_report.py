@@ -162,7 +162,8 @@ def test_report_after_a_sweep_has_every_trial_plots_and_artifacts(cli):
     assert "- `diverged`: trial" in text and "## Warnings" in text
     from mlflow.tracking import MlflowClient
 
-    parent = MlflowClient().get_run(doc["parent_run_id"])
+    # the test's own store: another test in this worker may have set MLflow's process-wide tracking URI
+    parent = MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_run(doc["parent_run_id"])
     assert set(parent.data.tags["ftsweep.warnings"].split(",")) == {w["kind"] for w in doc["warnings"]}
     assert (out / "report.html").read_text().count("<tr>") >= 3
     import matplotlib.image as mpimg
