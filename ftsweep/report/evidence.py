@@ -42,6 +42,11 @@ class Comparison:
     def tied(self) -> bool:
         return self.low <= 0.0 <= self.high
 
+    @classmethod
+    def itself(cls) -> "Comparison":
+        """A trial or configuration against itself: exactly 0, and the test cannot reject anything."""
+        return cls(0.0, 0.0, 0.0, 1.0, True)
+
     def points(self) -> str:
         """e.g. "-5.3 points [-7.4, -3.2]"."""
         return f"{100 * self.diff:+.1f} points [{100 * self.low:+.1f}, {100 * self.high:+.1f}]"
@@ -103,7 +108,7 @@ def against_best(rows: list[Row], correct: dict[str, np.ndarray]) -> Optional[Ro
         return None
     best = max(ok, key=lambda r: r.accuracy or 0.0)
     for row in ok:
-        row.vs_best = Comparison(0.0, 0.0, 0.0, 1.0, True) if row is best else compare(row, best, correct)
+        row.vs_best = Comparison.itself() if row is best else compare(row, best, correct)
     return best
 
 

@@ -29,12 +29,16 @@ class Pick:
     axis: str  # "memory" or "time"
     config: Configuration
     vs_best: Comparison
-    tied: bool  # within noise of the best (else only within the tolerance)
     confirmed: bool  # both it and the best ran with several seeds
 
     @property
+    def tied(self) -> bool:
+        """Within noise of the best (else only within the tolerance)."""
+        return self.vs_best.tied
+
+    @property
     def verdict(self) -> str:
-        if self.vs_best.diff == 0 and self.vs_best.low == 0 and self.vs_best.high == 0:
+        if self.vs_best == Comparison.itself():
             return "the best itself"
         if not self.tied:
             return f"a loss within the tolerance: {self.vs_best.points()}"
@@ -64,7 +68,7 @@ def recommend(
     if not within:
         return Recommendation(None, [], tolerance_points, [])
     best = max(within, key=lambda c: c.mean)
-    against = {id(c): (Comparison(0.0, 0.0, 0.0, 1.0, True) if c is best else versus(c, best, correct)) for c in within}
+    against = {id(c): (Comparison.itself() if c is best else versus(c, best, correct)) for c in within}
     picks = []
     for axis in AXES:
         candidates = [c for c in within if c.cost(axis) is not None and qualifies(against[id(c)], tolerance_points)]
@@ -73,5 +77,5 @@ def recommend(
         cheapest = min(candidates, key=lambda c: (c.cost(axis), -c.mean))
         vs = against[id(cheapest)]
         confirmed = cheapest.n >= CONFIRMING_SEEDS and best.n >= CONFIRMING_SEEDS
-        picks.append(Pick(axis, cheapest, vs, vs.tied, confirmed))
+        picks.append(Pick(axis, cheapest, vs, confirmed))
     return Recommendation(best, picks, tolerance_points, [(c, against[id(c)]) for c in within])
