@@ -851,6 +851,36 @@ def before_checkout(ref: str):
             subprocess.run(["git", "-C", str(HERE.parent), "worktree", "remove", "--force", tmp], capture_output=True)
 
 
+def _sections() -> dict[str, Callable[[], dict]]:
+    import runs
+    from samplers import bench_samplers
+
+    return {
+        "grouped_parity": runs.bench_grouped_parity,
+        "samplers": lambda: bench_samplers(quick=False),
+        "bf16_parity": runs.bench_bf16_parity,
+    }
+
+
+SECTIONS = ("grouped_parity", "samplers", "bf16_parity")
+
+
+def rerun_sections(names: list[str]) -> int:
+    """Rerun some whole-run sections alone: each replaces its part of results.json with its own date and CPU."""
+    unknown = sorted(set(names) - set(SECTIONS))
+    if unknown:
+        raise SystemExit(f"--only: unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+    results = json.loads((HERE / "results.json").read_text())
+    sections = _sections()
+    for name in names:
+        t0 = time.time()
+        results[name] = sections[name]()
+        results[name].update(date=dt.date.today().isoformat(), wall_s=time.time() - t0, cpu=cpu_model(), rerun="--only")
+        (HERE / "results.json").write_text(json.dumps(results, indent=2))  # each section kept as soon as it ends
+    write_readme(results)
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer steps and repeats: a smoke run, not for quoting")
@@ -860,38 +890,14 @@ def main() -> int:
         help="git commit to measure the sweep on as 'before' (a temporary worktree); '' skips it",
     )
     ap.add_argument(
-        "--only-parity",
-        action="store_true",
-        help="rerun only the length-grouping parity and replace it in results.json (dated on its own)",
-    )
-    ap.add_argument(
-        "--only-samplers",
-        action="store_true",
-        help="rerun only GP vs TPE and replace that section of results.json (dated on its own)",
+        "--only",
+        default="",
+        help=f"comma-separated sections to rerun alone ({', '.join(SECTIONS)}); each replaces its part of "
+        "results.json, dated and named by CPU on its own",
     )
     args = ap.parse_args()
-    if args.only_parity:
-        import runs
-
-        results = json.loads((HERE / "results.json").read_text())
-        t0 = time.time()
-        results["grouped_parity"] = runs.bench_grouped_parity()
-        results["grouped_parity"].update(
-            date=dt.date.today().isoformat(), wall_s=time.time() - t0, cpu=cpu_model(), rerun="--only-parity"
-        )
-        (HERE / "results.json").write_text(json.dumps(results, indent=2))
-        write_readme(results)
-        return 0
-    if args.only_samplers:
-        from samplers import bench_samplers
-
-        results = json.loads((HERE / "results.json").read_text())
-        t0 = time.time()
-        results["samplers"] = bench_samplers(quick=False)
-        results["samplers"].update(date=dt.date.today().isoformat(), wall_s=time.time() - t0, cpu=cpu_model())
-        (HERE / "results.json").write_text(json.dumps(results, indent=2))
-        write_readme(results)
-        return 0
+    if args.only:
+        return rerun_sections(args.only.split(","))
     steps, repeats = (4, 1) if args.quick else (10, 3)
     t0 = time.time()
     import runs

@@ -36,13 +36,24 @@ OLD_DEFAULT = ["data.max_train_samples=2000", "data.max_length=128", "data.group
 
 def ftsweep(repo: Path, tmp: str, *args: str) -> float:
     """Run `python -m ftsweep ARGS` in `tmp` on checkout `repo`; its wall time in seconds."""
+    return ftsweep_measured(repo, tmp, *args)["wall_s"]
+
+
+def ftsweep_measured(repo: Path, tmp: str, *args: str) -> dict:
+    """Run `python -m ftsweep ARGS` in `tmp` on checkout `repo`: its wall time (process start to exit) and the
+    process's own peak RSS (wait4's ru_maxrss: this child alone, not the children before it)."""
     env = {**os.environ, "PYTHONPATH": str(repo), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db"}
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "ftsweep", *args], cwd=tmp, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
+    with open(f"{tmp}/stderr.txt", "w") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ftsweep", *args], cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=err
+        )
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
-        raise SystemExit(f"ftsweep {' '.join(args)} failed in {repo}:\n{proc.stderr[-3000:]}")
-    return wall
+        raise SystemExit(f"ftsweep {' '.join(args)} failed in {repo}:\n{Path(tmp, 'stderr.txt').read_text()[-3000:]}")
+    return {"wall_s": wall, "process_peak_rss_mb": usage.ru_maxrss / 1024}
 
 
 def trial_runs(tmp: str, experiment: str = "imdb") -> list:
@@ -51,6 +62,16 @@ def trial_runs(tmp: str, experiment: str = "imdb") -> list:
     client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
     return [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+
+
+def run_tag(tmp: str, tag: str) -> str | None:
+    """A tag of the newest run in the store of `tmp` (the one run a single `python -m ftsweep` made)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
+    ids = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(ids, order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0].data.tags.get(tag) if runs else None
 
 
 # --------------------------------------------------------------------------- 1. sweep efficiency
@@ -101,16 +122,20 @@ def bench_sweep_efficiency(before: Path | None) -> dict:
 
 
 # --------------------------------------------------------------------------- 2. the default run and TF-IDF
-def default_run(*overrides: str) -> dict:
+def default_run(*overrides: str, repo: Path = REPO) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-run-") as tmp:
-        wall = ftsweep(REPO, tmp, "progress_bar=false", f"hydra.run.dir={tmp}/run", *overrides)
+        measured = ftsweep_measured(repo, tmp, "progress_bar=false", f"hydra.run.dir={tmp}/run", *overrides)
         m = json.loads((Path(tmp) / "run" / "metrics.json").read_text())
+        precision = run_tag(tmp, "precision")
     return {
         "overrides": list(overrides),
-        "wall_s": wall,
+        **measured,
         "accuracy": m["eval/accuracy"],
         "train_s": m["perf/train_time_s"],
         "eval_s": m["perf/eval_time_s"],
+        "run_peak_rss_mb": m.get("mem/cpu_peak_rss_mb"),
+        "train_state_mb": m.get("mem/train_state_mb"),
+        "precision": precision,
     }
 
 
@@ -241,3 +266,56 @@ def readme_lines(r: dict) -> list[str]:
         )
     lines.append(f"\nGrouping trains {g['train_speedup']:.2f}x as fast at 256 tokens.")
     return lines
+
+
+# --------------------------------------------------------------------------- 4. bf16 parity on the CPU
+# The study's slice (conf/hparams_search/study.yaml) at each method's best learning rate there (docs/study).
+STUDY_SLICE = {
+    "full": ["data.max_train_samples=1500", "data.max_eval_samples=1000", "data.max_length=128", "lr=1.25e-4"],
+    "lora": [
+        "method=lora",
+        "data.max_train_samples=1500",
+        "data.max_eval_samples=1000",
+        "data.max_length=128",
+        "lr=3e-3",
+    ],
+}
+
+
+def parity_of(name: str, overrides: list[str], seeds, repo: Path = REPO) -> dict:
+    """fp32 against bf16 autocast on one setting, seed by seed, alternating which precision goes first."""
+    runs: dict[str, list] = {"fp32": [], "bf16": []}
+    for seed in seeds:
+        for precision in ("fp32", "bf16") if seed % 2 else ("bf16", "fp32"):
+            r = default_run(*overrides, "save_model=none", f"seed={seed}", f"precision={precision}", repo=repo)
+            runs[precision].append(r)
+            print(
+                f"[bf16 parity] {name} seed {seed} {precision}: {r['accuracy']:.4f} ({r['train_s']:.0f} s)", flush=True
+            )
+    out: dict = {"overrides": overrides, "seeds": list(seeds)}
+    for precision, rs in runs.items():
+        acc = [r["accuracy"] for r in rs]
+        out[precision] = {
+            "accuracies": acc,
+            "mean": statistics.mean(acc),
+            "stdev": statistics.stdev(acc),
+            "spread": [min(acc), max(acc)],
+            "train_s": [r["train_s"] for r in rs],
+            "eval_s": [r["eval_s"] for r in rs],
+        }
+    fp32, bf16 = out["fp32"], out["bf16"]
+    gap = bf16["mean"] - fp32["mean"]
+    # The issue's rule: bf16's mean inside fp32's seed spread, and no more than 0.5 points below fp32's mean.
+    out["gap_points"] = 100 * gap
+    out["holds"] = fp32["spread"][0] <= bf16["mean"] <= fp32["spread"][1] and gap >= -0.005
+    return out
+
+
+def bench_bf16_parity(seeds=(1, 2, 3), repo: Path = REPO) -> dict:
+    """Accuracy of bf16 autocast against fp32 on this CPU: the default run and the study's slice (full and LoRA at
+    their best learning rates), 3 seeds each. Parity decides `precision=auto` on CPUs with native bf16."""
+    out = {"default_run": parity_of("default run", [], seeds, repo)}
+    for method, overrides in STUDY_SLICE.items():
+        out[f"study_{method}"] = parity_of(f"study slice, {method}", overrides, seeds, repo)
+    out["holds"] = all(v["holds"] for v in out.values() if isinstance(v, dict))
+    return out
