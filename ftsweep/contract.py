@@ -40,6 +40,8 @@ FINAL_METRICS = frozenset(
         "mem/cpu_peak_rss_mb",
         "mem/cuda_peak_allocated_mb",
         "mem/cuda_peak_reserved_mb",
+        "mem/cuda_train_peak_allocated_mb",  # training alone: the memory axis on a GPU
+        "mem/cuda_eval_peak_allocated_mb",
         "mem/params_mb",
         "mem/grads_mb",
         "mem/optimizer_state_mb",

@@ -16,11 +16,22 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
 
 
 def resolve_precision(precision: Precision, device: torch.device) -> Precision:
+    """`auto`: bf16 autocast where the device computes bf16 natively, else fp32."""
     if precision != Precision.auto:
         return precision
-    # Ampere (8.0) and later do bf16 natively; earlier cards only emulate it, slower than fp32.
-    native = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
-    return Precision.bf16 if native else Precision.fp32
+    return Precision.bf16 if native_bf16(device) else Precision.fp32
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 is native here. CUDA: Ampere (8.0) and later; earlier cards only emulate it, slower than
+    fp32. CPU: AMX or AVX512-BF16, detected at run time; there a training step ran 1.5x and eval 2.6x as fast
+    as fp32 with the same accuracy (benchmarks/README.md, "bf16 parity"); elsewhere oneDNN emulates bf16."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device) >= (8, 0)
+    if device.type == "cpu":
+        probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # private, so looked up with a default
+        return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+    return False
 
 
 def autocast(device: torch.device, precision: Precision):

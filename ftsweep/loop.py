@@ -10,7 +10,7 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any, Callable, ContextManager, Iterable, Iterator, Optional
 
 import torch
 from torch import nn
@@ -129,7 +129,7 @@ class Loop:
     `group` (ftsweep/distributed.py): this process is one rank of a distributed run, its train loader giving
     its shares of the global batches; only rank 0 evaluates."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 (the keyword-only wiring is what fit() passes through; each is optional)
         self,
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
@@ -142,10 +142,12 @@ class Loop:
         step_hook: Optional[Callable[[int], None]] = None,
         checkpoint: Optional[Callable[[dict], None]] = None,
         group=None,
+        evaluating: Optional[Callable[[], ContextManager]] = None,
     ):
         self.model, self.optimizer, self.scheduler, self.s, self.device = model, optimizer, scheduler, s, device
         self.hooks, self.log = hooks or Hooks(), log or (lambda metrics, step: None)
         self.step_hook, self.checkpoint, self.group = step_hook, checkpoint, group
+        self.evaluating = evaluating or contextlib.nullcontext  # PeakMemory.evaluating: eval's CUDA peak apart
         self.result = FitResult(compiled=s.compile)
         self.early = EarlyStopping(s.early_stopping, s.early_stopping_metric, s.early_stopping_min_delta)
         train_model = group.wrap(model) if group is not None else model
@@ -332,7 +334,8 @@ class Loop:
             result.last_eval_step = step
         else:
             t0 = time.perf_counter()
-            ev = evaluate(self.model, eval_loader, self.device, s.num_labels, s.precision)
+            with self.evaluating():
+                ev = evaluate(self.model, eval_loader, self.device, s.num_labels, s.precision)
             result.eval_time_s += time.perf_counter() - t0
             result.final_eval, result.last_eval_step = ev, step
             self.log({f"eval/{k}": ev[k] for k in ("accuracy", "f1_macro", "loss")}, step)
@@ -384,5 +387,5 @@ def fit(
     **wiring: Any,
 ) -> FitResult:
     """`Loop(...).run(...)` in one call; `wiring` is Loop's keyword arguments (hooks, log, step_hook,
-    checkpoint, group)."""
+    checkpoint, group, evaluating)."""
     return Loop(model, optimizer, scheduler, s, device, **wiring).run(train_loader, eval_loader, resume)

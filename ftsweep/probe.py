@@ -42,7 +42,9 @@ from ftsweep.optim import total_optimizer_steps
 from ftsweep.recipe import FineTuneRecipe
 
 log = logging.getLogger("ftsweep.probe")
-VERSION = 1  # bump when what a probe measures changes: older cached probes are then measured again
+# bump when what a probe measures changes: older cached probes are then measured again (2: training's CUDA peak
+# apart from eval's; precision=auto is bf16 on CPUs with native bf16)
+VERSION = 2
 TIMED_STEPS = 4  # optimizer steps timed after the warm-up, besides the one on the longest examples
 # Keys of a run's config that set its cost shape (the method and optimizer nodes lose their lr, which does not).
 SHAPE_KEYS = ("model", "method", "optimizer", "batch_size", "data", "precision", "gradient_checkpointing", "compile")
@@ -60,7 +62,7 @@ class Probe:
     eval_batches: int
     eval_batch_s: float  # one eval batch of median length
     train_state_mb: Optional[float]  # params + grads + optimizer state + saved activations (None under compile)
-    cuda_peak_mb: Optional[float]  # the CUDA allocator's peak, on a GPU
+    cuda_peak_mb: Optional[float]  # the CUDA allocator's peak while training, on a GPU
     build_s: float  # data, tokenizer, model and optimizer built
     probe_s: float  # the whole probe, build included
     extra: dict[str, Any] = field(default_factory=dict)
@@ -176,6 +178,8 @@ def _steps(recipe: FineTuneRecipe, tc: TrainConfig, device: torch.device) -> dic
     longest = sorted(range(len(lengths)), key=lambda i: -lengths[i])[: tc.batch_size]
     batch = train.collate_fn([train.dataset[i] for i in longest])
     points.append([float(batch["input_ids"].shape[1]), loop.timed_step([batch])])
+    # training's CUDA peak is the memory axis (mem/cuda_train_peak_allocated_mb), so it is read before any eval
+    train_peak_mb = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     eval_batches = list(evaluation)  # longest first: the first sets an eval's peak, the middle one its pace
     evaluate(recipe.model, cast(Any, eval_batches[:1]), device, recipe.splits.num_labels, tc.precision)
     t0 = time.perf_counter()
@@ -194,7 +198,7 @@ def _steps(recipe: FineTuneRecipe, tc: TrainConfig, device: torch.device) -> dic
         "eval_batches": len(eval_batches),
         "eval_batch_s": eval_batch_s,
         "train_state_mb": state + saved if saved is not None else None,
-        "cuda_peak_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+        "cuda_peak_mb": train_peak_mb,
     }
 
 
@@ -226,8 +230,8 @@ class Prediction:
         out = {"perf/step_time_ms": self.step_ms, "perf/train_time_s": self.train_s, "mem/footprint_mb": self.memory_mb}
         if self.train_state_mb is not None:
             out["mem/train_state_mb"] = self.train_state_mb
-        if self.cuda_peak_mb is not None:
-            out["mem/peak_mb"] = self.cuda_peak_mb  # the CUDA peak; on a CPU mem/peak_mb is RSS, not predicted
+        if self.cuda_peak_mb is not None:  # on a CPU mem/peak_mb is RSS, not predicted
+            out["mem/peak_mb"] = out["mem/cuda_train_peak_allocated_mb"] = self.cuda_peak_mb
         return out
 
 

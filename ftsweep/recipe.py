@@ -245,6 +245,7 @@ class FineTuneRecipe:
                 "hooks": self.hooks,
                 "log": self._log_fn(),
                 "checkpoint": self._save_checkpoint if tc.checkpoint_every_steps else None,
+                "evaluating": self.memory.evaluating,
             }
         )
         return fit(

@@ -52,6 +52,49 @@ def test_peak_memory_is_per_run_even_in_one_process():
     assert big > small + 400, (big, small)
 
 
+class _FakeAllocator:
+    """torch.cuda's peak statistics as the caching allocator keeps them (this machine has no GPU): a current
+    and a peak figure, the peak reset to the current one."""
+
+    def __init__(self):
+        self.current = self.peak = 0.0
+
+    def hold(self, mb: float) -> None:
+        self.peak = max(self.peak, self.current + mb)
+
+    def install(self, monkeypatch) -> None:
+        def reset(device=None):
+            self.peak = self.current
+
+        for name, fn in {
+            "max_memory_allocated": lambda device=None: self.peak * 2**20,
+            "max_memory_reserved": lambda device=None: self.peak * 2**20,
+            "memory_allocated": lambda device=None: self.current * 2**20,
+            "reset_peak_memory_stats": reset,
+            "empty_cache": lambda: None,
+        }.items():
+            monkeypatch.setattr(torch.cuda, name, fn)
+
+
+def test_evaluation_cuda_peak_is_logged_apart_and_the_memory_axis_is_training(monkeypatch):
+    from ftsweep.metrics import memory_breakdown
+
+    cuda = _FakeAllocator()
+    cuda.install(monkeypatch)
+    meter = PeakMemory(torch.device("cuda")).start()
+    cuda.hold(100)  # training
+    with meter.evaluating():
+        cuda.hold(300)  # a big eval batch
+    cuda.hold(120)  # training again, after the epoch's eval
+    peak = meter.stop()
+    assert peak["mem/cuda_train_peak_allocated_mb"] == 120
+    assert peak["mem/cuda_eval_peak_allocated_mb"] == 300
+    assert peak["mem/cuda_peak_allocated_mb"] == 300  # the whole run's peak keeps its meaning
+    model = torch.nn.Linear(4, 2)
+    out = memory_breakdown(peak, model, 0.0, torch.optim.SGD(model.parameters()), meter)
+    assert out["mem/footprint_mb"] == 120 and out["mem/peak_mb"] == 300
+
+
 def test_saved_for_backward_counts_each_storage_once_leaves_out_parameters_and_releases_after_backward():
     weight = torch.nn.Parameter(torch.randn(64, 64))
     x = torch.randn(32, 64, requires_grad=True)

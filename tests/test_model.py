@@ -195,13 +195,31 @@ def test_a_folder_is_read_once_per_process_and_again_after_it_changes(tmp_path, 
     assert load_tokenizer(cfg) is not first
 
 
-def test_precision_auto_is_fp32_on_a_cpu_and_a_named_precision_stays():
+@pytest.mark.parametrize(
+    "amx, avx512_bf16, expected", [(True, False, "bf16"), (False, True, "bf16"), (False, False, "fp32")]
+)
+def test_precision_auto_is_bf16_on_a_cpu_with_native_bf16_else_fp32_and_a_named_precision_stays(
+    monkeypatch, amx, avx512_bf16, expected
+):
     from ftsweep.config import Precision
     from ftsweep.evaluation import resolve_precision
 
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
     cpu = torch.device("cpu")
-    assert resolve_precision(Precision.auto, cpu) == Precision.fp32
+    assert resolve_precision(Precision.auto, cpu).value == expected
     assert resolve_precision(Precision.bf16, cpu) == Precision.bf16
+    assert resolve_precision(Precision.fp32, cpu) == Precision.fp32
+
+
+def test_this_cpus_bf16_is_what_its_flags_say():
+    """The run-time probe agrees with the kernel's CPU flags (amx_bf16 or avx512_bf16 in /proc/cpuinfo)."""
+    from ftsweep.evaluation import native_bf16
+
+    flags = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").exists() else None
+    if flags is None:
+        pytest.skip("no /proc/cpuinfo to check against")
+    assert native_bf16(torch.device("cpu")) == bool(flags & {"amx_bf16", "avx512_bf16"})
 
 
 # --------------------------------------------------------------------------- the method registry

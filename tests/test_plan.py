@@ -2,6 +2,7 @@
 skipped before training. In-process on the tiny model (fast), then as a user runs them (`cli`, slow)."""
 
 import json
+import os
 from pathlib import Path
 
 import optuna
@@ -169,3 +170,36 @@ def test_bad_plan_values_on_the_command_line_are_one_line_exit_2(cli, toy):
     proc = cli.sweep(*base(toy), "batch_size=8,16", "hydra.sweeper.prescreen_margin=-1")
     assert proc.returncode == 2 and len(error_lines(proc.stderr)) == 1
     assert "prescreen_margin is a fraction of the bound" in error_lines(proc.stderr)[0]
+
+
+@pytest.mark.slow
+def test_plan_then_run_on_the_real_minilm(cli):
+    """Plan the user's kind of grid on the embedded MiniLM and real IMDB, then run it: each trial ran the steps and
+    evaluations its plan said, on the memory axis the plan predicted (exact on a CPU, so within 10 %)."""
+    import mlflow
+
+    grid = [
+        "method=full,lora",
+        "batch_size=8",
+        "data.max_train_samples=16",
+        "data.max_eval_samples=16",
+        "data.max_length=64",
+        "progress_bar=false",
+        "save_model=none",
+    ]
+    plan = cli.sweep(*grid, "hydra.sweeper.plan=true")
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    [path] = list((cli.cwd / "multirun").glob("*/plan.json"))
+    planned = {c["overrides"]["method"]: c for c in json.loads(path.read_text())["configurations"]}
+    assert sorted(planned) == ["full", "lora"] and all(c["fits"] for c in planned.values())
+    sweep = cli.sweep(*grid)
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    client = mlflow.tracking.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([client.get_experiment_by_name("imdb").experiment_id])
+    trials = {r.data.tags["method"]: r.data.metrics for r in runs if "mlflow.parentRunId" in r.data.tags}
+    assert sorted(trials) == ["full", "lora"]
+    for method, c in planned.items():
+        ran = trials[method]
+        assert c["steps"] == ran["train/steps"] == 2  # 16 reviews in batches of 8, one epoch
+        assert c["memory_mb"] == pytest.approx(ran["mem/footprint_mb"], rel=0.10), method
+    assert planned["lora"]["memory_mb"] < planned["full"]["memory_mb"]  # LoRA's saving, predicted before training

@@ -24,7 +24,14 @@ from ftsweep.sweep.replicates import SEED
 
 log = logging.getLogger("ftsweep.sweep")
 # The metrics a probe predicts (mem/peak_mb only on a GPU, where it is the CUDA peak; on a CPU it is RSS).
-PREDICTED = ("mem/footprint_mb", "mem/peak_mb", "mem/train_state_mb", "perf/step_time_ms", "perf/train_time_s")
+PREDICTED = (
+    "mem/footprint_mb",
+    "mem/peak_mb",
+    "mem/cuda_train_peak_allocated_mb",
+    "mem/train_state_mb",
+    "perf/step_time_ms",
+    "perf/train_time_s",
+)
 # Swept keys that cannot change a prediction: a search over these alone has one cost per choice of the others.
 COST_FREE = ("lr", "seed", "optimizer.weight_decay", "optimizer.warmup_ratio", "log_every_steps")
 MAX_ENUMERATED = 32  # configurations checked before a search starts, at most
