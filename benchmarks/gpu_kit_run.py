@@ -48,7 +48,7 @@ CUDA_PEAKS = ("mem/cuda_peak_allocated_mb", "mem/cuda_peak_reserved_mb")
 VERSIONS = """
 import importlib.metadata as md, platform, torch
 names = ("torch", "transformers", "peft", "hydra-core", "omegaconf", "optuna", "mlflow-skinny", "sqlalchemy",
-         "datasets", "pandas", "numpy")
+         "datasets", "huggingface-hub", "pyarrow", "pandas", "numpy")
 v = {"python": platform.python_version(), **{n: md.version(n) for n in names}}
 v["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
 v["cuda"] = torch.version.cuda
