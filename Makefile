@@ -14,7 +14,7 @@ WORKERS ?= 2
 KILLS  ?= 12
 SEED   ?= 1
 
-.PHONY: help install lock run test test-fast lint fuzz chaos bench study ui dashboard report clean
+.PHONY: help install lock run test test-fast lint fuzz chaos bench gpu-kit study ui dashboard report clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -60,6 +60,9 @@ chaos: $(STAMP) ## a joblib sweep SIGKILLed KILLS=12 times at random (SEED=1), r
 
 bench: $(STAMP) ## benchmarks (minutes): writes benchmarks/results.json and benchmarks/README.md
 	$(PY) benchmarks/bench.py $(ARGS)
+
+gpu-kit: $(STAMP) ## pack .gpu-kit for the GPU machine (wheels it lacks, fp16 MiniLM, an IMDB slice; docs/benchmarks.md)
+	$(PY) benchmarks/gpu_kit.py build .gpu-kit
 
 study: $(STAMP) ## the seed's study at CPU scale (~29 min on the EPYC): full vs LoRA x 3 lrs x 3 seeds on IMDB; report in docs/study/
 	@date -u +"study started %Y-%m-%dT%H:%M:%SZ"

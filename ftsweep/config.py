@@ -169,7 +169,7 @@ class DataConfig:
 
 @dataclass
 class LocalDataConfig(DataConfig):
-    train_file: str = MISSING  # csv, tsv, json, jsonl or parquet, chosen by extension
+    train_file: str = MISSING  # csv, tsv, json, jsonl or parquet, chosen by extension (text ones also .gz/.xz/.bz2)
     eval_file: Optional[str] = None  # null: a seeded stratified split of train_file (eval_fraction)
     encoding: str = "utf-8"
 

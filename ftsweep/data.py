@@ -7,14 +7,17 @@ here, before a model is loaded, and reported as one DataError line.
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import hashlib
 import json
 import logging
+import lzma
 import re
 from dataclasses import dataclass
 from io import StringIO
 from pathlib import Path
-from typing import Sequence
+from typing import IO, Any, Callable, Sequence
 
 import datasets
 import numpy as np
@@ -70,25 +73,47 @@ def _decode_bbc(raw: bytes) -> str:
         return raw.decode("latin-1")
 
 
+# A text file may be compressed (train.csv.gz): a data set shipped with the code, or carried to a machine
+# that takes few megabytes, is a fraction of its size that way. parquet compresses itself.
+_COMPRESSED: dict[str, Callable[..., Any]] = {".gz": gzip.open, ".xz": lzma.open, ".bz2": bz2.open}
+_FORMATS = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
+
+
+def _format_of(p: Path) -> tuple[str, str | None]:
+    """(the table format's extension, the compression's or None): `d.csv.xz` is (".csv", ".xz")."""
+    suffixes = [s.lower() for s in p.suffixes]
+    if len(suffixes) >= 2 and suffixes[-1] in _COMPRESSED:
+        return suffixes[-2], suffixes[-1]
+    return (suffixes[-1] if suffixes else ""), None
+
+
+def _open(p: Path, compression: str | None) -> IO[bytes]:
+    return _COMPRESSED[compression](p, "rb") if compression else open(p, "rb")
+
+
 def read_table(path: str, encoding: str = "utf-8") -> pd.DataFrame:
-    """Read csv, tsv, json, jsonl or parquet, chosen by the file's extension. Cells are read as written:
-    `NA`, `null` or `None` are values (a class may be called that), not missing ones."""
+    """Read csv, tsv, json, jsonl or parquet, chosen by the file's extension; the text formats may be compressed
+    (.gz, .xz, .bz2). Cells are read as written: `NA`, `null` or `None` are values (a class may be called that),
+    not missing ones."""
     p = Path(path)
     if p.is_dir():
         raise DataError(f"data file {path} is a folder; give a .csv, .tsv, .json, .jsonl or .parquet file")
     if not p.is_file():
         raise DataError(f"data file not found: {path}")
-    suffix = p.suffix.lower()
+    suffix, compression = _format_of(p)
     literal = {"dtype": str, "keep_default_na": False, "na_filter": False, "encoding": encoding}
     readers = {
-        ".csv": lambda: pd.read_csv(p, sep=_separator(p, encoding), **literal),
+        ".csv": lambda: pd.read_csv(p, sep=_separator(p, encoding, compression), **literal),
         ".tsv": lambda: pd.read_csv(p, sep="\t", **literal),
-        ".json": lambda: _read_json(p, encoding, lines=False),
-        ".jsonl": lambda: _read_json(p, encoding, lines=True),
+        ".json": lambda: _read_json(p, encoding, lines=False, compression=compression),
+        ".jsonl": lambda: _read_json(p, encoding, lines=True, compression=compression),
         ".parquet": lambda: pd.read_parquet(p),
     }
-    if suffix not in readers:
-        raise DataError(f"{path}: unsupported extension '{suffix}'; use one of {', '.join(readers)}")
+    if suffix not in readers or (compression and suffix == ".parquet"):
+        raise DataError(
+            f"{path}: unsupported extension '{suffix}{compression or ''}'; use one of {', '.join(_FORMATS)} "
+            f"(the text formats may end in {', '.join(_COMPRESSED)})"
+        )
     if p.stat().st_size == 0:
         raise DataError(f"{path} is empty")
     try:
@@ -102,18 +127,18 @@ def read_table(path: str, encoding: str = "utf-8") -> pd.DataFrame:
         raise DataError(f"data.encoding={encoding} is not an encoding Python knows (e.g. utf-8, latin-1)") from exc
     except pd.errors.EmptyDataError as exc:
         raise DataError(f"{path} is empty") from exc
-    except (ValueError, pd.errors.ParserError, OSError) as exc:
+    except (ValueError, pd.errors.ParserError, OSError, EOFError, lzma.LZMAError) as exc:  # EOF: truncated
         first = first_line(exc)
-        raise DataError(f"{path} could not be read as {suffix[1:]}: {first}") from exc
+        raise DataError(f"{path} could not be read as {suffix[1:]}{compression or ''}: {first}") from exc
     if len(df) == 0:
         raise DataError(f"{path} has no rows")
     return df
 
 
-def _separator(p: Path, encoding: str) -> str:
+def _separator(p: Path, encoding: str, compression: str | None = None) -> str:
     """`,` unless the header line has none and has tabs, semicolons or pipes (a TSV or an Excel export saved as
     .csv)."""
-    with open(p, "rb") as f:
+    with _open(p, compression) as f:
         header = f.readline().decode(encoding, errors="replace")
     if "," in header:
         return ","
@@ -124,9 +149,10 @@ def _separator(p: Path, encoding: str) -> str:
     return ","
 
 
-def _read_json(p: Path, encoding: str, lines: bool) -> pd.DataFrame:
+def _read_json(p: Path, encoding: str, lines: bool, compression: str | None = None) -> pd.DataFrame:
     # Decode ourselves so that a wrong encoding is reported as such, not as bad JSON.
-    text = p.read_bytes().decode(encoding)
+    with _open(p, compression) as f:
+        text = f.read().decode(encoding)
     df = pd.read_json(StringIO(text), lines=lines, dtype=False)  # values as written
     if not isinstance(df, pd.DataFrame):
         raise ValueError("expected a list of records")

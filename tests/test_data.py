@@ -1,4 +1,7 @@
+import bz2
+import gzip
 import json
+import lzma
 from collections import Counter
 
 import pandas as pd
@@ -34,6 +37,24 @@ def test_every_local_format_loads(tmp_path, ext):
     assert Counter(s.eval_labels) == {0: 4, 1: 4}
 
 
+@pytest.mark.parametrize(
+    "ext, compress", [("csv.gz", gzip.compress), ("tsv.xz", lzma.compress), ("jsonl.bz2", bz2.compress)]
+)
+def test_compressed_text_files_load(tmp_path, ext, compress):
+    df = pd.DataFrame(toy_rows(40), columns=["text", "label"])
+    plain = tmp_path / f"plain.{ext.split('.')[0]}"
+    {"csv": lambda: df.to_csv(plain, index=False), "tsv": lambda: df.to_csv(plain, sep="\t", index=False)}.get(
+        ext.split(".")[0], lambda: df.to_json(plain, orient="records", lines=True)
+    )()
+    path = put(tmp_path / f"d.{ext}", compress(plain.read_bytes()))
+    s, reference = load_splits(local(path)), load_splits(local(plain))
+    assert (s.train_texts, s.eval_labels, s.label_names) == (
+        reference.train_texts,
+        reference.eval_labels,
+        reference.label_names,
+    )
+
+
 def test_separate_eval_file_and_caps(tmp_path):
     train = write_csv(tmp_path / "train.csv", toy_rows(50))
     ev = write_csv(tmp_path / "eval.csv", toy_rows(30, seed=1))
@@ -64,6 +85,9 @@ def put(path, data: bytes):
         (lambda p: put(p / "d.csv", "text,label\ncaf\xe9 ok,pos\nbad,neg\n".encode("latin-1")), "data.encoding"),
         (lambda p: put(p / "d.json", json.dumps({"a": 1}).encode()), "could not be read as json"),
         (lambda p: put(p / "d.xlsx", b"x"), "unsupported extension"),
+        (lambda p: put(p / "d.parquet.gz", gzip.compress(b"x")), "unsupported extension '.parquet.gz'"),
+        (lambda p: put(p / "d.csv.xz", lzma.compress(b"text,label\n" * 50)[:40]), "could not be read as csv.xz"),
+        (lambda p: put(p / "d.csv.gz", b"not gzip at all"), "could not be read as csv.gz"),
     ],
 )
 def test_bad_data_gives_one_clear_line(tmp_path, make, message):
