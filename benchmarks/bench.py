@@ -813,12 +813,17 @@ def write_readme(results: dict) -> None:
             f"{c['step_ms']['fp32']['median']:.0f} → {c['step_ms']['bf16']['median']:.0f} ms "
             f"(**{c['train_speedup']:.2f}x**), eval {c['eval_samples_per_s']['fp32']['median']:.0f} → "
             f"{c['eval_samples_per_s']['bf16']['median']:.0f} samples/s (**{c['eval_speedup']:.2f}x**). Accuracy "
-            f"parity is not measured here, so fp32 stays the CPU default (`precision=auto`).",
+            f"parity: the bf16 parity table below; since it held, `precision=auto` is bf16 on CPUs with AMX or "
+            f"AVX512-BF16.",
         ]
     if "sweep_efficiency" in r:
         import runs
 
         lines += runs.readme_lines(r)
+    if "plan_accuracy" in r:
+        import plan_accuracy
+
+        lines += plan_accuracy.readme_lines(r["plan_accuracy"])
     from samplers import readme_lines
 
     lines += readme_lines(r["samplers"])
@@ -828,7 +833,7 @@ def write_readme(results: dict) -> None:
     readme.write_text(text[:start] + "<!-- results -->\n" + "\n".join(lines) + "\n" + text[end:])
 
 
-BEFORE = "d8b518b"  # main before issue 16 (sweep fixed costs, eval order, length grouping, default run)
+BEFORE = "285fc70"  # main before issue 24 (bf16 on the CPU, the fixed cost per trial, the default run's memory)
 
 
 @contextlib.contextmanager
@@ -851,7 +856,8 @@ def before_checkout(ref: str):
             subprocess.run(["git", "-C", str(HERE.parent), "worktree", "remove", "--force", tmp], capture_output=True)
 
 
-def _sections() -> dict[str, Callable[[], dict]]:
+def _sections(before: Path | None) -> dict[str, Callable[[], dict]]:
+    import plan_accuracy
     import runs
     from samplers import bench_samplers
 
@@ -859,24 +865,30 @@ def _sections() -> dict[str, Callable[[], dict]]:
         "grouped_parity": runs.bench_grouped_parity,
         "samplers": lambda: bench_samplers(quick=False),
         "bf16_parity": runs.bench_bf16_parity,
+        "sweep_efficiency": lambda: runs.bench_sweep_efficiency(before),
+        "default_run": lambda: runs.bench_default_run(before),
+        "plan_accuracy": plan_accuracy.bench_plan_accuracy,
     }
 
 
-SECTIONS = ("grouped_parity", "samplers", "bf16_parity")
+SECTIONS = ("grouped_parity", "samplers", "bf16_parity", "sweep_efficiency", "default_run", "plan_accuracy")
 
 
-def rerun_sections(names: list[str]) -> int:
+def rerun_sections(names: list[str], before_ref: str) -> int:
     """Rerun some whole-run sections alone: each replaces its part of results.json with its own date and CPU."""
     unknown = sorted(set(names) - set(SECTIONS))
     if unknown:
         raise SystemExit(f"--only: unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
     results = json.loads((HERE / "results.json").read_text())
-    sections = _sections()
-    for name in names:
-        t0 = time.time()
-        results[name] = sections[name]()
-        results[name].update(date=dt.date.today().isoformat(), wall_s=time.time() - t0, cpu=cpu_model(), rerun="--only")
-        (HERE / "results.json").write_text(json.dumps(results, indent=2))  # each section kept as soon as it ends
+    with before_checkout(before_ref) as before:
+        sections = _sections(before)
+        for name in names:
+            t0 = time.time()
+            results[name] = sections[name]()
+            results[name].update(
+                date=dt.date.today().isoformat(), wall_s=time.time() - t0, cpu=cpu_model(), rerun="--only"
+            )
+            (HERE / "results.json").write_text(json.dumps(results, indent=2))  # each section kept as it ends
     write_readme(results)
     return 0
 
@@ -897,7 +909,7 @@ def main() -> int:
     )
     args = ap.parse_args()
     if args.only:
-        return rerun_sections(args.only.split(","))
+        return rerun_sections(args.only.split(","), args.before)
     steps, repeats = (4, 1) if args.quick else (10, 3)
     t0 = time.time()
     import runs
@@ -929,10 +941,13 @@ def main() -> int:
     results["cpu_bf16"] = bench_cpu_bf16(setup, steps, max(repeats - 1, 1))
     with before_checkout(args.before) as before:
         results["sweep_efficiency"] = runs.bench_sweep_efficiency(before)
-    results["default_run"] = runs.bench_default_run()
+        results["default_run"] = runs.bench_default_run(before)
     results["grouped_parity"] = runs.bench_grouped_parity()
+    results["bf16_parity"] = runs.bench_bf16_parity()
+    import plan_accuracy
     from samplers import bench_samplers
 
+    results["plan_accuracy"] = plan_accuracy.bench_plan_accuracy()
     results["samplers"] = bench_samplers(args.quick)
     results["meta"]["bench_wall_s"] = time.time() - t0
     out = HERE / ("results_quick.json" if args.quick else "results.json")
