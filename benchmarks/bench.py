@@ -865,22 +865,21 @@ def _sections(before: Path | None) -> dict[str, Callable[[], dict]]:
         "grouped_parity": runs.bench_grouped_parity,
         "samplers": lambda: bench_samplers(quick=False),
         "bf16_parity": runs.bench_bf16_parity,
+        "attention_dropout": runs.bench_attention_dropout,
         "sweep_efficiency": lambda: runs.bench_sweep_efficiency(before),
         "default_run": lambda: runs.bench_default_run(before),
         "plan_accuracy": plan_accuracy.bench_plan_accuracy,
     }
 
 
-SECTIONS = ("grouped_parity", "samplers", "bf16_parity", "sweep_efficiency", "default_run", "plan_accuracy")
-
-
 def rerun_sections(names: list[str], before_ref: str) -> int:
     """Rerun some whole-run sections alone: each replaces its part of results.json with its own date and CPU."""
-    unknown = sorted(set(names) - set(SECTIONS))
+    known = list(_sections(None))
+    unknown = sorted(set(names) - set(known))
     if unknown:
-        raise SystemExit(f"--only: unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+        raise SystemExit(f"--only: unknown section(s) {', '.join(unknown)}; choose from {', '.join(known)}")
     results = json.loads((HERE / "results.json").read_text())
-    with before_checkout(before_ref) as before:
+    with before_checkout(before_ref if {"sweep_efficiency", "default_run"} & set(names) else "") as before:
         sections = _sections(before)
         for name in names:
             t0 = time.time()
@@ -904,8 +903,8 @@ def main() -> int:
     ap.add_argument(
         "--only",
         default="",
-        help=f"comma-separated sections to rerun alone ({', '.join(SECTIONS)}); each replaces its part of "
-        "results.json, dated and named by CPU on its own",
+        help=f"comma-separated sections to rerun alone ({', '.join(_sections(None))}); each replaces its part "
+        "of results.json, dated and named by CPU on its own",
     )
     args = ap.parse_args()
     if args.only:
@@ -944,6 +943,7 @@ def main() -> int:
         results["default_run"] = runs.bench_default_run(before)
     results["grouped_parity"] = runs.bench_grouped_parity()
     results["bf16_parity"] = runs.bench_bf16_parity()
+    results["attention_dropout"] = runs.bench_attention_dropout()
     import plan_accuracy
     from samplers import bench_samplers
 

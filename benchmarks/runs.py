@@ -1,14 +1,18 @@
 """`make bench`'s measurements of whole runs, as a user starts them (subprocesses with their own MLflow stores):
 
-1. sweep efficiency: the user's grid `python -m ftsweep -m method=full,lora batch_size=8,16,32` on a reduced but
-   realistic slice (400 training and 200 eval reviews, 128 tokens, basic launcher). Its wall time (process start
-   to exit) splits into the trials' `perf/train_time_s`, their `perf/eval_time_s` and the rest, the fixed cost
-   (imports, data read and tokenise, model load, MLflow, artifacts); `sweep_efficiency = sum(train) / wall`.
-   With a `before` checkout the same command runs there too, alternating which goes first.
-2. the default run (`make run`'s `python -m ftsweep`) against the old default (2,000 reviews, 128 tokens,
-   no length grouping), and TF-IDF (1-2 grams) + logistic regression on the same rows (scikit-learn).
-3. grouped against ungrouped training batches (data.group_by_length), same budget, three seeds each
-   (`bench.py --only-parity` reruns just this).
+1. sweep efficiency and overhead: the user's grid `python -m ftsweep -m method=full,lora batch_size=8,16,32` on a
+   reduced but realistic slice (400 training and 200 eval reviews, 128 tokens, basic launcher). Its wall time
+   (process start to exit) splits into the trials' `perf/train_time_s`, their `perf/eval_time_s` and the rest,
+   the fixed cost (imports, data read and tokenise, model load, MLflow, artifacts); `sweep_efficiency =
+   sum(train) / wall`, `sweep_overhead = 1 - sum(train + eval) / wall`. With a `before` checkout the same command
+   runs there too.
+2. the default run (`make run`'s `python -m ftsweep`) on this checkout and on `before`, with its peak RSS, and
+   TF-IDF (1-2 grams) + logistic regression on the same rows (scikit-learn).
+3. grouped against ungrouped training batches (data.group_by_length), same budget, three seeds each.
+4. bf16 autocast against fp32 on this CPU: the default run and the study's slice, three seeds each.
+5. attention dropout 0.1 against 0 in the default run, bf16, three seeds each.
+
+`bench.py --only SECTION` reruns one of them alone.
 """
 
 from __future__ import annotations
@@ -162,11 +166,11 @@ def tfidf_baseline(n_train: int) -> dict:
     }
 
 
-def bench_default_run(before: Path | None = None) -> dict:
+def bench_default_run(before: Path | None = None, repeats: int = 1) -> dict:
     """`make run`'s run on this checkout (after) and on `before`, alternating which goes first, against TF-IDF."""
     sides = {"after": REPO, **({"before": before} if before else {})}
     out: dict = {name: [] for name in sides}
-    for i in range(2):
+    for i in range(repeats):
         for name in sorted(sides, reverse=bool(i % 2)):
             out[name].append(default_run(repo=sides[name]))
     for name in sides:
@@ -242,13 +246,15 @@ def readme_lines(r: dict) -> list[str]:
     lines += _default_run_lines(r["default_run"])
     if "bf16_parity" in r:
         lines += _parity_lines(r["bf16_parity"])
+    if "attention_dropout" in r:
+        lines += _attention_dropout_lines(r["attention_dropout"])
     return lines + _grouping_lines(r["grouped_parity"])
 
 
 def _default_run_lines(d: dict) -> list[str]:
     lines = [
         "",
-        "Default run (`make run`, data cached; wall = process start to exit, twice each, alternating; peak RSS = "
+        "Default run (`make run`, data cached; wall = process start to exit; peak RSS = "
         f"the process's own, from wait4) against TF-IDF + logistic regression on the same rows.{_measured(d)}",
         "",
         "| code | precision | accuracy | wall s | train s | eval s | peak RSS MB | train state MB |",
@@ -369,3 +375,54 @@ def bench_bf16_parity(seeds=(1, 2, 3), repo: Path = REPO) -> dict:
         out[f"study_{method}"] = parity_of(f"study slice, {method}", overrides, seeds, repo)
     out["holds"] = all(v["holds"] for v in out.values() if isinstance(v, dict))
     return out
+
+
+# --------------------------------------------------------------------------- 5. attention dropout on the CPU
+def bench_attention_dropout(seeds=(1, 2, 3), repo: Path = REPO) -> dict:
+    """The default run at the checkpoint's attention dropout (0.1) against none, bf16, 3 seeds each: without it
+    PyTorch's fused attention runs on the CPU, which never stores the attention matrix."""
+    runs: dict[str, list] = {"0.1": [], "0.0": []}
+    for seed in seeds:
+        for p in ("0.1", "0.0") if seed % 2 else ("0.0", "0.1"):
+            overrides = ("save_model=none", f"seed={seed}", "precision=bf16", f"model.attention_dropout={p}")
+            runs[p].append(default_run(*overrides, repo=repo))
+            r = runs[p][-1]
+            print(f"[attention dropout] {p} seed {seed}: {r['accuracy']:.4f} ({r['train_s']:.0f} s)", flush=True)
+    out: dict = {"seeds": list(seeds), "precision": "bf16"}
+    for p, rs in runs.items():
+        acc = [r["accuracy"] for r in rs]
+        out[p] = {
+            "accuracies": acc,
+            "mean": statistics.mean(acc),
+            "stdev": statistics.stdev(acc),
+            "spread": [min(acc), max(acc)],
+            "train_s": [r["train_s"] for r in rs],
+            "process_peak_rss_mb": [r["process_peak_rss_mb"] for r in rs],
+            "train_state_mb": [r["train_state_mb"] for r in rs],
+        }
+    gap = out["0.0"]["mean"] - out["0.1"]["mean"]
+    out["gap_points"] = 100 * gap
+    out["holds"] = out["0.1"]["spread"][0] <= out["0.0"]["mean"] <= out["0.1"]["spread"][1] and gap >= -0.005
+    return out
+
+
+def _attention_dropout_lines(a: dict) -> list[str]:
+    lines = [
+        "",
+        f"Attention dropout in the default run, 0.1 (the checkpoint's) against 0 (`model.attention_dropout=0.0`, "
+        f"MiniLM's default since round 5), bf16, seeds {a['seeds']}.{_measured(a)} Same rule as bf16's parity.",
+        "",
+        "| attention dropout | accuracy per seed | mean ± stdev | train s | peak RSS MB | train state MB |",
+        "|---|---|---|---|---|---|",
+    ]
+    for p in ("0.1", "0.0"):
+        v = a[p]
+        lines.append(
+            f"| {p} | {', '.join(f'{x:.3f}' for x in v['accuracies'])} | {v['mean']:.4f} ± {v['stdev']:.4f} | "
+            + ", ".join(f"{t:.0f}" for t in v["train_s"])
+            + " | "
+            + ", ".join(f"{m:.0f}" for m in v["process_peak_rss_mb"])
+            + f" | {statistics.mean(v['train_state_mb']):.0f} |"
+        )
+    lines.append(f"\nGap {a['gap_points']:+.2f} points: parity {'holds' if a['holds'] else 'does not hold'}.")
+    return lines

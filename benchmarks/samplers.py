@@ -98,7 +98,7 @@ def bench_samplers(quick: bool) -> dict:
 def readme_lines(r: dict) -> list[str]:
     n = r["n_trials"]
     shown = sorted({r["startup_trials"], n // 2, n})
-    when = f" Measured {r['date']} on {r['cpu']} in {r['wall_s']:.0f} s (`--only-samplers`)." if "date" in r else ""
+    when = f" Measured {r['date']} on {r['cpu']} in {r['wall_s']:.0f} s (`--only samplers`)." if "date" in r else ""
     lines = [
         "",
         f"GP against TPE (`hydra.sweeper.sampler=gp|tpe`), {n} trials each, seeds {r['seeds']}, the first "

