@@ -23,7 +23,7 @@ from ftsweep.early_stopping import EarlyStopping
 from ftsweep.errors import TrainingError
 from ftsweep.evaluation import autocast, evaluate, to_device
 from ftsweep.hooks import Hooks
-from ftsweep.metrics import SavedForBackward, step_time_stats, tensor_mb
+from ftsweep.metrics import SavedForBackward, release_free_heap, step_time_stats, tensor_mb
 from ftsweep.rng import loader_state, rng_states, set_loader_state, set_rng_states
 
 LogFn = Callable[[dict[str, float], int], None]
@@ -34,6 +34,11 @@ TrainBatches = Iterable[dict[str, torch.Tensor]]
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+# How often a CPU run hands freed heap back to the OS (metrics.release_free_heap): each release makes the next
+# step fault its pages in again, so not every step.
+RELEASE_HEAP_EVERY_STEPS = 8
 
 
 @dataclass
@@ -304,6 +309,8 @@ class Loop:
         if self.step_hook is not None:
             self.step_hook(result.steps)  # before zero_grad: AdaLoRA scores ranks from the gradients
         self.optimizer.zero_grad(set_to_none=True)
+        if device.type == "cpu" and (result.steps + 1) % RELEASE_HEAP_EVERY_STEPS == 0:
+            release_free_heap()  # inside the timed step: what it costs is the step's
         return loss_sum
 
     def _check_signal(self) -> None:

@@ -85,6 +85,18 @@ def current_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # non-Linux: best effort
 
 
+def release_free_heap() -> None:
+    """Hand the C heap's free pages back to the OS (glibc's malloc_trim; a no-op elsewhere).
+
+    Training on a CPU frees and allocates activations of a new size at every batch width, and glibc keeps the
+    freed pieces: a default run's RSS grew from 1.7 GB after 2 steps to 3.0 GB after 157 with the same training
+    state. Releasing them every few steps keeps the peak near the state, for a page fault per reused page."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class PeakMemory:
     """This run's own peak memory, even when several runs share one process.
 
@@ -115,10 +127,7 @@ class PeakMemory:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(self.device)
             self.baseline_cuda_mb = torch.cuda.memory_allocated(self.device) / 2**20
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
+        release_free_heap()
         self.baseline_rss_mb = current_rss_mb()
         try:
             _CLEAR_REFS.write_text("5")
