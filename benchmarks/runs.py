@@ -421,8 +421,8 @@ def _attention_dropout_lines(a: dict) -> list[str]:
             f"| {p} | {', '.join(f'{x:.3f}' for x in v['accuracies'])} | {v['mean']:.4f} ± {v['stdev']:.4f} | "
             + ", ".join(f"{t:.0f}" for t in v["train_s"])
             + " | "
-            + ", ".join(f"{m:.0f}" for m in v["process_peak_rss_mb"])
-            + f" | {statistics.mean(v['train_state_mb']):.0f} |"
+            + (", ".join(f"{m:.0f}" for m in v["process_peak_rss_mb"]) or "not recorded")
+            + f" | {statistics.mean(v['train_state_mb']) if v['train_state_mb'] else 'not recorded'} |"
         )
     lines.append(f"\nGap {a['gap_points']:+.2f} points: parity {'holds' if a['holds'] else 'does not hold'}.")
     return lines

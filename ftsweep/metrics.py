@@ -120,9 +120,6 @@ class PeakMemory:
 
     def start(self) -> "PeakMemory":
         gc.collect()
-        # What is alive now (modules, caches, the sweep's own objects) outlives this run, so later collections
-        # (this run's end, the next run's start) skip it: a full collection cost a sweep's trial ~0.3 s each.
-        gc.freeze()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(self.device)
