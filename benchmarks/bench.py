@@ -887,6 +887,8 @@ def rerun_sections(names: list[str], before_ref: str) -> int:
             results[name].update(
                 date=dt.date.today().isoformat(), wall_s=time.time() - t0, cpu=cpu_model(), rerun="--only"
             )
+            if before is not None:
+                results[name]["before_ref"] = before_ref
             (HERE / "results.json").write_text(json.dumps(results, indent=2))  # each section kept as it ends
     write_readme(results)
     return 0

@@ -75,11 +75,12 @@ def run_case(name: str, overrides: list[str]) -> dict:
         env = _fresh_probe_cache(tmp)
         os.environ.update(env)
         try:
-            # the slice first: a later override of the same key wins, and a case may sweep one the slice sets
-            plan_wall = ftsweep(REPO, tmp, "-m", *SLICE, *overrides, "hydra.sweeper.plan=true", "hydra.sweep.dir=plan")
+            # a key the case sweeps replaces the slice's (given twice, the first would be taken)
+            base = [o for o in SLICE if o.split("=")[0] not in {c.split("=")[0] for c in overrides}]
+            plan_wall = ftsweep(REPO, tmp, "-m", *base, *overrides, "hydra.sweeper.plan=true", "hydra.sweep.dir=plan")
             [plan_file] = Path(tmp, "plan").glob("*/plan.json")
             plan = json.loads(plan_file.read_text())
-            sweep_wall = ftsweep(REPO, tmp, "-m", *SLICE, *overrides, "hydra.sweep.dir=sweep")
+            sweep_wall = ftsweep(REPO, tmp, "-m", *base, *overrides, "hydra.sweep.dir=sweep")
             trials = _trials(tmp)
         finally:
             for key in env:
@@ -108,7 +109,10 @@ def run_case(name: str, overrides: list[str]) -> dict:
 
 
 def bench_plan_accuracy() -> dict:
-    cases = [run_case(name, overrides) for name, overrides in CASES.items()]
+    return summarise([run_case(name, overrides) for name, overrides in CASES.items()])
+
+
+def summarise(cases: list[dict]) -> dict:
     rows = [r for c in cases for r in c["rows"]]
     worst = {k: max(abs(r["error_pct"][k]) for r in rows) for k in rows[0]["error_pct"]}
     false_skips = {k: [r["configuration"] for r in rows if r["error_pct"][k] > 100 * MARGIN] for k in worst}

@@ -230,7 +230,7 @@ def readme_lines(r: dict) -> list[str]:
     lines += [
         "",
         f"Sweep efficiency, `{s['command']}` (6 trials, basic launcher; wall = process start to exit; before = "
-        f"`{r['meta'].get('before', 'the previous main')}`).{_measured(s)}",
+        f"`{s.get('before_ref', 'the previous main')}`).{_measured(s)}",
         "",
         "| code | wall s | train s | eval s | rest s (per trial) | sweep_efficiency | sweep_overhead (goal <= 0.07) |",
         "|---|---|---|---|---|---|---|",
@@ -410,19 +410,21 @@ def _attention_dropout_lines(a: dict) -> list[str]:
     lines = [
         "",
         f"Attention dropout in the default run, 0.1 (the checkpoint's) against 0 (`model.attention_dropout=0.0`, "
-        f"MiniLM's default since round 5), bf16, seeds {a['seeds']}.{_measured(a)} Same rule as bf16's parity.",
+        f"MiniLM's default since round 5), bf16, seeds {a['seeds']}.{_measured(a)} Same rule as bf16's parity"
+        + (f"; {a['note']}." if a.get("note") else "."),
         "",
         "| attention dropout | accuracy per seed | mean ± stdev | train s | peak RSS MB | train state MB |",
         "|---|---|---|---|---|---|",
     ]
     for p in ("0.1", "0.0"):
         v = a[p]
+        state = f"{statistics.mean(v['train_state_mb']):.0f}" if v["train_state_mb"] else "not recorded"
         lines.append(
             f"| {p} | {', '.join(f'{x:.3f}' for x in v['accuracies'])} | {v['mean']:.4f} ± {v['stdev']:.4f} | "
             + ", ".join(f"{t:.0f}" for t in v["train_s"])
             + " | "
             + (", ".join(f"{m:.0f}" for m in v["process_peak_rss_mb"]) or "not recorded")
-            + f" | {statistics.mean(v['train_state_mb']) if v['train_state_mb'] else 'not recorded'} |"
+            + f" | {state} |"
         )
     lines.append(f"\nGap {a['gap_points']:+.2f} points: parity {'holds' if a['holds'] else 'does not hold'}.")
     return lines
