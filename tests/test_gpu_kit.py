@@ -99,6 +99,8 @@ def test_the_grid_is_the_users_and_the_smoke_only_shrinks_it(tmp_path):
 
 def trial(status="FINISHED", device="cuda", precision="bf16", peaks=True, run_id="r1", **tags):
     metrics = {"eval/accuracy": 0.9, **({k: 512.0 for k in gpu_kit_run.CUDA_PEAKS} if peaks else {})}
+    if peaks:  # the memory axis on a GPU is training's CUDA peak
+        metrics["mem/footprint_mb"] = metrics["mem/cuda_train_peak_allocated_mb"]
     return {
         "run_id": run_id,
         "status": status,
@@ -120,7 +122,7 @@ BEST = {"name": "ftsweep-imdb-gpu-kit", "version": "1", "run_id": "r1"}
 def test_a_good_gpu_grid_passes_every_check(tmp_path):
     store = {"trials": [trial(run_id="r1"), trial(run_id="r2")], "registered": BEST}
     checks = gpu_kit_run.judge(store, GPU, report_folder(tmp_path))
-    assert [v for v, _, _ in checks] == ["PASS"] * 5
+    assert [v for v, _, _ in checks] == ["PASS"] * 6
 
 
 def test_each_failure_is_its_own_fail_line(tmp_path):
@@ -146,3 +148,11 @@ def test_on_cpu_the_cuda_peaks_are_skipped_and_fewer_trials_fail(tmp_path):
     checks = {name: v for v, name, _ in gpu_kit_run.judge(store, cpu, report_folder(tmp_path))}
     assert checks["CUDA peak metrics logged"] == "SKIP"
     assert checks["every trial FINISHED"] == "FAIL"  # one trial of the two expected
+
+
+def test_a_memory_axis_that_is_not_trainings_cuda_peak_fails(tmp_path):
+    wrong = trial(run_id="r2")
+    wrong["metrics"]["mem/footprint_mb"] = 900.0  # e.g. the whole run's peak, eval batch included
+    store = {"trials": [trial(run_id="r1"), wrong], "registered": BEST}
+    checks = {name: (v, detail) for v, name, detail in gpu_kit_run.judge(store, GPU, report_folder(tmp_path))}
+    assert checks["memory axis is training's CUDA peak"] == ("FAIL", "not in ['r2']")
