@@ -338,33 +338,33 @@ STUDY_SLICE = {
 }
 
 
-def parity_of(name: str, overrides: list[str], seeds, repo: Path = REPO) -> dict:
-    """fp32 against bf16 autocast on one setting, seed by seed, alternating which precision goes first."""
-    runs: dict[str, list] = {"fp32": [], "bf16": []}
+def compare_seeds(name: str, variants: dict[str, list[str]], seeds, repo: Path = REPO) -> dict:
+    """Each variant (its overrides) of one setting, seed by seed, alternating which goes first; the second
+    variant against the first by the issue's rule: its mean inside the first's seed range and no more than 0.5
+    points below the first's mean."""
+    runs: dict[str, list] = {v: [] for v in variants}
     for seed in seeds:
-        for precision in ("fp32", "bf16") if seed % 2 else ("bf16", "fp32"):
-            r = default_run(*overrides, "save_model=none", f"seed={seed}", f"precision={precision}", repo=repo)
-            runs[precision].append(r)
-            print(
-                f"[bf16 parity] {name} seed {seed} {precision}: {r['accuracy']:.4f} ({r['train_s']:.0f} s)", flush=True
-            )
-    out: dict = {"overrides": overrides, "seeds": list(seeds)}
-    for precision, rs in runs.items():
+        for v in list(variants) if seed % 2 else list(variants)[::-1]:
+            r = default_run(*variants[v], "save_model=none", f"seed={seed}", repo=repo)
+            runs[v].append(r)
+            print(f"[{name}] {v} seed {seed}: {r['accuracy']:.4f} ({r['train_s']:.0f} s)", flush=True)
+    out: dict = {"seeds": list(seeds)}
+    for v, rs in runs.items():
         acc = [r["accuracy"] for r in rs]
-        out[precision] = {
-            "accuracies": acc,
-            "mean": statistics.mean(acc),
-            "stdev": statistics.stdev(acc),
-            "spread": [min(acc), max(acc)],
-            "train_s": [r["train_s"] for r in rs],
-            "eval_s": [r["eval_s"] for r in rs],
-        }
-    fp32, bf16 = out["fp32"], out["bf16"]
-    gap = bf16["mean"] - fp32["mean"]
-    # The issue's rule: bf16's mean inside fp32's seed spread, and no more than 0.5 points below fp32's mean.
+        out[v] = {"accuracies": acc, "mean": statistics.mean(acc), "stdev": statistics.stdev(acc)}
+        out[v]["spread"] = [min(acc), max(acc)]
+        out[v].update({k: [r[k] for r in rs] for k in ("train_s", "eval_s", "process_peak_rss_mb", "train_state_mb")})
+    reference, other = (out[v] for v in variants)
+    gap = other["mean"] - reference["mean"]
     out["gap_points"] = 100 * gap
-    out["holds"] = fp32["spread"][0] <= bf16["mean"] <= fp32["spread"][1] and gap >= -0.005
+    out["holds"] = reference["spread"][0] <= other["mean"] <= reference["spread"][1] and gap >= -0.005
     return out
+
+
+def parity_of(name: str, overrides: list[str], seeds, repo: Path = REPO) -> dict:
+    """fp32 against bf16 autocast on one setting."""
+    variants = {p: [*overrides, f"precision={p}"] for p in ("fp32", "bf16")}
+    return {"overrides": overrides, **compare_seeds(f"bf16 parity, {name}", variants, seeds, repo)}
 
 
 def bench_bf16_parity(seeds=(1, 2, 3), repo: Path = REPO) -> dict:
@@ -381,29 +381,8 @@ def bench_bf16_parity(seeds=(1, 2, 3), repo: Path = REPO) -> dict:
 def bench_attention_dropout(seeds=(1, 2, 3), repo: Path = REPO) -> dict:
     """The default run at the checkpoint's attention dropout (0.1) against none, bf16, 3 seeds each: without it
     PyTorch's fused attention runs on the CPU, which never stores the attention matrix."""
-    runs: dict[str, list] = {"0.1": [], "0.0": []}
-    for seed in seeds:
-        for p in ("0.1", "0.0") if seed % 2 else ("0.0", "0.1"):
-            overrides = ("save_model=none", f"seed={seed}", "precision=bf16", f"model.attention_dropout={p}")
-            runs[p].append(default_run(*overrides, repo=repo))
-            r = runs[p][-1]
-            print(f"[attention dropout] {p} seed {seed}: {r['accuracy']:.4f} ({r['train_s']:.0f} s)", flush=True)
-    out: dict = {"seeds": list(seeds), "precision": "bf16"}
-    for p, rs in runs.items():
-        acc = [r["accuracy"] for r in rs]
-        out[p] = {
-            "accuracies": acc,
-            "mean": statistics.mean(acc),
-            "stdev": statistics.stdev(acc),
-            "spread": [min(acc), max(acc)],
-            "train_s": [r["train_s"] for r in rs],
-            "process_peak_rss_mb": [r["process_peak_rss_mb"] for r in rs],
-            "train_state_mb": [r["train_state_mb"] for r in rs],
-        }
-    gap = out["0.0"]["mean"] - out["0.1"]["mean"]
-    out["gap_points"] = 100 * gap
-    out["holds"] = out["0.1"]["spread"][0] <= out["0.0"]["mean"] <= out["0.1"]["spread"][1] and gap >= -0.005
-    return out
+    variants = {p: ["precision=bf16", f"model.attention_dropout={p}"] for p in ("0.1", "0.0")}
+    return {"precision": "bf16", **compare_seeds("attention dropout", variants, seeds, repo)}
 
 
 def _attention_dropout_lines(a: dict) -> list[str]:
