@@ -75,7 +75,7 @@ def run_case(name: str, overrides: list[str]) -> dict:
         env = _fresh_probe_cache(tmp)
         os.environ.update(env)
         try:
-            # a key the case sweeps replaces the slice's (given twice, the first would be taken)
+            # a key the case sweeps replaces the slice's (given both, the single value won over the swept list)
             base = [o for o in SLICE if o.split("=")[0] not in {c.split("=")[0] for c in overrides}]
             plan_wall = ftsweep(REPO, tmp, "-m", *base, *overrides, "hydra.sweeper.plan=true", "hydra.sweep.dir=plan")
             [plan_file] = Path(tmp, "plan").glob("*/plan.json")
