@@ -601,7 +601,7 @@ def bench_lora(setup: Setup, steps: int, repeats: int) -> dict:
 
 def bench_cpu_bf16(setup: Setup, steps: int, repeats: int) -> dict:
     """precision=bf16 against fp32 on this CPU (autocast; fast where the CPU has AMX or AVX512-BF16): the
-    training step and eval throughput. Accuracy parity is not measured here, so fp32 stays the CPU default."""
+    training step and eval throughput. Accuracy parity is the bf16_parity section's (benchmarks/runs.py)."""
     from ftsweep.config import Precision
 
     batches = setup.fixed_batches(steps)

@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from runs import GRID, REPO, ftsweep
+from runs import GRID, REPO, ftsweep, trial_runs
 
 MARGIN = 0.15  # hydra.sweeper.prescreen_margin's default (ftsweep/sweep/definition.py)
 SLICE = [g for g in GRID if not g.startswith(("method=", "batch_size="))]
@@ -53,14 +53,6 @@ def _fresh_probe_cache(tmp: str) -> dict[str, str]:
     return {"FTSWEEP_CACHE": str(cache)}
 
 
-def _trials(tmp: str) -> list:
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
-    ids = [e.experiment_id for e in client.search_experiments()]
-    return [r for r in client.search_runs(ids) if "mlflow.parentRunId" in r.data.tags]
-
-
 def _matches(run, overrides: dict[str, Any]) -> bool:
     """Whether a trial ran this configuration: its swept keys, read from the run's params and tags."""
     for key, value in overrides.items():
@@ -81,7 +73,7 @@ def run_case(name: str, overrides: list[str]) -> dict:
             [plan_file] = Path(tmp, "plan").glob("*/plan.json")
             plan = json.loads(plan_file.read_text())
             sweep_wall = ftsweep(REPO, tmp, "-m", *base, *overrides, "hydra.sweep.dir=sweep")
-            trials = _trials(tmp)
+            trials = trial_runs(tmp)
         finally:
             for key in env:
                 os.environ.pop(key)
