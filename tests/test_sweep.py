@@ -21,6 +21,7 @@ from ftsweep.errors import ConfigError
 from ftsweep.sweep import results
 from ftsweep.sweep.definition import SweepDefinition, SweepSettings, canonical, directions_for
 from ftsweep.sweep.storage import open_storage
+from ftsweep.sweep.trial_link import PARENT_RUN_ATTR
 from tests.conftest import REPO, logged_losses, pause_when, query, run_statuses, toy_rows, wait_for, write_csv
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -198,6 +199,34 @@ def test_each_grid_point_runs_once_with_each_seed_across_workers_and_reruns(tmp_
     assert sorted(map(sorted, seeds_by_config(done).values())) == [[42, 43]] * 4 and len(done) == 8
     assert [t.user_attrs["replicate"] for t in done[:3]] == [0, 0, 1]  # trial 1's point and seed ran next, as trial 3
     assert workers[0].claim(study) is None
+
+
+def test_two_workers_opening_one_study_at_once_share_one_parent_run(tmp_path, tiny_cfg, monkeypatch):
+    import threading
+
+    from ftsweep.sweep import study as study_mod
+    from ftsweep.tracking import Tracker
+
+    start = Tracker.start
+
+    def slow_start(self, *args, **kwargs):  # widen the window between reading the study and recording the run
+        time.sleep(0.5)
+        return start(self, *args, **kwargs)
+
+    monkeypatch.setattr(Tracker, "start", slow_start)
+    d, url, config = define("batch_size=4,8"), f"sqlite:///{tmp_path / 'o.db'}", tiny_cfg()
+    _, study = study_mod.open_study(d, url)
+    opened: list[str] = []
+
+    def worker() -> None:
+        opened.append(study_mod.open_parent_run(study, d, url, config, tmp_path).run_id)
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(opened) == 2 and opened[0] == opened[1] == study.user_attrs[PARENT_RUN_ATTR]
 
 
 def test_a_sampler_proposes_configurations_and_their_other_seeds_run_with_its_parameters(tmp_path):

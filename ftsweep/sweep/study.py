@@ -50,7 +50,13 @@ def open_study(d: SweepDefinition, url: str) -> tuple[optuna.storages.BaseStorag
 
 
 def open_parent_run(study: optuna.Study, d: SweepDefinition, url: str, config: DictConfig, sweep_dir: Path) -> Tracker:
-    """Created by the first worker, reopened by later ones (or created again if this store lacks it)."""
+    """Created by the first worker, reopened by later ones (or created again if this store lacks it), under the
+    lock: two workers starting together would otherwise both find no parent run and each create one."""
+    with claim_lock(url):
+        return _open_parent_run(study, d, url, config, sweep_dir)
+
+
+def _open_parent_run(study: optuna.Study, d: SweepDefinition, url: str, config: DictConfig, sweep_dir: Path) -> Tracker:
     tracker = Tracker()
     run_id = study.user_attrs.get(PARENT_RUN_ATTR)
     window = float(config.tracking.retry_window_s)
