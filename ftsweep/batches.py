@@ -96,14 +96,27 @@ class EncodedDataset(torch.utils.data.Dataset):
         return self.input_ids[i], self.labels[i]
 
 
-class PadCollator:
-    """Pad to the longest sequence in the batch, not to max_length."""
+# On a CPU, every new batch width left freed activations that glibc could not reuse for the next width, so a
+# default run's RSS grew over training (1.9 GB after 10 steps, 2.7-2.8 GB by the end). Widths rounded up to a
+# multiple of 16 repeat, their freed blocks are reused, and the peak stayed at 1.8 GB for the same step time
+# (2-core EPYC, 2026-12-07; docs/benchmarks.md). Padding is masked: the scores do not depend on it.
+PAD_MULTIPLE = 16
 
-    def __init__(self, pad_id: int):
-        self.pad_id = pad_id
+
+class PadCollator:
+    """Pad to the longest sequence in the batch, not to max_length; with `max_width` (the longest a batch may
+    be: data.max_length), that width rounded up to a multiple of PAD_MULTIPLE, never beyond max_width."""
+
+    def __init__(self, pad_id: int, max_width: int | None = None):
+        self.pad_id, self.max_width = pad_id, max_width
+
+    def width(self, longest: int) -> int:
+        if self.max_width is None:
+            return longest
+        return max(longest, min(-(-longest // PAD_MULTIPLE) * PAD_MULTIPLE, self.max_width))
 
     def __call__(self, items: list[tuple[list[int], int]]) -> dict[str, torch.Tensor]:
-        width = max(len(ids) for ids, _ in items)
+        width = self.width(max(len(ids) for ids, _ in items))
         input_ids = torch.full((len(items), width), self.pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(items), width), dtype=torch.long)
         for row, (ids, _) in enumerate(items):
@@ -144,11 +157,13 @@ def make_loader(
     shuffle: bool,
     seed: int,
     group_by_length: bool = False,
+    max_width: int | None = None,
 ) -> DataLoader:
     """Training batches (shuffle=True): random, or length-grouped. Eval batches (shuffle=False): longest first,
-    so each batch pads to its own near-equal lengths; the scores do not depend on the order."""
+    so each batch pads to its own near-equal lengths; the scores do not depend on the order. `max_width`: see
+    PadCollator."""
     dataset = EncodedDataset(input_ids, labels)
-    collate = PadCollator(pad_id)
+    collate = PadCollator(pad_id, max_width)
     # Its own generator: iterating a loader draws a seed, which must not come from (and shift) the global RNG
     # that dropout uses; an evaluation between steps would otherwise change the training after it.
     generator = torch.Generator().manual_seed(seed)

@@ -112,7 +112,7 @@ def probabilities(
     if cut is None:
         cut = {"max_length": min(tokenizer.model_max_length, 512), "truncation": "head"}
     ids = encode_texts(texts, tokenizer, int(cut["max_length"]), Truncation(cut["truncation"]))
-    pad = PadCollator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+    pad = PadCollator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0, int(cut["max_length"]))
     order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
     out = np.zeros((len(texts), model.config.num_labels), dtype=np.float64)
     with torch.inference_mode():

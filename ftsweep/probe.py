@@ -34,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ftsweep import assets, preflight
 from ftsweep.artifacts import write_text
+from ftsweep.batches import PadCollator
 from ftsweep.config import TrainConfig, validate
 from ftsweep.evaluation import evaluate
 from ftsweep.loop import Loop, LoopSettings
@@ -43,8 +44,8 @@ from ftsweep.recipe import FineTuneRecipe
 
 log = logging.getLogger("ftsweep.probe")
 # bump when what a probe measures changes: older cached probes are then measured again (2: training's CUDA peak
-# apart from eval's; precision=auto is bf16 on CPUs with native bf16)
-VERSION = 2
+# apart from eval's; precision=auto is bf16 on CPUs with native bf16; 3: widths padded to a multiple of 16)
+VERSION = 3
 TIMED_STEPS = 4  # optimizer steps timed after the warm-up, besides the one on the longest examples
 # Keys of a run's config that set its cost shape (the method and optimizer nodes lose their lr, which does not).
 SHAPE_KEYS = ("model", "method", "optimizer", "batch_size", "data", "precision", "gradient_checkpointing", "compile")
@@ -193,7 +194,7 @@ def _steps(recipe: FineTuneRecipe, tc: TrainConfig, device: torch.device) -> dic
         "points": points,
         "base_s": base_s,
         "per_token_s": per_token_s,
-        "widths": [max(lengths[i] for i in b) for b in train.batch_sampler],
+        "widths": [cast(PadCollator, train.collate_fn).width(max(lengths[i] for i in b)) for b in train.batch_sampler],
         "n_train": len(lengths),
         "eval_batches": len(eval_batches),
         "eval_batch_s": eval_batch_s,

@@ -195,6 +195,7 @@ class FineTuneRecipe:
             shuffle=True,
             seed=tc.seed,
             group_by_length=tc.data.group_by_length,
+            max_width=tc.data.max_length,
         )
         # 2 x batch_size by default, on CUDA too: a larger eval batch fills a card (docs/benchmarks.md) but
         # would often set the run's CUDA peak, which is the memory axis of a sweep's trade-offs. With a
@@ -206,6 +207,7 @@ class FineTuneRecipe:
             pad_id,
             shuffle=False,
             seed=tc.seed,
+            max_width=tc.data.max_length,
         )
         steps = total_optimizer_steps(len(train), tc.grad_accum_steps, tc.epochs, tc.max_steps)
         return Loaders(train, evaluation, steps)

@@ -153,6 +153,20 @@ def test_dynamic_padding_pads_to_the_longest_in_the_batch():
     assert batch["labels"].tolist() == [1, 0]
 
 
+def test_a_batch_width_rounds_up_to_a_multiple_of_16_but_never_past_max_length():
+    items = lambda n: [([101] + [5] * (n - 2) + [102], 1)]  # noqa: E731
+    assert PadCollator(0, max_width=64)(items(17))["input_ids"].shape == (1, 32)
+    assert PadCollator(0, max_width=64)(items(32))["input_ids"].shape == (1, 32)
+    assert PadCollator(0, max_width=40)(items(33))["input_ids"].shape == (1, 40)  # 48 would pass max_length
+    batch = PadCollator(0, max_width=64)(items(3))
+    assert batch["attention_mask"].tolist() == [[1, 1, 1] + [0] * 13]
+    widths = {
+        b["input_ids"].shape[1]
+        for b in make_loader([[1] * n for n in range(3, 100)], [0] * 97, 4, 0, shuffle=True, seed=0, max_width=99)
+    }
+    assert widths <= {16, 32, 48, 64, 80, 96, 99}
+
+
 def test_length_grouping_cuts_padding_and_covers_every_example():
     lengths = [(i * 37) % 100 + 3 for i in range(400)]
     ids = [[1] * n for n in lengths]

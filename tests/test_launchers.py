@@ -208,7 +208,7 @@ def test_sigterm_to_a_sweep_stops_the_jobs_in_its_worker_processes_too(cli, tmp_
     [study] = studies(cli.cwd)
     assert [t.state.name for t in study.get_trials()] == ["FAIL", "FAIL"]
     statuses = sorted(query(db, "select name, status from runs"))
-    assert statuses == [("full-lr5e-5-bs16", "KILLED")] * 2 + [(f"sweep-{study.study_name}", "FAILED")]
+    assert statuses == [("full-lr1e-4-bs16", "KILLED")] * 2 + [(f"sweep-{study.study_name}", "FAILED")]
 
 
 @pytest.mark.slow

@@ -122,7 +122,7 @@ def test_hub_model_code_path_trains_from_a_local_folder(tiny_cfg, tmp_path, tiny
 def test_run_names_name_the_method_rank_lr_and_batch_size():
     from tests.conftest import compose_cfg
 
-    assert run_name(validate(compose_cfg("method=full", "batch_size=32"))) == "full-lr5e-5-bs32"
+    assert run_name(validate(compose_cfg("method=full", "batch_size=32"))) == "full-lr1e-4-bs32"
     assert run_name(validate(compose_cfg("method=lora", "method.r=16", "lr=2e-4"))) == "lora-r16-lr2e-4-bs16"
 
 
