@@ -223,10 +223,12 @@ def check(work: Path, smoke: bool) -> int:
     """Judge a finished grid in WORK; writes WORK/checks.json. Needs the kit on PYTHONPATH (run() sets it)."""
     import torch
 
+    from ftsweep.config import Precision
+    from ftsweep.evaluation import precision_tag
+
     device = "cpu" if smoke else "cuda"
-    # What precision=auto resolves to (ftsweep/evaluation.py): bf16 on a card that does it natively.
-    native_bf16 = device == "cuda" and torch.cuda.get_device_capability(0) >= (8, 0)
-    expect = {"trials": 6, "device": device, "precision": "bf16" if native_bf16 else "fp32"}
+    # What precision=auto resolves to here: bf16 on a card that does it natively
+    expect = {"trials": 6, "device": device, "precision": precision_tag(Precision.auto, torch.device(device))}
     checks = judge(read_store(f"sqlite:///{work / 'mlflow.db'}"), expect, work / "report")
     for verdict, name, detail in checks:
         print(f"{verdict} {name}: {detail}")

@@ -98,8 +98,8 @@ class EncodedDataset(torch.utils.data.Dataset):
 
 # On a CPU, every new batch width left freed activations that glibc could not reuse for the next width, so a
 # default run's RSS grew over training (1.9 GB after 10 steps, 2.7-2.8 GB by the end). Widths rounded up to a
-# multiple of 16 repeat, their freed blocks are reused, and the peak stayed at 1.8 GB for the same step time
-# (2-core EPYC, 2026-12-07; docs/benchmarks.md). Padding is masked: the scores do not depend on it.
+# multiple of 16 repeat, their freed blocks are reused, and the peak stayed at 1.8-2.1 GB for the same step
+# time (2-core EPYC, 2026-12-07; docs/benchmarks.md). Padding is masked: the scores do not depend on it.
 PAD_MULTIPLE = 16
 
 

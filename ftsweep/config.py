@@ -51,7 +51,9 @@ class Scheduler(str, Enum):
 
 
 class Precision(str, Enum):
-    auto = "auto"  # bf16 autocast on a CUDA card that does bf16 natively (2.4-6.9x fp32 on an H200), else fp32
+    # bf16 autocast on a CUDA card that does bf16 natively (2.4-6.9x fp32 on an H200); on a CPU with native bf16
+    # (AMX, AVX512-BF16) fp32 training and bf16 eval (tag fp32+bf16-eval); else fp32
+    auto = "auto"
     fp32 = "fp32"
     bf16 = "bf16"  # autocast, CPU and CUDA
     fp16 = "fp16"  # autocast with a GradScaler, CUDA only

@@ -16,7 +16,7 @@ import ftsweep
 from ftsweep import methods
 from ftsweep.config import TrainConfig
 from ftsweep.data import TextSplits, eval_digest, sources
-from ftsweep.evaluation import resolve_precision
+from ftsweep.evaluation import precision_tag
 from ftsweep.hooks import Hooks
 from ftsweep.tracking import Tracker, flatten
 
@@ -47,7 +47,7 @@ def start_tags(tc: TrainConfig, device: torch.device, hooks: Hooks, splits: Text
         "model": tc.model.name,
         "dataset": tc.data.name,
         "device": device.type,
-        "precision": resolve_precision(tc.precision, device).value,
+        "precision": precision_tag(tc.precision, device),
         **({"ftsweep.device_id": hooks.device_id} if hooks.device_id is not None else {}),
         "ftsweep.eval_digest": eval_digest(splits),
         "git_commit": _git_commit(),

@@ -44,7 +44,8 @@ from ftsweep.recipe import FineTuneRecipe
 
 log = logging.getLogger("ftsweep.probe")
 # bump when what a probe measures changes: older cached probes are then measured again (2: training's CUDA peak
-# apart from eval's; precision=auto is bf16 on CPUs with native bf16; 3: widths padded to a multiple of 16)
+# apart from eval's; precision=auto is bf16 on CPUs with native bf16; 3: widths padded to a multiple of 16,
+# precision=auto trains in fp32 and evaluates in bf16 on those CPUs)
 VERSION = 3
 TIMED_STEPS = 4  # optimizer steps timed after the warm-up, besides the one on the longest examples
 # Keys of a run's config that set its cost shape (the method and optimizer nodes lose their lr, which does not).

@@ -218,20 +218,36 @@ def test_a_folder_is_read_once_per_process_and_again_after_it_changes(tmp_path, 
 
 
 @pytest.mark.parametrize(
-    "amx, avx512_bf16, expected", [(True, False, "bf16"), (False, True, "bf16"), (False, False, "fp32")]
+    "amx, avx512_bf16, tag", [(True, False, "fp32+bf16-eval"), (False, True, "fp32+bf16-eval"), (False, False, "fp32")]
 )
-def test_precision_auto_is_bf16_on_a_cpu_with_native_bf16_else_fp32_and_a_named_precision_stays(
-    monkeypatch, amx, avx512_bf16, expected
+def test_precision_auto_on_a_cpu_trains_fp32_and_evaluates_bf16_where_native_and_a_named_precision_stays(
+    monkeypatch, amx, avx512_bf16, tag
 ):
     from ftsweep.config import Precision
-    from ftsweep.evaluation import resolve_precision
+    from ftsweep.evaluation import precision_tag, resolve_precision
 
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
     cpu = torch.device("cpu")
-    assert resolve_precision(Precision.auto, cpu).value == expected
-    assert resolve_precision(Precision.bf16, cpu) == Precision.bf16
-    assert resolve_precision(Precision.fp32, cpu) == Precision.fp32
+    assert resolve_precision(Precision.auto, cpu) == Precision.fp32  # bf16 training missed parity on the CPU
+    evaluating = Precision.bf16 if tag != "fp32" else Precision.fp32
+    assert resolve_precision(Precision.auto, cpu, evaluating=True) == evaluating
+    assert precision_tag(Precision.auto, cpu) == tag
+    for named in (Precision.bf16, Precision.fp32):
+        assert resolve_precision(named, cpu) == resolve_precision(named, cpu, evaluating=True) == named
+        assert precision_tag(named, cpu) == named.value
+
+
+def test_on_a_native_bf16_cpu_auto_autocasts_eval_to_bf16_and_leaves_training_in_fp32(monkeypatch):
+    from ftsweep.config import Precision
+    from ftsweep.evaluation import autocast
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    layer, x = torch.nn.Linear(8, 8), torch.randn(2, 8)
+    with autocast(torch.device("cpu"), Precision.auto):
+        assert layer(x).dtype == torch.float32
+    with autocast(torch.device("cpu"), Precision.auto, evaluating=True):
+        assert layer(x).dtype == torch.bfloat16
 
 
 def test_this_cpus_bf16_is_what_its_flags_say():
