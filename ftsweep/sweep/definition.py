@@ -63,8 +63,8 @@ class SweepSettings:
     tolerance: float = 0.0  # accuracy points a recommended cheaper configuration may lose; 0: ties only (the report)
     plan: bool = False  # probe each cost shape, predict each trial's time and memory, write plan.json; train nothing
     prescreen: bool = True  # with a bound on a predicted metric: skip trials predicted over it, untrained
-    # skip only above bound x (1 + margin): the predictions' measured error (at most 20.3 %, step time; 13.8 %
-    # trial time, 4.5 % memory: docs/sweeps.md), so that no configuration that fits is skipped
+    # skip only above bound x (1 + margin): above the predictions' measured overshoot (at most 20.3 % on step
+    # time, 10.0 % on trial time, none on memory: docs/sweeps.md), so that no configuration that fits is skipped
     prescreen_margin: float = 0.25
 
     def __post_init__(self) -> None:
