@@ -12,26 +12,15 @@ from __future__ import annotations
 import json
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-from ftsweep import batches
+from ftsweep import batches, keep
 from ftsweep import model as model_mod
 from ftsweep.compose import compose_config
 from ftsweep.config import Precision, validate
 from ftsweep.data import load_splits
 from ftsweep.evaluation import evaluate
-
-
-def load(folder: Path):
-    if (folder / "adapter_config.json").is_file():
-        from peft import AutoPeftModelForSequenceClassification
-
-        return AutoPeftModelForSequenceClassification.from_pretrained(folder).eval()
-    from transformers import AutoModelForSequenceClassification
-
-    return AutoModelForSequenceClassification.from_pretrained(folder).eval()
 
 
 def main(folder: str, *overrides: str) -> dict:
@@ -42,7 +31,7 @@ def main(folder: str, *overrides: str) -> dict:
     loader = batches.make_loader(
         ids, splits.eval_labels, 32, tokenizer.pad_token_id, shuffle=False, seed=0, max_width=tc.data.max_length
     )
-    model, out = load(Path(folder)), {}
+    model, out = keep.load_weights(folder), {}
     for p in (Precision.fp32, Precision.bf16):
         t0 = time.perf_counter()
         out[p.value] = evaluate(model, loader, torch.device("cpu"), splits.num_labels, p)

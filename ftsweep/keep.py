@@ -146,12 +146,16 @@ def cut_of(ref: str) -> Optional[dict]:
 
 def load_folder(folder: str | Path):
     """(model, tokenizer) from a folder written by save_folder: a full model or an adapter on its base."""
+    return load_weights(folder), AutoTokenizer.from_pretrained(folder)
+
+
+def load_weights(folder: str | Path):
+    """The model alone, in eval mode, from a folder of weights (a full model, or an adapter whose config names its
+    base): save_folder's, or MLflow's `model`/`peft` folder, which holds no tokenizer."""
     folder = Path(folder)
     if (folder / "adapter_config.json").is_file():
-        model = AutoPeftModelForSequenceClassification.from_pretrained(folder)
-    else:
-        model = AutoModelForSequenceClassification.from_pretrained(folder)
-    return model.eval(), AutoTokenizer.from_pretrained(folder)
+        return AutoPeftModelForSequenceClassification.from_pretrained(folder).eval()
+    return AutoModelForSequenceClassification.from_pretrained(folder).eval()
 
 
 def log_model(
