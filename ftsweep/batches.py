@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import weakref
 from typing import Iterator, Sequence
 
 import datasets
@@ -15,6 +16,7 @@ from ftsweep import assets
 from ftsweep.config import Truncation
 from ftsweep.data import remember
 
+_FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _IDS: dict[str, list[list[int]]] = {}  # token ids per texts, tokenizer and settings: trials in a process share them
 
 
@@ -31,6 +33,16 @@ def _truncate(ids: list[int], budget: int, side: Truncation) -> list[int]:
 
 
 def _tokenizer_fingerprint(tokenizer) -> str:
+    # Trials in one process share one tokenizer per folder (model.py), and each tokenize() asked for this: a
+    # JSON round trip of the whole vocabulary, ~0.04 s a call. Kept per object; a changed vocabulary (added
+    # tokens) changes its length and is fingerprinted again.
+    kept = _FINGERPRINTS.get(tokenizer)
+    if kept is None or kept[0] != len(tokenizer):
+        kept = _FINGERPRINTS[tokenizer] = (len(tokenizer), _fingerprint_of(tokenizer))
+    return kept[1]
+
+
+def _fingerprint_of(tokenizer) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         ident = json.dumps(tokenizer.get_vocab(), sort_keys=True)

@@ -44,7 +44,9 @@ class TextSplits:
 
 
 # --------------------------------------------------------------------------- reading
-_BR = re.compile(r"<br\s*/?>", re.IGNORECASE)
+# A pattern string, not a compiled one: pyarrow then replaces in C (0.28 s over all of IMDB); a compiled pattern
+# with flags sends pandas through Python's re, row by row (0.57 s), in every sweep's check and single run.
+_BR = r"(?i)<br\s*/?>"
 
 
 def _read_imdb() -> pd.DataFrame:

@@ -1,4 +1,5 @@
 import bz2
+import copy
 import gzip
 import json
 import lzma
@@ -8,7 +9,14 @@ import pandas as pd
 import pytest
 import torch
 
-from ftsweep.batches import LengthGroupedBatchSampler, PadCollator, _truncate, make_loader, tokenize
+from ftsweep.batches import (
+    LengthGroupedBatchSampler,
+    PadCollator,
+    _tokenizer_fingerprint,
+    _truncate,
+    make_loader,
+    tokenize,
+)
 from ftsweep.config import LocalDataConfig, Truncation
 from ftsweep.data import load_splits, stratified_split
 from ftsweep.errors import DataError
@@ -143,6 +151,15 @@ def test_tokenize_adds_specials_respects_max_length_and_caches(tiny_tokenizer, s
     before = set((session_cache / "tokenized").iterdir())
     assert tokenize(texts, tiny_tokenizer, 16, Truncation.head_tail) == ids
     assert set((session_cache / "tokenized").iterdir()) == before  # served from the cache file
+
+
+def test_a_tokenizer_fingerprint_is_kept_per_object_but_follows_an_added_token(tiny_tokenizer):
+    tok = copy.deepcopy(tiny_tokenizer)  # the process's shared tokenizer is not ours to change
+    first = _tokenizer_fingerprint(tok)
+    assert _tokenizer_fingerprint(tok) == first == _tokenizer_fingerprint(tiny_tokenizer)
+    tok.add_tokens(["zzqxword"])  # token ids cached under the old fingerprint would now be wrong
+    assert _tokenizer_fingerprint(tok) != first
+    assert _tokenizer_fingerprint(tiny_tokenizer) == first
 
 
 def test_dynamic_padding_pads_to_the_longest_in_the_batch():
