@@ -5,7 +5,7 @@
    (process start to exit) splits into the trials' `perf/train_time_s`, their `perf/eval_time_s` and the rest,
    the fixed cost (imports, data read and tokenise, model load, MLflow, artifacts); `sweep_efficiency =
    sum(train) / wall`, `sweep_overhead = 1 - sum(train + eval) / wall`. With a `before` checkout the same command
-   runs there too.
+   runs there too. Beside it, the import floor: a bare `python -c 'import ...'` of what the sweep imports.
 2. the default run (`make run`'s `python -m ftsweep`) on this checkout and on `before`, with its peak RSS, and
    TF-IDF (1-2 grams) + logistic regression on the same rows (scikit-learn).
 3. grouped against ungrouped training batches (data.group_by_length), same budget, three seeds each.
@@ -78,6 +78,25 @@ def run_tag(tmp: str, tag: str) -> str | None:
 
 
 # --------------------------------------------------------------------------- 1. sweep efficiency
+# What a sweep imports before it can train and log, from ftsweep's entry point to the report's plots.
+SWEEP_IMPORTS = (
+    "import ftsweep.__main__, ftsweep.conclude, ftsweep.preflight, ftsweep.recipe, ftsweep.sweep.runner, "
+    "optuna, mlflow, sqlalchemy, matplotlib.pyplot"
+)
+
+
+def import_floor(repo: Path, repeats: int = 3) -> float:
+    """The fastest of `repeats` bare `python -c 'import ...'` of what a sweep imports: the part of its rest that
+    no change to ftsweep's own code removes."""
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", SWEEP_IMPORTS], env=env, check=True, capture_output=True)
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
 def sweep_efficiency(repo: Path) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
         wall = ftsweep(repo, tmp, "-m", *GRID)
@@ -98,6 +117,7 @@ def sweep_efficiency(repo: Path) -> dict:
         "sweep_efficiency": train / wall,
         "sweep_overhead": 1 - (train + evaluation) / wall,  # the waste itself: neither training nor eval
         "accuracies": sorted(round(m["eval/accuracy"], 4) for m in trials),
+        "imports_s": import_floor(repo),
     }
 
 
@@ -232,8 +252,9 @@ def readme_lines(r: dict) -> list[str]:
         f"Sweep efficiency, `{s['command']}` (6 trials, basic launcher; wall = process start to exit; before = "
         f"`{s.get('before_ref', 'the previous main')}`).{_measured(s)}",
         "",
-        "| code | wall s | train s | eval s | rest s (per trial) | sweep_efficiency | sweep_overhead (goal <= 0.07) |",
-        "|---|---|---|---|---|---|---|",
+        "| code | wall s | train s | eval s | rest s (per trial) | of it, imports s | sweep_efficiency "
+        "| sweep_overhead (goal <= 0.07) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name in ("before", "after"):
         if name in s:
@@ -241,14 +262,23 @@ def readme_lines(r: dict) -> list[str]:
             overhead = v.get("sweep_overhead", 1 - (v["train_s"] + v["eval_s"]) / v["wall_s"])
             lines.append(
                 f"| {name} | {v['wall_s']:.1f} | {v['train_s']:.1f} | {v['eval_s']:.1f} | {v['rest_s']:.1f} "
-                f"({v['rest_per_trial_s']:.1f}) | {v['sweep_efficiency']:.3f} | **{overhead:.3f}** |"
+                f"({v['rest_per_trial_s']:.1f}) | {_seconds(v.get('imports_s'))} | {v['sweep_efficiency']:.3f} "
+                f"| **{overhead:.3f}** |"
             )
+    lines += [
+        "",
+        "Imports: the fastest of three bare `python -c '" + SWEEP_IMPORTS + "'`, the floor of the rest.",
+    ]
     lines += _default_run_lines(r["default_run"])
     if "bf16_parity" in r:
         lines += _parity_lines(r["bf16_parity"])
     if "attention_dropout" in r:
         lines += _attention_dropout_lines(r["attention_dropout"])
     return lines + _grouping_lines(r["grouped_parity"])
+
+
+def _seconds(value: float | None) -> str:
+    return "not measured" if value is None else f"{value:.1f}"
 
 
 def _default_run_lines(d: dict) -> list[str]:
