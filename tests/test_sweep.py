@@ -97,6 +97,13 @@ def test_grid_only_for_choice_lists_and_directions_from_objective_names():
     assert directions_for(["eval/accuracy", "mem/peak_mb", "eval/f1_macro"]) == ["maximize", "minimize", "maximize"]
 
 
+def test_the_command_line_wins_over_the_sweepers_params_whether_it_sweeps_or_fixes():
+    swept = define("batch_size=8,32", params={"batch_size": "16", "lr": "1e-4,2e-4"})
+    assert swept.space["batch_size"] == C([8, 32]) and "batch_size" not in swept.fixed  # was silently 16
+    fixed = define("lr=1e-4", "batch_size=8,16", params={"lr": "tag(log, interval(1e-5, 1e-3))"})
+    assert fixed.fixed["lr"] == "0.0001" and "lr" not in fixed.space
+
+
 def test_a_hydra_range_keeps_its_exclusive_end():
     assert define("r=range(1,5)", "x=1,2").space["r"] == I(1, 4, step=1)
 
@@ -110,6 +117,8 @@ def test_a_hydra_range_keeps_its_exclusive_end():
         ({"n_trials": 0}, ["a=1,2"], "hydra.sweeper.n_trials must be >= 1"),
         ({"constraints": {"mem/peak_mb": "lots"}}, ["a=1,2"], "constraints.mem/peak_mb must be a number"),
         ({}, ["a=1"], "a sweep (-m) needs at least one swept key"),
+        ({}, ["a=1,2", "a=3"], "a is given twice (a=1,2 and a=3): give it once"),
+        ({}, ["a@pkg=1,2", "b=1", "a@pkg=3"], "a@pkg is given twice (a@pkg=1,2 and a@pkg=3)"),
         ({"sampler": "grid"}, ["lr=tag(log, interval(1e-5, 1e-3))"], "sampler=grid needs every swept key"),
         ({}, ["lr=tag(log, interval(0, 1e-3))"], "cannot read the sweep's search space"),
         ({"direction": "up"}, ["a=1,2"], "hydra.sweeper.direction must be maximize/minimize"),

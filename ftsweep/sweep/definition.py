@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, List, Literal, Optional, cast
 
 import numpy as np
 import optuna
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
 from omegaconf import OmegaConf
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
@@ -168,12 +169,16 @@ def _search(
 ) -> tuple[Dict[str, BaseDistribution], Dict[str, Any], tuple[int, ...], Optional[list[dict[str, Any]]]]:
     """The search space (the seed in it with replicates), the fixed overrides, the seeds and the grid (None unless
     every swept key is a choice list) that the settings and the command line's sweep arguments describe."""
-    overrides = [f"{k}={v}" for k, v in (settings.params or {}).items()] + list(arguments)
     try:
+        given = _keys(arguments)
+        from_params = [f"{k}={v}" for k, v in (settings.params or {}).items()]
+        # The command line wins over hydra.sweeper.params, whether it sweeps the key or fixes it.
+        overrides = [o for o, k in zip(from_params, _keys(from_params)) if k not in given] + list(arguments)
         space, fixed, _deletions = create_params_from_overrides(overrides)
+    except ConfigError:
+        raise
     except Exception as exc:  # Hydra's override grammar, Optuna's bounds checks
         raise ConfigError(f"cannot read the sweep's search space: {exc}") from exc
-    space = {k: v for k, v in space.items() if k not in fixed}
     space, fixed, seeds = with_seeds(space, fixed, settings.repeats, run_seed)
     configs = {k: v for k, v in space.items() if k != SEED}  # what a sampler searches: never the seed
     grid = None
@@ -193,6 +198,18 @@ def _search(
             "(drop the sampler, and each seed runs once)"
         )
     return space, fixed, seeds, grid
+
+
+def _keys(overrides: List[str]) -> list[str]:
+    """The key each override sets; a key given twice is an error, not a silent choice between the two."""
+    keys, seen = [], {}
+    for text, o in zip(overrides, OverridesParser.create().parse_overrides(overrides)):
+        key = o.key_or_group + (f"@{o.package}" if o.package else "")
+        if key in seen:
+            raise ConfigError(f"{key} is given twice ({seen[key]} and {text}): give it once")
+        seen[key] = text
+        keys.append(key)
+    return keys
 
 
 def directions_for(objectives: List[str]) -> list[str]:
