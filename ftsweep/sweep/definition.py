@@ -202,7 +202,8 @@ def _search(
 
 def _keys(overrides: List[str]) -> list[str]:
     """The key each override sets; a key given twice is an error, not a silent choice between the two."""
-    keys, seen = [], {}
+    keys: list[str] = []
+    seen: dict[str, str] = {}
     for text, o in zip(overrides, OverridesParser.create().parse_overrides(overrides)):
         key = o.key_or_group + (f"@{o.package}" if o.package else "")
         if key in seen:
