@@ -92,7 +92,9 @@ def import_floor(repo: Path, repeats: int = 3) -> float:
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-c", SWEEP_IMPORTS], env=env, check=True, capture_output=True)
+        done = subprocess.run([sys.executable, "-c", SWEEP_IMPORTS], env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"import floor: {SWEEP_IMPORTS} failed in {repo}:\n{done.stderr[-2000:]}")
         times.append(time.perf_counter() - t0)
     return min(times)
 

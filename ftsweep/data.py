@@ -44,14 +44,20 @@ class TextSplits:
 
 
 # --------------------------------------------------------------------------- reading
-# A pattern string, not a compiled one: pyarrow then replaces in C (0.28 s over all of IMDB); a compiled pattern
-# with flags sends pandas through Python's re, row by row (0.57 s), in every sweep's check and single run.
-_BR = r"(?i)<br\s*/?>"
+# Spelled so that pyarrow can replace in C: no compiled pattern and no \s (RE2's \s lacks \v, so pandas would
+# send `\s` through Python's re row by row). 0.10-0.15 s over all of IMDB instead of 0.38-0.46 s, in every
+# sweep's check and single run.
+_BR = r"(?i)<br[ \t\n\r\f\v]*/?>"
+
+
+def strip_breaks(texts: pd.Series) -> pd.Series:
+    """HTML line breaks (`<br />`, `<BR>`, `<br/>`) as spaces."""
+    return texts.str.replace(_BR, " ", regex=True)
 
 
 def _read_imdb() -> pd.DataFrame:
     df = pd.read_csv(assets.fetch(assets.IMDB))
-    df["review"] = df["review"].str.replace(_BR, " ", regex=True)
+    df["review"] = strip_breaks(df["review"])
     # 418 reviews occur twice; a copy on each side of the split would leak test answers into training.
     return df.drop_duplicates(subset="review", keep="first").reset_index(drop=True)
 

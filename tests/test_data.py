@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from ftsweep import batches
 from ftsweep.batches import (
     LengthGroupedBatchSampler,
     PadCollator,
@@ -18,7 +19,7 @@ from ftsweep.batches import (
     tokenize,
 )
 from ftsweep.config import LocalDataConfig, Truncation
-from ftsweep.data import load_splits, stratified_split
+from ftsweep.data import load_splits, stratified_split, strip_breaks
 from ftsweep.errors import DataError
 from tests.conftest import toy_rows, write_csv
 
@@ -153,13 +154,20 @@ def test_tokenize_adds_specials_respects_max_length_and_caches(tiny_tokenizer, s
     assert set((session_cache / "tokenized").iterdir()) == before  # served from the cache file
 
 
-def test_a_tokenizer_fingerprint_is_kept_per_object_but_follows_an_added_token(tiny_tokenizer):
+def test_a_tokenizer_fingerprint_is_kept_per_object_but_follows_an_added_token(tiny_tokenizer, monkeypatch):
+    made = []
+    monkeypatch.setattr(batches, "_fingerprint_of", lambda tok: made.append(len(tok)) or f"fp{len(tok)}")
     tok = copy.deepcopy(tiny_tokenizer)  # the process's shared tokenizer is not ours to change
     first = _tokenizer_fingerprint(tok)
-    assert _tokenizer_fingerprint(tok) == first == _tokenizer_fingerprint(tiny_tokenizer)
+    assert _tokenizer_fingerprint(tok) == first and len(made) == 1  # computed once for this object
     tok.add_tokens(["zzqxword"])  # token ids cached under the old fingerprint would now be wrong
-    assert _tokenizer_fingerprint(tok) != first
-    assert _tokenizer_fingerprint(tiny_tokenizer) == first
+    assert _tokenizer_fingerprint(tok) != first and len(made) == 2
+
+
+def test_html_line_breaks_become_spaces_in_every_spelling():
+    texts = pd.Series(["a<br />b", "a<BR>b", "a<br/>b", "a<br\t/>b", "a<bra>b", "no break"])
+    assert strip_breaks(texts).tolist() == ["a b", "a b", "a b", "a b", "a<bra>b", "no break"]
+    assert strip_breaks(texts.astype(object)).tolist() == strip_breaks(texts).tolist()
 
 
 def test_dynamic_padding_pads_to_the_longest_in_the_batch():

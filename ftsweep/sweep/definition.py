@@ -174,7 +174,7 @@ def _search(
         from_params = [f"{k}={v}" for k, v in (settings.params or {}).items()]
         # The command line wins over hydra.sweeper.params, whether it sweeps the key or fixes it.
         overrides = [o for o, k in zip(from_params, _keys(from_params)) if k not in given] + list(arguments)
-        space, fixed, _deletions = create_params_from_overrides(overrides)
+        space, fixed, _ = create_params_from_overrides(overrides)
     except ConfigError:
         raise
     except Exception as exc:  # Hydra's override grammar, Optuna's bounds checks
@@ -201,11 +201,14 @@ def _search(
 
 
 def _keys(overrides: List[str]) -> list[str]:
-    """The key each override sets; a key given twice is an error, not a silent choice between the two."""
+    """The key each override sets; a key given twice is an error, not a silent choice between the two, and so
+    is a deletion (`~key`), which the trials' configs would not see."""
     keys: list[str] = []
     seen: dict[str, str] = {}
     for text, o in zip(overrides, OverridesParser.create().parse_overrides(overrides)):
         key = o.key_or_group + (f"@{o.package}" if o.package else "")
+        if o.is_delete():  # each trial composes its config from set values only
+            raise ConfigError(f"a sweep cannot delete a key ({text}); set it to a value instead")
         if key in seen:
             raise ConfigError(f"{key} is given twice ({seen[key]} and {text}): give it once")
         seen[key] = text

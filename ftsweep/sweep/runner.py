@@ -90,8 +90,9 @@ class SweepRunner:
         )
         # What is alive now (imports, configs, the study) lives as long as the sweep: frozen, it leaves the full
         # collections each trial makes at its start and end, which went through ~590k objects, ~0.45 s each on
-        # the 2-core EPYC. Once, before any trial: a trial's own objects, made later, stay collectable. No
-        # collection first: it cost another 0.45 s, for the little garbage the imports leave.
+        # the 2-core EPYC. Once, before any trial: a trial's own objects, made later, stay collectable. Collected
+        # first, so that no garbage of the check before (the data it read) is frozen for the sweep's lifetime.
+        gc.collect()
         gc.freeze()
         started = time.perf_counter()
         try:
