@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 import torch
 from torch import nn
-
-if TYPE_CHECKING:  # the loop's result type; loop.py imports this module
-    from ftsweep.loop import FitResult
 
 
 class EarlyStopping:
@@ -36,16 +33,16 @@ class EarlyStopping:
         self.bad += 1
         return self.patience is not None and self.bad >= self.patience
 
-    def restore(self, model: nn.Module, result: "FitResult") -> None:
-        """Put the best evaluation's weights back; its evaluation becomes the final one (same weights, same eval)."""
-        if self.patience is None or self.best_step in (-1, result.last_eval_step):
-            result.best_step = result.last_eval_step
-            return
+    def restore(self, model: nn.Module, last_eval_step: int) -> tuple[int, Optional[dict]]:
+        """Put the best evaluation's weights back. Returns the step whose weights the model now has, and that
+        step's evaluation when it is not the last one: it becomes the final one (same weights, same eval)."""
+        if self.patience is None or self.best_step in (-1, last_eval_step):
+            return last_eval_step, None
         with torch.no_grad():
             for name, param in model.named_parameters():
                 if name in self.best_weights:
                     param.copy_(self.best_weights[name])
-        result.final_eval, result.best_step = self.best_eval, self.best_step
+        return self.best_step, self.best_eval
 
     def state_dict(self) -> dict:
         return {

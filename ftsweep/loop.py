@@ -360,7 +360,9 @@ class Loop:
             result.activations_saved_mb = max(result.activations_saved_mb or 0.0, self.saved.peak_mb)
         if self.group is not None:  # throughput counts every rank's examples
             result.samples, result.tokens = (int(v) for v in self.group.sum([result.samples, result.tokens]))
-        self.early.restore(self.model, result)
+        result.best_step, best_eval = self.early.restore(self.model, result.last_eval_step)
+        if best_eval is not None:
+            result.final_eval = best_eval
         return result
 
 

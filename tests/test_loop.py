@@ -99,7 +99,6 @@ def test_a_hook_that_says_stop_ends_training_after_that_eval_and_says_why(tiny_t
 # --------------------------------------------------------------------------- early stopping
 def test_early_stopping_stops_after_patience_and_restores_the_best_weights():
     from ftsweep.early_stopping import EarlyStopping
-    from ftsweep.loop import FitResult
 
     model = torch.nn.Linear(2, 2)
     early = EarlyStopping(patience=2, metric="eval/accuracy")
@@ -109,23 +108,19 @@ def test_early_stopping_stops_after_patience_and_restores_the_best_weights():
         model.weight.add_(1.0)
     assert not early.update(model, 2, {"accuracy": 0.6})  # one evaluation without improvement
     assert early.update(model, 3, {"accuracy": 0.7})  # two: stop (a tie is not an improvement)
-    result = FitResult(final_eval={"accuracy": 0.7, "step": 3}, last_eval_step=3)
-    early.restore(model, result)
-    assert torch.equal(model.weight, best) and result.best_step == 1 and result.final_eval == {"accuracy": 0.7}
+    assert early.restore(model, last_eval_step=3) == (1, {"accuracy": 0.7})  # the best eval becomes the final one
+    assert torch.equal(model.weight, best)
 
 
 def test_early_stopping_on_loss_minimises_and_without_patience_keeps_the_last_weights():
     from ftsweep.early_stopping import EarlyStopping
-    from ftsweep.loop import FitResult
 
     model = torch.nn.Linear(2, 2)
     early = EarlyStopping(patience=None, metric="eval/loss")
     for step, loss in ((1, 0.5), (2, 0.4), (3, 0.6)):
         assert not early.update(model, step, {"loss": loss})
     assert early.best_step == 2 and early.best_weights == {}  # tracked, but nothing copied or restored
-    result = FitResult(last_eval_step=3)
-    early.restore(model, result)
-    assert result.best_step == 3
+    assert early.restore(model, last_eval_step=3) == (3, None)
 
 
 def test_eval_batches_run_longest_first_with_less_padding_and_the_same_scores(tiny_tokenizer):
