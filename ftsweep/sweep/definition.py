@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ from ftsweep.contract import check_metric_names
 from ftsweep.errors import ConfigError
 from ftsweep.sweep.replicates import SEED, first_seed_only, grid_with_seeds, with_seeds
 from ftsweep.sweep.storage import check_url
+
+log = logging.getLogger("ftsweep.sweep")
 
 MAXIMIZE = ("accuracy", "f1")  # objective names containing these are maximised; everything else minimised
 # motpe: the old name of multi-objective TPE; bruteforce: every combination of a conditional (custom) space once
@@ -170,10 +173,10 @@ def _search(
     """The search space (the seed in it with replicates), the fixed overrides, the seeds and the grid (None unless
     every swept key is a choice list) that the settings and the command line's sweep arguments describe."""
     try:
-        given = _keys(arguments)
-        from_params = [f"{k}={v}" for k, v in (settings.params or {}).items()]
+        given = _last_of_each(list(arguments))
+        params = _last_of_each([f"{k}={v}" for k, v in (settings.params or {}).items()])
         # The command line wins over hydra.sweeper.params, whether it sweeps the key or fixes it.
-        overrides = [o for o, k in zip(from_params, _keys(from_params)) if k not in given] + list(arguments)
+        overrides = [o for k, o in params.items() if k not in given] + list(given.values())
         space, fixed, _ = create_params_from_overrides(overrides)
     except ConfigError:
         raise
@@ -200,20 +203,19 @@ def _search(
     return space, fixed, seeds, grid
 
 
-def _keys(overrides: List[str]) -> list[str]:
-    """The key each override sets; a key given twice is an error, not a silent choice between the two, and so
-    is a deletion (`~key`), which the trials' configs would not see."""
-    keys: list[str] = []
-    seen: dict[str, str] = {}
+def _last_of_each(overrides: List[str]) -> dict[str, str]:
+    """Each key's override. Where a key is given twice the later one wins, as in Hydra (`... max_steps=2
+    max_steps=6` is a shorter base made longer), and a warning names the one dropped: a sweep of it would
+    otherwise vanish without a word. A deletion (`~key`) is an error: the trials' configs would not see it."""
+    kept: dict[str, str] = {}
     for text, o in zip(overrides, OverridesParser.create().parse_overrides(overrides)):
-        key = o.key_or_group + (f"@{o.package}" if o.package else "")
         if o.is_delete():  # each trial composes its config from set values only
             raise ConfigError(f"a sweep cannot delete a key ({text}); set it to a value instead")
-        if key in seen:
-            raise ConfigError(f"{key} is given twice ({seen[key]} and {text}): give it once")
-        seen[key] = text
-        keys.append(key)
-    return keys
+        key = o.key_or_group + (f"@{o.package}" if o.package else "")
+        if key in kept:
+            log.warning("%s is given twice: %s replaces %s (the later one wins)", key, text, kept.pop(key))
+        kept[key] = text
+    return kept
 
 
 def directions_for(objectives: List[str]) -> list[str]:
