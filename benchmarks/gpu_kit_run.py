@@ -227,7 +227,7 @@ def check(work: Path, smoke: bool) -> int:
     from ftsweep.evaluation import precision_tag
 
     device = "cpu" if smoke else "cuda"
-    # What precision=auto resolves to here: bf16 on a card that does it natively
+    # The tag precision=auto gives here: bf16 on a card with native bf16; fp32+bf16-eval on such a CPU (the smoke)
     expect = {"trials": 6, "device": device, "precision": precision_tag(Precision.auto, torch.device(device))}
     checks = judge(read_store(f"sqlite:///{work / 'mlflow.db'}"), expect, work / "report")
     for verdict, name, detail in checks:
